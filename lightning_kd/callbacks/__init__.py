@@ -1,0 +1,5 @@
+"""Callbacks, one job per file."""
+
+from lightning_kd.callbacks.export_student import ExportStudent
+
+__all__ = ["ExportStudent"]

@@ -1,0 +1,45 @@
+"""The ``lightning-kd`` command: LightningCLI with ``fit``/``validate``/``test``/``predict``.
+
+Example::
+
+    lightning-kd fit --config configs/quickstart/2_distil_student.yaml
+
+The data module names the tokenizer once; it is linked to the method (saved with the exported
+student), and the data's head and label count are linked to the method, so a config never repeats
+them. Unknown keys are rejected by the parser with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pytorch_lightning import LightningDataModule
+from pytorch_lightning.cli import LightningCLI
+
+from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.core.module import DistillationModule
+
+
+class DistillationCLI(LightningCLI):
+    """LightningCLI with lightning_kd's argument links and the student export."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ExportStudent, "export")
+        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
+        parser.link_arguments("data.task_head", "model.init_args.task_head", apply_on="instantiate")
+        parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> DistillationCLI:
+    """Entry point of ``lightning-kd`` and ``python -m lightning_kd``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return DistillationCLI(
+        DistillationModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )

@@ -1,0 +1,307 @@
+"""DistillationModule: the student, its frozen teacher(s), the training step and the student export.
+
+A method subclasses :class:`DistillationModule` and overrides only what it adds:
+
+* :meth:`student_request` / :meth:`teacher_request` — which tensors it needs from each forward;
+* :meth:`teacher_terms` — its loss terms for one teacher (the prediction loss is included by default);
+* :meth:`student_terms` — terms that need no teacher (the hard loss by default).
+
+Everything else (loading, freezing, multi-teacher combination, logging, optimisation, checkpoint
+hygiene, export) lives here once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from lightning_kd.core.export import export_model, load_tokenizer
+from lightning_kd.core.features import Features, FeatureRequest, capture
+from lightning_kd.core.optim import Schedule, build_optimizer
+from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy
+from lightning_kd.core.teachers import TEACHERS_ATTR, describe_source, load_teachers
+from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.models.loading import ModelSource, Precision, TaskHead, head_of, load_config, load_model
+from lightning_kd.models.student_init import select_teacher_layers, copy_teacher_weights, truncated_copy
+
+StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_layers"]
+
+
+class DistillationModule(pl.LightningModule):
+    """Base of every method: a trainable student distilled from frozen teachers.
+
+    Args:
+        student: the student: a built HF model, a local directory, ``embedded:<name>`` or a hub
+            name. May be omitted when ``student_init`` copies teacher layers (the student is then
+            the teacher's architecture with fewer layers).
+        teacher: one teacher (a built model or a source as for ``student``).
+        teachers: several teachers instead of ``teacher``; combined by ``multi_teacher``.
+        multi_teacher: strategy that combines per-teacher losses (default: :class:`Average`).
+        task_head: ``"sequence_classification"`` (fine-tuning) or ``"masked_lm"`` (pre-training).
+            The CLI links it from the data module; by default it is read from the teacher.
+        num_labels: number of task labels (1 = regression); linked from the data module by the CLI.
+        tokenizer: tokenizer saved with the exported student (linked from the data module by the
+            CLI; default: the teacher's or student's own directory).
+        student_init: ``"pretrained"`` loads ``student``'s weights; ``"random"`` builds it from its
+            config; ``"teacher_first"`` / ``"teacher_uniform"`` copy ``student_layers`` teacher layers
+            (the first ones, or the last of each uniform segment); ``"teacher_layers"`` copies the
+            explicit 0-based teacher layers listed in ``student_layers``.
+        student_layers: a layer count (``teacher_first``/``teacher_uniform``) or a list of teacher
+            layers (``teacher_layers``).
+        allow_width_truncation: when copying teacher layers into a narrower student, copy the
+            leading slice of each weight (GKD behaviour) instead of refusing.
+        teacher_precision: teacher weights' dtype; captured tensors are upcast to float32.
+        prediction: the prediction-level (soft/hard) loss; ``None`` means no prediction terms.
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and normalisation weights).
+        warmup_ratio: fraction of the optimizer steps used for linear warm-up.
+        lr_schedule: decay after warm-up: ``"linear"``, ``"cosine"`` or ``"constant"``.
+        final_lr_ratio: learning rate at the end of the decay, as a fraction of the peak.
+        adam_epsilon: AdamW epsilon.
+    """
+
+    #: Methods whose every term compares with a teacher set this so a teacher-less run fails early.
+    requires_teacher: bool = True
+
+    def __init__(
+        self,
+        student: ModelSource | None = None,
+        teacher: ModelSource | None = None,
+        *,
+        teachers: list[ModelSource] | None = None,
+        multi_teacher: MultiTeacherStrategy | None = None,
+        task_head: TaskHead | None = None,
+        num_labels: int | None = None,
+        tokenizer: str | None = None,
+        student_init: StudentInit = "pretrained",
+        student_layers: int | list[int] | None = None,
+        allow_width_truncation: bool = False,
+        teacher_precision: Precision = "float32",
+        prediction: PredictionLoss | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.0,
+        lr_schedule: Schedule = "linear",
+        final_lr_ratio: float = 0.0,
+        adam_epsilon: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher"])
+        if teacher is not None and teachers:
+            raise ValueError("Give either `teacher` or `teachers`, not both.")
+        sources = list(teachers or ([teacher] if teacher is not None else []))
+        if self.requires_teacher and not sources:
+            raise ValueError(f"{type(self).__name__} distils from a teacher: set `teacher` (or `teachers`).")
+        if not self.requires_teacher and sources:
+            raise ValueError(f"{type(self).__name__} trains the student alone; remove `teacher`/`teachers`.")
+        if prediction is not None and prediction.soft_weight > 0 and not sources:
+            raise ValueError("prediction.soft_weight > 0 needs a teacher; set soft_weight=0 or give a teacher.")
+        self.teacher_sources = [describe_source(s) for s in sources]
+        self.tokenizer_source = tokenizer or _first_str(sources) or _first_str([student])
+        self.task_head = task_head or _infer_head(sources, student)
+        self.num_labels = num_labels
+        self.prediction = prediction
+        self.multi_teacher = multi_teacher or Average()
+
+        setattr(self, TEACHERS_ATTR, load_teachers(sources, self.task_head, num_labels, teacher_precision))
+        self.student = self._build_student(student, student_init, student_layers, allow_width_truncation)
+        self._check_vocabularies()
+        self._val_metrics = self._test_metrics = None
+
+    # ------------------------------------------------------------------ construction
+    def _build_student(
+        self, source: ModelSource | None, init: StudentInit, layers: int | list[int] | None, allow_width_truncation: bool
+    ) -> PreTrainedModel:
+        head, labels = self.task_head, self.num_labels
+        if init in ("pretrained", "random"):
+            if source is None:
+                raise ValueError(f"student_init={init!r} needs `student` (a model, directory or name).")
+            if layers is not None:
+                raise ValueError("student_layers only applies when student_init copies teacher layers.")
+            return load_model(source, head, labels, role="student", random_init=init == "random")
+        if not self.teachers:
+            raise ValueError(f"student_init={init!r} copies teacher layers, so it needs a teacher.")
+        teacher = self.teachers[0]
+        depth = teacher.config.num_hidden_layers
+        if init == "teacher_layers":
+            if not isinstance(layers, list):
+                raise ValueError("student_init='teacher_layers' needs student_layers as a list of 0-based teacher layers.")
+            chosen = select_teacher_layers(layers, None, depth)
+        else:
+            if not isinstance(layers, int):
+                raise ValueError(f"student_init={init!r} needs student_layers as a layer count, e.g. student_layers: 3.")
+            chosen = select_teacher_layers(init.removeprefix("teacher_"), layers, depth)
+        if source is None:
+            return truncated_copy(teacher, chosen)
+        student = load_model(source, head, labels, role="student", random_init=True)
+        if student.config.num_hidden_layers != len(chosen):
+            raise ValueError(
+                f"The student config has {student.config.num_hidden_layers} layers but {len(chosen)} teacher layers were chosen."
+            )
+        copy_teacher_weights(teacher, student, chosen, allow_width_truncation)
+        return student
+
+    def _check_vocabularies(self) -> None:
+        """Teacher and student read the same input ids, so their embedding tables must agree."""
+        student_vocab = self.student.config.vocab_size
+        for index, teacher in enumerate(self.teachers):
+            if teacher.config.vocab_size != student_vocab:
+                raise ValueError(
+                    f"Teacher {index} has a vocabulary of {teacher.config.vocab_size} tokens but the student has "
+                    f"{student_vocab}; both read the same token ids, so they must share a tokenizer. "
+                    "Use a student built for the teacher's tokenizer (or VocabDistil for a compressed vocabulary)."
+                )
+
+    # ------------------------------------------------------------------ method hooks
+    def student_request(self) -> FeatureRequest:
+        """Tensors the method needs from the student's forward (logits are always captured)."""
+        return FeatureRequest()
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        """Tensors the method needs from teacher ``teacher_index``'s forward."""
+        return FeatureRequest()
+
+    def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
+        """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
+        if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
+            return {"hard": self.prediction.hard_weight * student.loss}
+        return {}
+
+    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
+        """Weighted terms comparing the student with one teacher; default: the soft prediction term."""
+        if self.prediction is not None and self.prediction.soft_weight > 0:
+            return {"soft": self.prediction.soft(student.logits, teacher.logits, batch)}
+        return {}
+
+    # ------------------------------------------------------------------ the step
+    def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
+        """Teacher ``index``'s features on ``batch`` (no graph, float32)."""
+        with torch.no_grad():
+            return capture(self.teachers[index], batch, self.teacher_request(index), upcast=True)
+
+    def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The named, weighted loss terms of one training step plus ``"loss"``, their sum.
+
+        Teachers run one after the other, each releasing its activations before the next starts.
+        """
+        student = capture(self.student, batch, self.student_request(), with_labels=True)
+        terms = self.student_terms(batch, student)
+        if len(self.teachers):
+            per_teacher = [self.teacher_terms(batch, student, self.run_teacher(i, batch), i) for i in range(len(self.teachers))]
+            terms.update(self.multi_teacher.combine(per_teacher, batch))
+        if not terms:
+            raise RuntimeError(
+                f"{type(self).__name__} produced no loss term: every weight is 0 or the batch has no labels for the hard loss."
+            )
+        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
+        return terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.compute_losses(batch)
+        size = batch["input_ids"].shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
+        return terms["loss"]
+
+    # ------------------------------------------------------------------ evaluation
+    def setup(self, stage: str) -> None:
+        builder = getattr(getattr(self.trainer, "datamodule", None), "build_metrics", None) if self._trainer else None
+        if builder is not None:
+            self._val_metrics, self._test_metrics = builder("val/"), builder("test/")
+        else:
+            from lightning_kd.metrics.defaults import default_metrics
+
+            self._val_metrics, self._test_metrics = default_metrics(self.task_head, self.num_labels, "val/"), default_metrics(
+                self.task_head, self.num_labels, "test/"
+            )
+
+    def _evaluate(self, batch: dict[str, Tensor], metrics, prefix: str) -> None:
+        features = capture(self.student, batch, FeatureRequest(), with_labels=True)
+        size = batch["input_ids"].shape[0]
+        if features.loss is not None:
+            self.log(f"{prefix}loss", features.loss, prog_bar=True, batch_size=size, sync_dist=True)
+        if metrics is not None and "labels" in batch:
+            metrics.to(self.device).update(features.logits.float(), batch["labels"])
+            self.log_dict(metrics, prog_bar=True, batch_size=size)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self._val_metrics, "val/")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self._test_metrics, "test/")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return capture(self.student, batch, FeatureRequest()).logits
+
+    # ------------------------------------------------------------------ frozen teachers
+    def train(self, mode: bool = True) -> "DistillationModule":
+        """Switch the student (and method parts) to ``mode``; teachers stay in eval mode always."""
+        super().train(mode)
+        for teacher in self.teachers:
+            teacher.eval()
+        return self
+
+    def trainable_named_parameters(self):
+        """``(name, parameter)`` of the student and the method's own parts (never a teacher's)."""
+        prefix = f"{TEACHERS_ATTR}."
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith(prefix) and p.requires_grad]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Leave teacher weights out of checkpoints; record where the teachers came from instead."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(f"{TEACHERS_ATTR}.")]:
+            del state[key]
+        checkpoint["lightning_kd"] = {"teachers": self.teacher_sources, "method": type(self).__name__}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put back the (already reloaded) teachers' weights so strict loading still checks the student."""
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for key, value in self.teachers.state_dict().items():
+                state.setdefault(f"{TEACHERS_ATTR}.{key}", value)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        return build_optimizer(
+            self.trainable_named_parameters(),
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            adam_epsilon=hp.adam_epsilon,
+            schedule=hp.lr_schedule,
+            warmup_ratio=hp.warmup_ratio,
+            final_lr_ratio=hp.final_lr_ratio,
+            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+        )
+
+    # ------------------------------------------------------------------ export
+    def export_student(self, directory: str | Path) -> Path:
+        """Write the student (and tokenizer) as a plain HF directory; method-only parts are left out."""
+        metadata = {"method": type(self).__name__, "teachers": self.teacher_sources, "library": "lightning_kd"}
+        return export_model(self.student, directory, load_tokenizer(self.tokenizer_source), metadata)
+
+
+def _first_str(items) -> str | None:
+    return next((s for s in items if isinstance(s, str)), None)
+
+
+def _infer_head(teachers: list[ModelSource], student: ModelSource | None) -> TaskHead:
+    """The stage's head when the data module does not say: the first teacher's (or student's) head."""
+    for source in [*teachers, student]:
+        if isinstance(source, PreTrainedModel) and head_of(source):
+            return head_of(source)
+        if isinstance(source, str):
+            for arch in load_config(source).architectures or []:
+                if arch.endswith("ForSequenceClassification"):
+                    return "sequence_classification"
+                if arch.endswith(("ForMaskedLM", "ForPreTraining")):
+                    return "masked_lm"
+    raise ValueError(
+        "Cannot tell whether this is fine-tuning or pre-training: set task_head to 'sequence_classification' "
+        "or 'masked_lm' (the CLI links it from the data module)."
+    )

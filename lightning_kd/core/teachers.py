@@ -1,0 +1,32 @@
+"""Frozen teachers: loading, precision, freezing and the eval lock."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from lightning_kd.models.loading import ModelSource, Precision, TaskHead, load_model
+
+TEACHERS_ATTR = "teachers"
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode with no trainable parameter."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def load_teachers(
+    sources: list[ModelSource], head: TaskHead, num_labels: int | None, dtype: Precision
+) -> nn.ModuleList:
+    """Load and freeze every teacher; each keeps its own precision (captured tensors are upcast)."""
+    return nn.ModuleList(freeze(load_model(s, head, num_labels, role="teacher", dtype=dtype)) for s in sources)
+
+
+def describe_source(source: ModelSource) -> str:
+    """What a checkpoint records about where a teacher came from."""
+    if isinstance(source, PreTrainedModel):
+        return f"<in-memory {type(source).__name__}: {getattr(source.config, '_name_or_path', '') or 'unnamed'}>"
+    return str(source)

@@ -1,0 +1,82 @@
+"""The prediction-level distillation loss shared by every method (the reference's ``pre_loss``).
+
+A :class:`PredictionLoss` holds the knobs of the soft (teacher-output) and hard (label) terms. KD is
+made of it alone; intermediate-layer methods add it for their prediction stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+from lightning_kd.losses.logits import logits_mse, soft_cross_entropy, soft_kl
+from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
+
+SoftLoss = Literal["kl", "ce", "mse"]
+SoftPositions = Literal["masked_tokens", "all_tokens", "all_positions"]
+
+
+@dataclass
+class PredictionLoss:
+    """Soft and hard prediction-level terms.
+
+    Attributes:
+        soft_weight: weight of the soft term (0 disables it). GKD: ``--distill_soft_rate``.
+        hard_weight: weight of the student's own task/MLM loss (0 disables it). GKD: ``--distill_hard_rate``.
+        temperature: softmax temperature ``T`` of the soft term (ignored by ``mse``).
+        soft_loss: ``"kl"`` (Hinton et al.), ``"ce"`` (soft cross-entropy, the GKD fine-tuning
+            default) or ``"mse"`` between raw logits.
+        t2_scale: multiply ``kl``/``ce`` by ``T²`` so the soft gradient does not shrink with ``T``.
+            The library default is ``True``; GKD's fine-tuning presets use ``ce`` without it.
+        soft_positions: for token-level (MLM) logits, which positions the soft term covers:
+            ``"masked_tokens"`` (positions with an MLM label; GKD default), ``"all_tokens"`` (every
+            non-padding token; GKD ``--distill_only_mask_pad``) or ``"all_positions"`` (padding
+            included; GKD ``--distill_wo_loss_mask``). Sequence-level (task) logits have one row
+            per example, so this knob does not apply to them.
+        reduction: ``"masked_mean"`` (default) or ``"gkd"`` (divide by all positions; parity).
+        mse_teacher_scale: multiplier on teacher logits in the ``mse`` variant (GKD ``mse_t_w``).
+    """
+
+    soft_weight: float = 1.0
+    hard_weight: float = 1.0
+    temperature: float = 1.0
+    soft_loss: SoftLoss = "kl"
+    t2_scale: bool = True
+    soft_positions: SoftPositions = "masked_tokens"
+    reduction: Reduction = "masked_mean"
+    mse_teacher_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.soft_weight < 0 or self.hard_weight < 0:
+            raise ValueError(
+                f"soft_weight and hard_weight must be >= 0 (0 disables a term), got {self.soft_weight} and {self.hard_weight}."
+            )
+        if self.soft_loss not in ("kl", "ce", "mse"):
+            raise ValueError(f"soft_loss must be 'kl', 'ce' or 'mse', got {self.soft_loss!r}.")
+
+    def soft_mask(self, batch: dict[str, Tensor], student_logits: Tensor) -> Tensor | None:
+        """The mask of rows the soft term averages over (``None`` = every row)."""
+        if student_logits.dim() < 3 or self.soft_positions == "all_positions":
+            return None
+        if self.soft_positions == "all_tokens" and "attention_mask" in batch:
+            return padding_mask(batch["attention_mask"])
+        if self.soft_positions == "masked_tokens" and "labels" in batch and batch["labels"].dim() == 2:
+            return target_mask(batch["labels"])
+        return padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
+
+    def soft(self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor], per_sample: bool = False) -> Tensor:
+        """The weighted soft term between student and teacher logits."""
+        mask = self.soft_mask(batch, student_logits)
+        if self.soft_loss == "mse":
+            value = logits_mse(student_logits, teacher_logits, mask, self.reduction, self.mse_teacher_scale, per_sample)
+        elif self.soft_loss == "ce":
+            value = soft_cross_entropy(
+                student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample
+            )
+        else:
+            value = soft_kl(student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample)
+        return self.soft_weight * value

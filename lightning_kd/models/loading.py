@@ -1,0 +1,115 @@
+"""Loading teachers and students as Hugging Face models with the head a stage needs."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import torch
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, PreTrainedModel
+
+from lightning_kd.data.sources import resolve_source
+
+TaskHead = Literal["sequence_classification", "masked_lm"]
+ModelSource = Union[str, PreTrainedModel]
+Precision = Literal["float32", "bfloat16", "float16"]
+
+_AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification, "masked_lm": AutoModelForMaskedLM}
+_HEAD_SUFFIX = {"sequence_classification": "ForSequenceClassification", "masked_lm": ("ForMaskedLM", "ForPreTraining")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def head_of(model: PreTrainedModel) -> TaskHead | None:
+    """The task head of a built model, or ``None`` for a bare encoder."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "sequence_classification"
+    if name.endswith(("ForMaskedLM", "ForPreTraining")):
+        return "masked_lm"
+    return None
+
+
+def _checkpoint_head(config) -> TaskHead | None:
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "sequence_classification"
+        if arch.endswith(("ForMaskedLM", "ForPreTraining")):
+            return "masked_lm"
+    return None
+
+
+def load_config(source: str):
+    """``AutoConfig`` of a model name, directory or ``embedded:`` name, with a clear error."""
+    path = resolve_source(source)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"Cannot load a model config from {source!r} ({error.__class__.__name__}). Give a local directory "
+            "holding config.json (e.g. a lightning_kd export), 'embedded:all-MiniLM-L6-v2', or a hub name "
+            "that is cached locally."
+        ) from error
+
+
+def load_model(
+    source: ModelSource,
+    head: TaskHead,
+    num_labels: int | None = None,
+    *,
+    role: Literal["teacher", "student"] = "student",
+    dtype: Precision = "float32",
+    random_init: bool = False,
+) -> PreTrainedModel:
+    """Build or load a model with the given head.
+
+    Args:
+        source: a built model (returned as is, after checks), a local directory, ``embedded:<name>``
+            or a hub name.
+        head: the stage's head: ``"sequence_classification"`` (fine-tuning) or ``"masked_lm"``.
+        num_labels: number of task labels (1 = regression) for a classification head.
+        role: a teacher must already carry the stage's head (a fine-tuned teacher for a task); a
+            student may start with a freshly initialised head.
+        dtype: the weights' precision.
+        random_init: build from the config with random weights instead of loading them.
+
+    Raises:
+        ValueError: a teacher without the right head or label count.
+    """
+    if isinstance(source, PreTrainedModel):
+        model = source
+        built_head = head_of(model)
+        if built_head != head:
+            raise ValueError(
+                f"The {role} is a {type(model).__name__}, but this stage needs a {head} head. Build it with "
+                f"AutoModelFor{'SequenceClassification' if head == 'sequence_classification' else 'MaskedLM'}."
+            )
+        _check_labels(model.config, head, num_labels, role, type(model).__name__)
+        return model.to(DTYPES[dtype]) if dtype != "float32" else model
+
+    config = load_config(source)
+    checkpoint_head = _checkpoint_head(config)
+    if role == "teacher" and checkpoint_head != head and not random_init:
+        hint = (
+            "fine-tune it on the task first (e.g. configs/quickstart/1_finetune_teacher.yaml) and use the export"
+            if head == "sequence_classification"
+            else "use a checkpoint saved with its masked-LM head"
+        )
+        raise ValueError(f"The teacher {source!r} has no trained {head} head (architectures={config.architectures}); {hint}.")
+    kwargs = {}
+    if head == "sequence_classification" and num_labels is not None:
+        if role == "teacher":
+            _check_labels(config, head, num_labels, role, source)
+        elif checkpoint_head == head and config.num_labels != num_labels:
+            kwargs["ignore_mismatched_sizes"] = True  # a student may re-initialise a head of another size
+        config.num_labels = num_labels
+    auto = _AUTO_CLASSES[head]
+    if random_init:
+        return auto.from_config(config, dtype=DTYPES[dtype])
+    return auto.from_pretrained(resolve_source(source), config=config, dtype=DTYPES[dtype], **kwargs)
+
+
+def _check_labels(config, head: TaskHead, num_labels: int | None, role: str, name) -> None:
+    if head == "sequence_classification" and num_labels is not None and config.num_labels != num_labels:
+        raise ValueError(
+            f"The {role} {name!r} predicts {config.num_labels} labels but the task has {num_labels}. "
+            f"Use a {role} fine-tuned on this task."
+        )
