@@ -1,0 +1,105 @@
+"""Reader for user files: CSV, TSV or JSONL (chosen by extension) with named text and label columns.
+
+CSV and TSV files need a header line and may quote fields (the ``csv`` module's standard dialect,
+as pandas writes them). JSON-lines files have one object per line. ``.gz``/``.bz2``/``.xz``
+compression is undone on the fly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_kd.data.readers.examples import Encode, make_example
+from lightning_kd.data.readers.fields import raw_field, text_field
+from lightning_kd.data.readers.lines import (
+    at_line,
+    data_suffix,
+    iter_csv_records,
+    iter_jsonl,
+    located,
+    require_file,
+)
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+_DEFAULT_TEXT_COLUMNS = (("text_a", "text_b"), ("text_a",), ("text",))
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a user file: its header, or the keys of its first JSON object."""
+    path = _check(path)
+    suffix = data_suffix(path)
+    if suffix in _DELIMITERS:
+        first = next(iter_csv_records(path, _DELIMITERS[suffix]), None)
+        return first[1] if first else []
+    first = next(iter_jsonl(path), None)
+    return list(first[1]) if first else []
+
+
+def resolve_text_columns(path: str | Path, text_columns: Sequence[str] | None) -> tuple[str, ...]:
+    """Return the text columns to read: the user's, or ``text_a`` [+ ``text_b``], or ``text``.
+
+    Raises:
+        ValueError: ``text_columns`` was not given and the file has none of the default names.
+    """
+    if text_columns is not None:
+        return tuple(text_columns)
+    available = table_columns(path)
+    for candidate in _DEFAULT_TEXT_COLUMNS:
+        if all(column in available for column in candidate):
+            return candidate
+    raise ValueError(
+        f"{path}: cannot tell which columns hold the text (found {available}); "
+        "pass text_columns=[...] (one column, or two for sentence pairs)"
+    )
+
+
+def iter_table_file(
+    path: str | Path, text_columns: Sequence[str], label_column: str, encode: Encode | None
+) -> Iterator[dict[str, Any]]:
+    """Yield normalised examples from a user file.
+
+    Args:
+        path: a ``.csv``, ``.tsv`` or ``.jsonl``/``.json`` (JSON lines) file, possibly compressed.
+        text_columns: one or two column names, in ``text_a``, ``text_b`` order.
+        label_column: the column holding the label.
+        encode: raw label → id/score; ``None`` yields the raw label (used to collect the classes).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a missing column, a short/long row, or a bad label, naming the file and line.
+    """
+    path = _check(path)
+    wanted = (*text_columns, label_column)
+    suffix = data_suffix(path)
+    if suffix in _DELIMITERS:
+        rows = _delimited_rows(path, _DELIMITERS[suffix], wanted)
+    else:
+        rows = iter_jsonl(path)
+    for line, row in rows:
+        with at_line(path, line):
+            texts = [text_field(row, column) for column in text_columns]
+            yield make_example(texts, raw_field(row, label_column), encode)
+
+
+def _delimited_rows(path: Path, delimiter: str, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    records = iter_csv_records(path, delimiter)
+    first = next(records, None)
+    if first is None:
+        raise located(path, 1, "empty file; expected a header line naming the columns")
+    header_line, header = first
+    missing = [column for column in wanted if column not in header]
+    if missing:
+        raise located(path, header_line, f"no column(s) {missing} in the header; found {header}")
+    for line, fields in records:
+        if len(fields) != len(header):
+            raise located(path, line, f"expected {len(header)} columns as in the header, found {len(fields)}")
+        yield line, dict(zip(header, fields))
+
+
+def _check(path: str | Path) -> Path:
+    if data_suffix(path) not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type; use one of {', '.join(TABLE_SUFFIXES)} (optionally .gz/.bz2)")
+    return require_file(path, "Check the train_file/validation_file/test_file arguments.")
