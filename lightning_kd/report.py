@@ -1,0 +1,92 @@
+"""Compare a teacher and its distilled student on a task's test split: quality, size and speed.
+
+Usage::
+
+    python -m lightning_kd.report --teacher outputs/quickstart/teacher --student outputs/quickstart/student \
+        --task rotten_tomatoes --tokenizer embedded:all-MiniLM-L6-v2
+
+Prints a Markdown table (and writes it to ``--output`` when given). Inference speed is the median
+over repeated passes of the whole test split, measured in this process on the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from lightning_kd.core.features import model_inputs
+from lightning_kd.data import GlueDataModule
+
+
+def evaluate(model, batches, metrics) -> dict[str, float]:
+    """Task metrics of ``model`` on ``batches``."""
+    metrics.reset()
+    with torch.inference_mode():
+        for batch in batches:
+            metrics.update(model(**model_inputs(batch)).logits.float(), batch["labels"])
+    return {k.split("/")[-1]: float(v) for k, v in metrics.compute().items()}
+
+
+def time_inference(model, batches, repeats: int = 3) -> float:
+    """Median seconds for one pass over ``batches`` (after one warm-up pass)."""
+    timings = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for batch in batches:
+                model(**model_inputs(batch))
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings[1:])
+
+
+def compare(teacher_dir: str, student_dir: str, task: str, tokenizer: str, batch_size: int = 64, max_length: int = 64) -> str:
+    """The comparison table as Markdown."""
+    data = GlueDataModule(task=task, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, eval_batch_size=batch_size)
+    data.setup("test")
+    batches = list(data.test_dataloader())
+    rows = []
+    for name, directory in (("teacher", teacher_dir), ("student", student_dir)):
+        model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+        scores = evaluate(model, batches, data.build_metrics("test/"))
+        seconds = time_inference(model, batches)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append((name, model.config.num_hidden_layers, params, scores, seconds))
+    metric_names = list(rows[0][3])
+    header = "| model | layers | parameters | " + " | ".join(f"test {m}" for m in metric_names) + " | inference s (test split) | speed-up |"
+    lines = [header, "|" + "---|" * (5 + len(metric_names))]
+    for name, layers, params, scores, seconds in rows:
+        cells = " | ".join(f"{100 * scores[m]:.2f}" for m in metric_names)
+        lines.append(f"| {name} | {layers} | {params / 1e6:.1f} M | {cells} | {seconds:.2f} | {rows[0][4] / seconds:.2f}× |")
+    examples = sum(b["input_ids"].shape[0] for b in batches)
+    lines.append("")
+    lines.append(f"{examples} test examples, batch {batch_size}, {torch.get_num_threads()} CPU threads.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True, help="exported teacher directory")
+    parser.add_argument("--student", required=True, help="exported student directory")
+    parser.add_argument("--task", default="rotten_tomatoes")
+    parser.add_argument("--tokenizer", default="embedded:all-MiniLM-L6-v2")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--output", help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    for path in (args.teacher, args.student):
+        if not Path(path, "config.json").exists():
+            parser.error(f"{path} is not an exported model directory (no config.json); run the fit steps first.")
+    table = compare(args.teacher, args.student, args.task, args.tokenizer, args.batch_size, args.max_length)
+    print(table)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
