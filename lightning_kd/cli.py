@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 
-from pytorch_lightning import LightningDataModule
+from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
 
 from lightning_kd.callbacks.export_student import ExportStudent
-from lightning_kd.core.module import DistillationModule
 
 
 class DistillationCLI(LightningCLI):
@@ -25,16 +24,21 @@ class DistillationCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ExportStudent, "export")
-        parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer")
+        parser.link_arguments("data.init_args.tokenizer", "model.init_args.export_tokenizer")
         parser.link_arguments("data.task_head", "model.init_args.task_head", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> DistillationCLI:
-    """Entry point of ``lightning-kd`` and ``python -m lightning_kd``."""
+def run_cli(args: list[str] | None = None, run: bool = True) -> DistillationCLI:
+    """Parse ``args`` (default: the command line), build the objects and run the subcommand.
+
+    Returns the CLI object (``.model``, ``.datamodule``, ``.trainer``) for use from Python and tests.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return DistillationCLI(
-        DistillationModule,
+        # The base LightningModule, not DistillationModule: with the latter, jsonargparse lets the base's
+        # ``prediction=None`` default override each method's own default.
+        LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -43,3 +47,8 @@ def main(args: list[str] | None = None, run: bool = True) -> DistillationCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
+
+
+def main() -> None:
+    """Entry point of ``lightning-kd`` and ``python -m lightning_kd`` (exit status 0 on success)."""
+    run_cli()

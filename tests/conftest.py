@@ -13,6 +13,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny tensors run fastest on one thread, and CI's two cores are then not oversubscribed.
+torch.set_num_threads(1)
 
 WORDS = (
     "the a an and or but not is was are were be been this that it its of to in on for with as by at "
@@ -26,15 +28,14 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def write_tiny_tokenizer(directory: Path) -> Path:
     """Write a BERT WordPiece tokenizer with a ~200-token vocabulary into ``directory``."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'-")
     pieces = [f"##{c}" for c in chars]
     vocab = list(dict.fromkeys(SPECIALS + WORDS + chars + pieces))
-    vocab_file = directory / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    # transformers 5 takes the vocabulary itself (``vocab_file=`` is silently ignored there).
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -45,8 +45,8 @@ class DistillationModule(pl.LightningModule):
         task_head: ``"sequence_classification"`` (fine-tuning) or ``"masked_lm"`` (pre-training).
             The CLI links it from the data module; by default it is read from the teacher.
         num_labels: number of task labels (1 = regression); linked from the data module by the CLI.
-        tokenizer: tokenizer saved with the exported student (linked from the data module by the
-            CLI; default: the teacher's or student's own directory).
+        export_tokenizer: tokenizer saved with the exported student (the CLI links it from the data
+            module's ``tokenizer``; default: the teacher's or student's own directory).
         student_init: ``"pretrained"`` loads ``student``'s weights; ``"random"`` builds it from its
             config; ``"teacher_first"`` / ``"teacher_uniform"`` copy ``student_layers`` teacher layers
             (the first ones, or the last of each uniform segment); ``"teacher_layers"`` copies the
@@ -77,7 +77,7 @@ class DistillationModule(pl.LightningModule):
         multi_teacher: MultiTeacherStrategy | None = None,
         task_head: TaskHead | None = None,
         num_labels: int | None = None,
-        tokenizer: str | None = None,
+        export_tokenizer: str | None = None,
         student_init: StudentInit = "pretrained",
         student_layers: int | list[int] | None = None,
         allow_width_truncation: bool = False,
@@ -102,14 +102,15 @@ class DistillationModule(pl.LightningModule):
         if prediction is not None and prediction.soft_weight > 0 and not sources:
             raise ValueError("prediction.soft_weight > 0 needs a teacher; set soft_weight=0 or give a teacher.")
         self.teacher_sources = [describe_source(s) for s in sources]
-        self.tokenizer_source = tokenizer or _first_str(sources) or _first_str([student])
+        self.tokenizer_source = export_tokenizer or _first_str(sources) or _first_str([student])
         self.task_head = task_head or _infer_head(sources, student)
         self.num_labels = num_labels
         self.prediction = prediction
         self.multi_teacher = multi_teacher or Average()
 
         setattr(self, TEACHERS_ATTR, load_teachers(sources, self.task_head, num_labels, teacher_precision))
-        self.student = self._build_student(student, student_init, student_layers, allow_width_truncation)
+        # from_pretrained returns eval mode; Lightning keeps a module's mode, so switch dropout on here.
+        self.student = self._build_student(student, student_init, student_layers, allow_width_truncation).train()
         self._check_vocabularies()
         self._val_metrics = self._test_metrics = None
 
@@ -268,6 +269,12 @@ class DistillationModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         hp = self.hparams
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        # estimated_stepping_batches builds the train loader before a --ckpt_path checkpoint is restored,
+        # and Lightning then never hands that loader its saved position. Dropping it makes the fit
+        # loop rebuild it after the restore, so a resumed run continues mid-epoch with the same batches.
+        if getattr(self.trainer.fit_loop, "_combined_loader", None) is not None:
+            self.trainer.fit_loop._combined_loader = None
         return build_optimizer(
             self.trainable_named_parameters(),
             learning_rate=hp.learning_rate,
@@ -276,7 +283,7 @@ class DistillationModule(pl.LightningModule):
             schedule=hp.lr_schedule,
             warmup_ratio=hp.warmup_ratio,
             final_lr_ratio=hp.final_lr_ratio,
-            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            total_steps=total_steps,
         )
 
     # ------------------------------------------------------------------ export

@@ -1,6 +1,17 @@
 """Every distillation method, one class per file. This import list is the registry."""
 
+from lightning_kd.methods.alp_kd import ALPKD
+from lightning_kd.methods.ckd import CKD
+from lightning_kd.methods.distilbert import DistilBERT
+from lightning_kd.methods.erdistill import ERDistill
 from lightning_kd.methods.kd import KD
+from lightning_kd.methods.mgskd import MGSKD
+from lightning_kd.methods.minilm import MiniLM
+from lightning_kd.methods.minilmv2 import MiniLMv2
+from lightning_kd.methods.mix_baseline import MixBaseline
+from lightning_kd.methods.pkd import PKD
 from lightning_kd.methods.student_only import StudentOnly
+from lightning_kd.methods.tinybert import TinyBERT
+from lightning_kd.methods.universal_kd import UniversalKD
 
-__all__ = ["KD", "StudentOnly"]
+__all__ = ["ALPKD", "CKD", "DistilBERT", "ERDistill", "KD", "MGSKD", "MiniLM", "MiniLMv2", "MixBaseline", "PKD", "StudentOnly", "TinyBERT", "UniversalKD"]

@@ -1,0 +1,5 @@
+"""Task metrics built on torchmetrics."""
+
+from lightning_kd.metrics.task_metrics import FromLogits, build_mlm_metrics, build_task_metrics
+
+__all__ = ["FromLogits", "build_mlm_metrics", "build_task_metrics"]

@@ -13,7 +13,7 @@ from tests.conftest import make_batch, make_tiny_bert
 
 
 def test_export_writes_loadable_model_and_tokenizer(tmp_path, tiny_tokenizer_dir, tiny_teacher, tiny_student):
-    method = KD(teacher=tiny_teacher, student=tiny_student, tokenizer=str(tiny_tokenizer_dir))
+    method = KD(teacher=tiny_teacher, student=tiny_student, export_tokenizer=str(tiny_tokenizer_dir))
     target = method.export_student(tmp_path / "student")
     assert (target / "config.json").exists() and (target / "model.safetensors").exists()
     assert AutoTokenizer.from_pretrained(target).vocab_size == AutoTokenizer.from_pretrained(tiny_tokenizer_dir).vocab_size

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Features, Value
+if TYPE_CHECKING:
+    from datasets import Features
 
 Encode = Callable[[Any], int | float]
 
@@ -21,6 +22,9 @@ def make_example(texts: Sequence[str], label: Any, encode: Encode | None) -> dic
 
 def example_features(pair: bool, regression: bool) -> Features:
     """The Arrow schema of normalised examples (fixed up front so every source agrees)."""
+    # Imported here so the task table and readers load without ``datasets`` (see data/__init__.py).
+    from datasets import Features, Value
+
     columns = {"text_a": Value("string")}
     if pair:
         columns["text_b"] = Value("string")

@@ -44,6 +44,7 @@ class TextColumns:
         self.names = names
 
     def __call__(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        """The texts of ``row``, in order."""
         return tuple(text_field(row, name) for name in self.names)
 
     def __repr__(self) -> str:

@@ -46,12 +46,20 @@ def resolve_text_columns(path: str | Path, text_columns: Sequence[str] | None) -
     """
     if text_columns is not None:
         return tuple(text_columns)
-    available = table_columns(path)
+    return default_text_columns(table_columns(path), str(path))
+
+
+def default_text_columns(available: Sequence[str], where: str) -> tuple[str, ...]:
+    """``text_a`` [+ ``text_b``] or ``text``, whichever ``available`` has.
+
+    Raises:
+        ValueError: none of them is there; the message asks for ``text_columns``.
+    """
     for candidate in _DEFAULT_TEXT_COLUMNS:
         if all(column in available for column in candidate):
             return candidate
     raise ValueError(
-        f"{path}: cannot tell which columns hold the text (found {available}); "
+        f"{where}: cannot tell which columns hold the text (found {list(available)}); "
         "pass text_columns=[...] (one column, or two for sentence pairs)"
     )
 
@@ -96,7 +104,7 @@ def _delimited_rows(path: Path, delimiter: str, wanted: Sequence[str]) -> Iterat
     for line, fields in records:
         if len(fields) != len(header):
             raise located(path, line, f"expected {len(header)} columns as in the header, found {len(fields)}")
-        yield line, dict(zip(header, fields))
+        yield line, dict(zip(header, fields, strict=True))
 
 
 def _check(path: str | Path) -> Path:

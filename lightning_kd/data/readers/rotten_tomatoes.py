@@ -65,7 +65,7 @@ def iter_rotten_tomatoes(
         for row in reader:
             with at_line(path, start):
                 if None in row or None in row.values():  # csv.DictReader's marks for extra / missing fields
-                    raise ValueError(f"expected the {len(reader.fieldnames)} columns {reader.fieldnames}, found more or fewer")
+                    raise ValueError(f"expected the columns {reader.fieldnames}, found a row of another width")
                 example = _example(row, split, seed)
             start = reader.line_num + 1
             if example is not None:

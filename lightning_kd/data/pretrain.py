@@ -1,0 +1,240 @@
+"""``PretrainDataModule``: a text corpus as packed, dynamically masked MLM batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset, Features, IterableDataset, List, Value
+from datasets.distributed import split_dataset_by_node
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lightning_kd.data.collators import MaskingCollator
+from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
+from lightning_kd.data.masking import continuation_table
+from lightning_kd.data.packing import TokenizeAndPack
+from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
+from lightning_kd.data.sources import resolve_source
+from lightning_kd.metrics import build_mlm_metrics
+
+# int32 ids halve the cached corpus on disk versus the int64 that ``map`` would infer.
+_BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
+_SHUFFLE_BUFFER = 10_000
+
+
+class PretrainDataModule(LightningDataModule):
+    """Masked-language-model batches from raw text, scaled to BERT-corpus size.
+
+    Text (files or an HF dataset) is tokenised without special tokens, concatenated and cut into
+    blocks of ``block_size`` tokens framed by ``[CLS]``/``[SEP]`` (see :mod:`lightning_kd.data.packing`),
+    and cached as Arrow by ``datasets`` (``cache_dir``), in ``num_proc`` processes. With
+    ``streaming=True`` nothing is pre-tokenised: text is read, tokenised and packed on the fly
+    (training order comes from a 10,000-block shuffle buffer).
+
+    Masking happens in the collator, fresh for every batch (see :class:`~lightning_kd.data.collators.MaskingCollator`):
+    batches hold masked ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels``
+    (-100 off the masked positions).
+
+    Args:
+        tokenizer: model name, local directory or ``embedded:<name>`` of the tokenizer.
+        train_files: corpus files (``.txt`` one example per line, ``.csv``/``.tsv``/``.jsonl``/``.parquet``
+            with ``text_column``; compressed or glob patterns allowed; ``embedded:rotten_tomatoes``).
+        validation_files: held-out files of the same type (default: ``validation_fraction`` of the training lines).
+        hf_dataset: Hugging Face dataset name, or a ``save_to_disk`` directory (instead of files).
+        hf_config: configuration of ``hf_dataset``.
+        text_column: the column with the text (``text`` for ``.txt`` files).
+        validation_fraction: share of training lines held out when there is no validation data.
+        block_size: tokens per block, ``[CLS]`` and ``[SEP]`` included.
+        mlm_probability: share of tokens chosen for prediction (BERT: 0.15).
+        whole_word_mask: choose whole words (a WordPiece head with its ``##`` pieces).
+        batch_size: training batch size.
+        eval_batch_size: validation batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        num_proc: processes for tokenising and packing (not with ``streaming``).
+        cache_dir: directory of the ``datasets`` cache (raw and packed Arrow files; a ``save_to_disk``
+            corpus keeps its packed cache next to its own files).
+        streaming: read the corpus lazily instead of pre-tokenising it (for corpora too big to cache).
+        max_train_samples: use this many training blocks (a seeded random subset; the first ones when streaming).
+        max_eval_samples: use this many validation blocks.
+        seed: seed of the validation hold-out, the subsets, the shuffle buffer and the validation masks.
+
+    Raises:
+        ValueError: no corpus or two corpora, or an out-of-range number.
+    """
+
+    task_head: str = "masked_lm"
+    num_labels: int | None = None
+
+    def __init__(
+        self,
+        tokenizer: str,
+        train_files: list[str] | None = None,
+        validation_files: list[str] | None = None,
+        hf_dataset: str | None = None,
+        hf_config: str | None = None,
+        text_column: str = "text",
+        validation_fraction: float = 0.01,
+        block_size: int = 128,
+        mlm_probability: float = 0.15,
+        whole_word_mask: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+        streaming: bool = False,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if bool(train_files) == bool(hf_dataset):
+            raise ValueError(
+                "Pass exactly one corpus: train_files=[...] (text files, one document or sentence per line) "
+                f"or hf_dataset=...; got train_files={train_files!r}, hf_dataset={hf_dataset!r}."
+            )
+        if validation_files and not train_files:
+            raise ValueError("validation_files go with train_files; an hf_dataset brings its own 'validation' split.")
+        if hf_config and not hf_dataset:
+            raise ValueError("hf_config only applies to hf_dataset.")
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        if not 0 < mlm_probability < 1:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        if block_size < 3:
+            raise ValueError(f"block_size must be at least 3 ([CLS] token [SEP]), got {block_size}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_proc", num_proc),
+                            ("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if streaming and num_proc:
+            raise ValueError("num_proc parallelises pre-tokenisation; streaming=True tokenises on the fly. Drop one.")
+        self.tokenizer_name = tokenizer
+        self.train_files, self.validation_files = train_files, validation_files
+        self.hf_dataset, self.hf_config, self.text_column = hf_dataset, hf_config, text_column
+        self.validation_fraction, self.block_size = validation_fraction, block_size
+        self.mlm_probability, self.whole_word_mask = mlm_probability, whole_word_mask
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
+        self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.datasets: dict[str, Dataset | IterableDataset] = {}
+        self._sharded = False
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, loaded on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_source(self.tokenizer_name))
+            if self.whole_word_mask:
+                continuation_table(self._tokenizer)  # fail now, not in the first batch, if not WordPiece
+        return self._tokenizer
+
+    def build_metrics(self, prefix: str) -> MetricCollection:
+        """Masked-token accuracy keyed ``<prefix>mlm_accuracy``; ``update(logits (B, N, V), labels)``."""
+        return build_mlm_metrics(prefix)
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def prepare_data(self) -> None:
+        """Tokenise and pack once (map-style), so every rank then reads ``datasets``' cache."""
+        if not self.streaming:
+            self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (or load from cache) the packed splits; shard streamed ones across ranks."""
+        self._build()
+        trainer = self.trainer
+        if self.streaming and trainer is not None and trainer.world_size > 1 and not self._sharded:
+            self._sharded = True  # setup runs once per stage; shard only once
+            self.datasets = {
+                name: split_dataset_by_node(split, rank=trainer.global_rank, world_size=trainer.world_size)
+                for name, split in self.datasets.items()
+            }
+
+    def _build(self) -> None:
+        if self.datasets:
+            return
+        raw = self._raw_splits()
+        for split, corpus in raw.items():
+            blocks = self._pack(corpus)
+            limit = self.max_train_samples if split == "train" else self.max_eval_samples
+            if isinstance(blocks, IterableDataset):
+                # Take before shuffling: a quick run then reads only ``limit`` blocks, not a full buffer.
+                blocks = blocks.take(limit) if limit else blocks
+                if split == "train":
+                    blocks = blocks.shuffle(seed=self.seed, buffer_size=_SHUFFLE_BUFFER)
+            else:
+                if len(blocks) == 0:
+                    raise ValueError(
+                        f"the {split} corpus is shorter than one block of {self.block_size} tokens; "
+                        "add text, lower block_size, or raise validation_fraction"
+                    )
+                if limit is not None and limit < len(blocks):
+                    blocks = blocks.shuffle(seed=self.seed).select(range(limit))
+            self.datasets[split] = blocks
+
+    def _raw_splits(self) -> dict[str, Corpus]:
+        if self.hf_dataset:
+            raw = load_hf_corpus(self.hf_dataset, self.hf_config, self.cache_dir, self.streaming)
+        else:
+            raw = load_files(self.train_files, self.validation_files, self.cache_dir, self.streaming)
+        for name, split in raw.items():
+            columns = split.column_names
+            if columns is not None and self.text_column not in columns:
+                raise ValueError(f"the corpus has no column {self.text_column!r}; it has {columns}. Set text_column=.")
+            # Only the text travels on: less to hash and filter, and packing knows which column to drop.
+            raw[name] = split.select_columns([self.text_column])
+        if "validation" not in raw:
+            raw["train"], raw["validation"] = split_off_validation(
+                raw["train"], self.text_column, self.validation_fraction, self.seed
+            )
+        return raw
+
+    def _pack(self, corpus: Corpus) -> Corpus:
+        pack = TokenizeAndPack(self.tokenizer, self.text_column, self.block_size)
+        if isinstance(corpus, IterableDataset):
+            return corpus.map(pack, batched=True, remove_columns=[self.text_column], features=_BLOCK_FEATURES)
+        return corpus.map(
+            pack,
+            batched=True,
+            remove_columns=[self.text_column],
+            features=_BLOCK_FEATURES,
+            num_proc=self.num_proc,
+            desc=f"Tokenizing and packing into {self.block_size}-token blocks",
+        )
+
+    # ----------------------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training blocks, masked per batch.
+
+        Map-style corpora are shuffled in an order fixed by (seed, epoch) and resume mid-epoch
+        exactly (see :mod:`lightning_kd.data.sampling`); streamed ones use the shuffle buffer.
+        """
+        return self._loader("train", self.batch_size, MaskingCollator(
+            self.tokenizer, self.mlm_probability, self.whole_word_mask
+        ))
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation blocks in order, with masks that repeat every epoch."""
+        return self._loader("validation", self.eval_batch_size, MaskingCollator(
+            self.tokenizer, self.mlm_probability, self.whole_word_mask, eval_seed=self.seed
+        ))
+
+    def _loader(self, split: str, batch_size: int, collate: Any) -> DataLoader:
+        if not self.datasets:
+            self._build()
+        dataset = self.datasets[split]
+        options: dict[str, Any] = dict(
+            batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+        if split != "train" or isinstance(dataset, IterableDataset):
+            return DataLoader(dataset, **options)
+        sampler = EpochShuffleSampler(dataset, global_seed(self.seed))
+        return ResumableDataLoader(dataset, sampler=sampler, position=self._fit_position, **options)
+
+    def _fit_position(self) -> dict[str, int]:
+        return fit_position(self.trainer)

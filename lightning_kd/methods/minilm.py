@@ -1,0 +1,137 @@
+"""MiniLM (v1) — Wang et al. (2020), "MiniLM: Deep Self-Attention Distillation for Task-Agnostic
+Compression of Pre-Trained Transformers".
+
+The student's **last** layer matches the teacher's last layer in two ways, per head:
+
+* attention transfer: ``KL(A_T ‖ A_S)`` between the attention distributions of every query row;
+* value relation: ``KL(softmax(V_T V_Tᵀ/√d_h^T) ‖ softmax(V_S V_Sᵀ/√d_h^S))``.
+
+Head counts must match; head sizes (widths) may differ. There is no learnable part, no temperature
+and no prediction loss by default (GKD pre-trains with these two terms only, then fine-tunes plainly).
+
+Where we differ from the GKD reference, and why:
+
+* Attention term: the reference passes attention *probabilities* into a KL that applies softmax
+  again (a double softmax: nearly uniform rows, a weak squared-error-like signal). We compute the
+  paper's KL from the padding-masked pre-softmax scores with ``log_softmax``.
+  ``gkd_double_softmax=True`` restores the reference form.
+* ``mask_padding=True`` (off by default, like the reference) also drops padded keys from the
+  value-relation softmax and padded query rows from both means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.module import DistillationModule
+from lightning_kd.losses.attention import (
+    attention_kl,
+    attention_probs_double_softmax_kl,
+    relation_kl,
+)
+from lightning_kd.losses.prediction import PredictionLoss
+
+
+@dataclass
+class MiniLMSettings:
+    """MiniLM's knobs (the :class:`MiniLM` arguments, and MixBaseline's ``minilm`` block).
+
+    Attributes:
+        gkd_double_softmax: compute the attention term as the GKD reference does (softmax applied
+            to the attention probabilities again) instead of the paper's KL.
+        mask_padding: leave padded query rows out of both terms and padded keys out of the
+            value-relation softmax (padded keys never carry attention probability either way).
+    """
+
+    gkd_double_softmax: bool = False
+    mask_padding: bool = False
+
+
+class MiniLMIntermediate(nn.Module):
+    """MiniLM's last-layer attention and value-relation loss; shared by :class:`MiniLM` and MixBaseline.
+
+    Args:
+        settings: the knobs.
+        student_config: the student's HF config.
+        teacher_configs: each teacher's HF config.
+
+    Raises:
+        ValueError: a teacher's head count differs from the student's.
+    """
+
+    def __init__(self, settings: MiniLMSettings, student_config, teacher_configs: list) -> None:
+        super().__init__()
+        self.settings = settings
+        for index, config in enumerate(teacher_configs):
+            if config.num_attention_heads != student_config.num_attention_heads:
+                raise ValueError(
+                    f"MiniLM matches attention and value relations head by head, but teacher {index} has "
+                    f"{config.num_attention_heads} heads and the student {student_config.num_attention_heads}. "
+                    "Use a student with as many heads (or MiniLMv2, whose relation heads are free)."
+                )
+        self.student_layer = student_config.num_hidden_layers - 1
+        self.teacher_layers = [c.num_hidden_layers - 1 for c in teacher_configs]
+
+    def student_request(self) -> FeatureRequest:
+        return FeatureRequest(qkv_layers=frozenset({self.student_layer}))
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        return FeatureRequest(qkv_layers=frozenset({self.teacher_layers[teacher_index]}))
+
+    def forward(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
+        """``{"attention", "value_relation"}`` against one teacher (unweighted)."""
+        s, t = self.student_layer, self.teacher_layers[teacher_index]
+        mask, mask_padding = batch.get("attention_mask"), self.settings.mask_padding
+        if mask_padding and mask is None:
+            raise ValueError("MiniLM mask_padding=True needs an attention_mask in the batch.")
+        if self.settings.gkd_double_softmax:
+            attention = attention_probs_double_softmax_kl(
+                student.attention_probs(s), teacher.attention_probs(t), mask, mask_queries=mask_padding
+            )
+        else:
+            attention = attention_kl(student.attention_scores(s), teacher.attention_scores(t), mask, mask_queries=mask_padding)
+        values = relation_kl(
+            student.split_heads(student.values[s]), teacher.split_heads(teacher.values[t]), mask, mask_padding=mask_padding
+        )
+        return {"attention": attention, "value_relation": values}
+
+
+class MiniLM(DistillationModule):
+    """MiniLM deep self-attention distillation of the last layer (both stages; GKD uses pre-training).
+
+    Args:
+        gkd_double_softmax: reproduce the reference's double-softmax attention term (parity only).
+        mask_padding: leave padded query rows (and padded value-relation keys) out of the loss.
+        prediction: an optional prediction-level loss added to the two terms (``None``: none, as in
+            the paper and GKD).
+        **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
+
+    Raises:
+        ValueError: the teacher's head count differs from the student's.
+    """
+
+    def __init__(
+        self,
+        *,
+        gkd_double_softmax: bool = False,
+        mask_padding: bool = False,
+        prediction: PredictionLoss | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(prediction=prediction, **kwargs)
+        settings = MiniLMSettings(gkd_double_softmax=gkd_double_softmax, mask_padding=mask_padding)
+        self.intermediate = MiniLMIntermediate(settings, self.student.config, [t.config for t in self.teachers])
+
+    def student_request(self) -> FeatureRequest:
+        return self.intermediate.student_request()
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        return self.intermediate.teacher_request(teacher_index)
+
+    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
+        terms = super().teacher_terms(batch, student, teacher, teacher_index)
+        terms.update(self.intermediate(batch, student, teacher, teacher_index))
+        return terms

@@ -1,0 +1,100 @@
+"""On-disk tiny models and data for CLI and config tests (what a user's directories look like)."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from tests.conftest import WORDS, make_tiny_bert, write_tiny_tokenizer
+
+# Widths divisible by the seed's 48 MiniLMv2 relation heads; 12 teacher layers so every seed layer choice is valid.
+TEACHER_SHAPE = {"layers": 12, "hidden": 96, "heads": 12}
+STUDENT_SHAPE = {"layers": 6, "hidden": 48, "heads": 12}
+
+
+def write_models(root: Path) -> dict[str, Path]:
+    """Tiny classification and MLM teachers/students, each saved with the tiny tokenizer."""
+    paths = {}
+    for kind in ("classification", "mlm"):
+        for role, shape, seed in (("teacher", TEACHER_SHAPE, 1), ("student", STUDENT_SHAPE, 2)):
+            directory = root / f"{role}_{kind}"
+            model = make_tiny_bert(kind, seed=seed, **shape)
+            model.config.max_position_embeddings = 64
+            model.save_pretrained(directory)
+            write_tiny_tokenizer(directory)
+            paths[f"{role}_{kind}"] = directory
+    # Without dropout a run is a pure function of data order and weights (Lightning does not checkpoint RNG state).
+    deterministic = root / "teacher_classification_no_dropout"
+    make_tiny_bert("classification", seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TEACHER_SHAPE).save_pretrained(deterministic)
+    write_tiny_tokenizer(deterministic)
+    paths["teacher_classification_no_dropout"] = deterministic
+    return paths
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10)))
+
+
+def write_classification_csvs(root: Path, rows: int = 24) -> dict[str, Path]:
+    """train/validation/test CSVs with ``text`` and ``label`` (good/bad) columns."""
+    rng = random.Random(0)
+    paths = {}
+    for split in ("train", "validation", "test"):
+        path = root / f"{split}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            for i in range(rows):
+                writer.writerow([_sentence(rng), "good" if i % 2 else "bad"])
+        paths[split] = path
+    return paths
+
+
+def write_corpus(root: Path, lines: int = 200) -> Path:
+    """A plain-text corpus, one sentence per line."""
+    rng = random.Random(1)
+    path = root / "corpus.txt"
+    path.write_text("\n".join(_sentence(rng) for _ in range(lines)) + "\n")
+    return path
+
+
+def classification_data_args(tokenizer: Path, files: dict[str, Path]) -> list[str]:
+    return [
+        "--data=lightning_kd.data.GlueDataModule",
+        "--data.task=text-classification",
+        f"--data.tokenizer={tokenizer}",
+        f"--data.train_file={files['train']}",
+        f"--data.validation_file={files['validation']}",
+        f"--data.test_file={files['test']}",
+        "--data.text_columns=[text]",
+        "--data.label_column=label",
+        "--data.batch_size=4",
+        "--data.max_length=16",
+    ]
+
+
+def pretrain_data_args(tokenizer: Path, corpus: Path) -> list[str]:
+    return [
+        "--data=lightning_kd.data.PretrainDataModule",
+        f"--data.tokenizer={tokenizer}",
+        f"--data.train_files=[{corpus}]",
+        "--data.block_size=16",
+        "--data.batch_size=4",
+        "--data.validation_fraction=0.1",
+    ]
+
+
+def quick_trainer_args(root: Path, steps: int = 2) -> list[str]:
+    return [
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={root}",
+        f"--export.dirpath={root / 'student'}",
+    ]
