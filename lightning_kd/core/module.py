@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from lightning_kd.core.export import export_model, load_tokenizer
 from lightning_kd.core.features import Features, FeatureRequest, capture
 from lightning_kd.core.optim import Schedule, build_optimizer
-from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy
+from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.teachers import TEACHERS_ATTR, describe_source, load_teachers
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.models.loading import ModelSource, Precision, TaskHead, head_of, load_config, load_model
@@ -55,7 +55,8 @@ class DistillationModule(pl.LightningModule):
             layers (``teacher_layers``).
         allow_width_truncation: when copying teacher layers into a narrower student, copy the
             leading slice of each weight (GKD behaviour) instead of refusing.
-        teacher_precision: teacher weights' dtype; captured tensors are upcast to float32.
+        teacher_precision: teacher weights' dtype (one for all, or one per teacher); captured tensors
+            are upcast to float32 for the loss math.
         prediction: the prediction-level (soft/hard) loss; ``None`` means no prediction terms.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and normalisation weights).
@@ -81,7 +82,7 @@ class DistillationModule(pl.LightningModule):
         student_init: StudentInit = "pretrained",
         student_layers: int | list[int] | None = None,
         allow_width_truncation: bool = False,
-        teacher_precision: Precision = "float32",
+        teacher_precision: Precision | list[Precision] = "float32",
         prediction: PredictionLoss | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
@@ -107,6 +108,10 @@ class DistillationModule(pl.LightningModule):
         self.num_labels = num_labels
         self.prediction = prediction
         self.multi_teacher = multi_teacher or Average()
+        # A method whose intermediate losses live in a reusable module (so MixBaseline can combine
+        # them) assigns it here after this constructor; the default hooks then use its requests and
+        # terms. It provides student_request(), teacher_request(index) and forward(batch, student, teacher, index).
+        self.intermediate: nn.Module | None = None
 
         setattr(self, TEACHERS_ATTR, load_teachers(sources, self.task_head, num_labels, teacher_precision))
         # from_pretrained returns eval mode; Lightning keeps a module's mode, so switch dropout on here.
@@ -161,11 +166,11 @@ class DistillationModule(pl.LightningModule):
     # ------------------------------------------------------------------ method hooks
     def student_request(self) -> FeatureRequest:
         """Tensors the method needs from the student's forward (logits are always captured)."""
-        return FeatureRequest()
+        return self.intermediate.student_request() if self.intermediate is not None else FeatureRequest()
 
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         """Tensors the method needs from teacher ``teacher_index``'s forward."""
-        return FeatureRequest()
+        return self.intermediate.teacher_request(teacher_index) if self.intermediate is not None else FeatureRequest()
 
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
         """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
@@ -174,10 +179,15 @@ class DistillationModule(pl.LightningModule):
         return {}
 
     def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
-        """Weighted terms comparing the student with one teacher; default: the soft prediction term."""
+        """Weighted terms comparing the student with one teacher: the soft prediction term and the
+        :attr:`intermediate` module's terms."""
+        terms = {}
         if self.prediction is not None and self.prediction.soft_weight > 0:
-            return {"soft": self.prediction.soft(student.logits, teacher.logits, batch)}
-        return {}
+            per_sample = self.multi_teacher.per_sample
+            terms["soft"] = self.prediction.soft(student.logits, teacher.logits, batch, per_sample=per_sample)
+        if self.intermediate is not None:
+            terms.update(self.intermediate(batch, student, teacher, teacher_index))
+        return terms
 
     # ------------------------------------------------------------------ the step
     def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
@@ -193,8 +203,14 @@ class DistillationModule(pl.LightningModule):
         student = capture(self.student, batch, self.student_request(), with_labels=True)
         terms = self.student_terms(batch, student)
         if len(self.teachers):
-            per_teacher = [self.teacher_terms(batch, student, self.run_teacher(i, batch), i) for i in range(len(self.teachers))]
-            terms.update(self.multi_teacher.combine(per_teacher, batch))
+            indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)
+            per_teacher, logits = [], []
+            for index in indices:
+                teacher = self.run_teacher(index, batch)
+                per_teacher.append(self.teacher_terms(batch, student, teacher, index))
+                logits.append(teacher.logits)
+                del teacher  # release this teacher's activations before the next one runs
+            terms.update(self.multi_teacher.combine(per_teacher, TeacherStep(batch, student, logits, indices, self.global_step)))
         if not terms:
             raise RuntimeError(
                 f"{type(self).__name__} produced no loss term: every weight is 0 or the batch has no labels for the hard loss."

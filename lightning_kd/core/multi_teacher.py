@@ -5,30 +5,61 @@ More strategies live in :mod:`lightning_kd.methods.multi_teacher`, one per file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+
+from lightning_kd.core.features import Features
+
+
+@dataclass
+class TeacherStep:
+    """What a strategy sees of one training step besides the per-teacher terms.
+
+    Attributes:
+        batch: the training batch (labels for strategies that score teachers on gold labels).
+        student: the student's captured features (its logits, e.g. for uncertainty weights).
+        teacher_logits: float32 logits of each teacher that ran, in the order of ``teacher_indices``.
+        teacher_indices: which teachers ran this step (see :meth:`MultiTeacherStrategy.select_teachers`).
+        step: the trainer's global step (seed for per-step random draws, identical on every rank).
+    """
+
+    batch: dict[str, Tensor]
+    student: Features
+    teacher_logits: list[Tensor]
+    teacher_indices: list[int]
+    step: int
 
 
 class MultiTeacherStrategy(nn.Module):
     """Combines the per-teacher loss terms of one training step into one dict of terms.
 
     A strategy is an ``nn.Module`` so it may own learnable parts (optimised and checkpointed with
-    the method, never exported with the student). Subclasses implement :meth:`combine`.
+    the method, never exported with the student). Subclasses implement :meth:`combine` and may
+    override :meth:`select_teachers`.
+
+    Attributes:
+        per_sample: when ``True`` the prediction-level soft term arrives per example, shape ``(B,)``,
+            so the strategy can weight examples (MT-BERT, Uncertainty); other terms stay scalars.
     """
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Merge ``per_teacher[i]`` (teacher ``i``'s weighted terms) into the step's terms.
+    per_sample: bool = False
 
-        Args:
-            per_teacher: one dict of already-weighted scalar loss terms per teacher.
-            batch: the training batch (strategies that weight by sample may need labels).
-        """
+    def select_teachers(self, num_teachers: int, step: int) -> list[int]:
+        """Indices of the teachers to run this step (default: all). Teachers not listed never run."""
+        return list(range(num_teachers))
+
+    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
+        """Merge ``per_teacher[k]`` (the weighted terms of teacher ``step.teacher_indices[k]``) into scalar terms."""
         raise NotImplementedError
-class Average(MultiTeacherStrategy):
-    """Mean over teachers of each loss term; with one teacher it returns that teacher's terms."""
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+
+class Average(MultiTeacherStrategy):
+    """Mean over teachers of each loss term (GKD ``AvgTeacher``); one teacher's terms pass through unchanged."""
+
+    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
         if len(per_teacher) == 1:
-            return dict(per_teacher[0])
+            return {name: value.mean() for name, value in per_teacher[0].items()}
         names = list(dict.fromkeys(name for terms in per_teacher for name in terms))
-        return {name: torch.stack([t[name] for t in per_teacher if name in t]).sum() / len(per_teacher) for name in names}
+        return {name: torch.stack([t[name].mean() for t in per_teacher if name in t]).sum() / len(per_teacher) for name in names}

@@ -19,10 +19,17 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def load_teachers(
-    sources: list[ModelSource], head: TaskHead, num_labels: int | None, dtype: Precision
+    sources: list[ModelSource], head: TaskHead, num_labels: int | None, dtype: Precision | list[Precision]
 ) -> nn.ModuleList:
-    """Load and freeze every teacher; each keeps its own precision (captured tensors are upcast)."""
-    return nn.ModuleList(freeze(load_model(s, head, num_labels, role="teacher", dtype=dtype)) for s in sources)
+    """Load and freeze every teacher, each in its own precision (captured tensors are upcast).
+
+    Args:
+        dtype: one precision for all teachers, or one per teacher.
+    """
+    dtypes = dtype if isinstance(dtype, list) else [dtype] * len(sources)
+    if len(dtypes) != len(sources):
+        raise ValueError(f"teacher_precision lists {len(dtypes)} precisions for {len(sources)} teachers; give one per teacher or a single value.")
+    return nn.ModuleList(freeze(load_model(s, head, num_labels, role="teacher", dtype=d)) for s, d in zip(sources, dtypes))
 
 
 def describe_source(source: ModelSource) -> str:

@@ -215,14 +215,3 @@ class DistilBERT(DistillationModule):
         self.intermediate = DistilBERTIntermediate(
             settings, self.student.config, [t.config for t in self.teachers], self.task_head
         )
-
-    def student_request(self) -> FeatureRequest:
-        return self.intermediate.student_request()
-
-    def teacher_request(self, teacher_index: int) -> FeatureRequest:
-        return self.intermediate.teacher_request(teacher_index)
-
-    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
-        terms = super().teacher_terms(batch, student, teacher, teacher_index)
-        terms.update(self.intermediate(batch, student, teacher, teacher_index))
-        return terms

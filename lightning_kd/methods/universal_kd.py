@@ -119,7 +119,7 @@ class UniversalKD(DistillationModule):
         weights = attention_mask.to(state.dtype)[:, :, None]
         return (state * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
-    def intermediate(
+    def intermediate_kl(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> Tensor:
         """Unweighted intermediate KL with one teacher (scalar, or ``(B,)`` with ``per_sample``)."""
@@ -142,5 +142,5 @@ class UniversalKD(DistillationModule):
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
     ) -> dict[str, Tensor]:
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
-        terms["intermediate"] = self.gamma * self.intermediate(batch, student, teacher, teacher_index)
+        terms["intermediate"] = self.gamma * self.intermediate_kl(batch, student, teacher, teacher_index)
         return terms

@@ -116,8 +116,8 @@ def test_per_sample_intermediate_averages_to_the_scalar():
     batch = make_batch()
     s = capture(method.student, batch, method.student_request())
     t = method.run_teacher(0, batch)
-    per = method.intermediate(batch, s, t, 0, per_sample=True)
-    torch.testing.assert_close(per.mean(), method.intermediate(batch, s, t, 0))
+    per = method.intermediate_kl(batch, s, t, 0, per_sample=True)
+    torch.testing.assert_close(per.mean(), method.intermediate_kl(batch, s, t, 0))
 
 
 def test_bad_inputs_fail_fast(tiny_teacher):
