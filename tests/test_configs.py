@@ -26,7 +26,11 @@ TINY_OVERRIDES = {
     "mgskd": {"relation_heads": 12},  # 64 relation heads need a width divisible by 64
 }
 # Configs whose method needs a student as wide as the teacher (e.g. DistilBERT's cosine term).
-SAME_WIDTH_STUDENT = {"configs/gkd/distilbert/1_pretrain.yaml", "configs/gkd/distilbert/1_pretrain_ce_mask_padding.yaml"}
+SAME_WIDTH_STUDENT = {
+    "configs/gkd/distilbert/1_pretrain.yaml",
+    "configs/gkd/distilbert/1_pretrain_ce_mask_padding.yaml",
+    "configs/gkd/sid/2_finetune.yaml",  # SID compares [CLS] vectors and attention maps directly
+}
 
 
 def test_there_are_configs_for_every_method():
@@ -38,7 +42,13 @@ def test_there_are_configs_for_every_method():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_config_parses(config, capsys):
+def test_config_parses(config, capsys, monkeypatch):
+    if config.parts[1] == "pipelines":  # a stage list for `python -m lightning_kd.pipeline`, not a fit config
+        from lightning_kd.pipeline import load_pipeline
+
+        monkeypatch.chdir(ROOT)
+        assert load_pipeline(ROOT / config)
+        return
     args = ["fit", "--config", str(ROOT / config), "--print_config"]
     if config.parts[1] == "trainer":
         args[1:1] = ["--model=lightning_kd.methods.StudentOnly"]
@@ -103,6 +113,7 @@ def test_method_config_trains_on_tiny_models(config, tiny, tmp_path):
         if config.parts[-2] == method:
             init.update({k: v for k, v in overrides.items() if k in init})
     document["data"] = _tiny_data(stage, tiny)
+    callbacks = (document.get("trainer") or {}).get("callbacks")  # schedules the method needs stay
     document["trainer"] = {
         "accelerator": "cpu",
         "devices": 1,
@@ -114,6 +125,8 @@ def test_method_config_trains_on_tiny_models(config, tiny, tmp_path):
         "logger": False,
         "default_root_dir": str(tmp_path),
     }
+    if callbacks:
+        document["trainer"]["callbacks"] = callbacks
     document["export"] = {"dirpath": str(tmp_path / "student")}
     patched = tmp_path / "config.yaml"
     patched.write_text(yaml.safe_dump(document))

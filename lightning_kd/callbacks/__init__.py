@@ -1,5 +1,19 @@
 """Callbacks, one job per file."""
 
+from lightning_kd.callbacks.continuation_weight import ContinuationWeight
 from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
+from lightning_kd.callbacks.sid_stages import SIDStages
+from lightning_kd.callbacks.step_schedule import StepSchedule
+from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
+from lightning_kd.callbacks.theseus_replacing_rate import TheseusReplacingRate
 
-__all__ = ["ExportStudent"]
+__all__ = [
+    "ContinuationWeight",
+    "ExportStudent",
+    "RailKDResampling",
+    "SIDStages",
+    "StepSchedule",
+    "TemperatureSchedule",
+    "TheseusReplacingRate",
+]

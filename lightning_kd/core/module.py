@@ -12,6 +12,8 @@ hygiene, export) lives here once.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -23,11 +25,15 @@ from transformers import PreTrainedModel
 from lightning_kd.core.export import export_model, load_tokenizer
 from lightning_kd.core.features import Features, FeatureRequest, capture
 from lightning_kd.core.optim import Schedule, build_optimizer
+from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.teachers import TEACHERS_ATTR, describe_source, load_teachers
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.models.loading import ModelSource, Precision, TaskHead, head_of, load_config, load_model
 from lightning_kd.models.student_init import select_teacher_layers, copy_teacher_weights, truncated_copy
+
+# Frozen teachers are in eval mode on purpose; Lightning would warn about them at every fit.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_layers"]
 
@@ -58,6 +64,12 @@ class DistillationModule(pl.LightningModule):
         teacher_precision: teacher weights' dtype (one for all, or one per teacher); captured tensors
             are upcast to float32 for the loss math.
         prediction: the prediction-level (soft/hard) loss; ``None`` means no prediction terms.
+        forward_repeats: extra forward passes per training step on the same batch (GKD
+            ``--forward_repeat_num``): the step runs ``1 + forward_repeats`` passes, each with fresh
+            dropout, and every loss term is *summed* over them. Evaluation never repeats.
+        random_inputs: replace the token ids by random ones on some passes (GKD
+            ``--distill_random_data*``); see :class:`~lightning_kd.core.random_inputs.RandomInputs`.
+            ``mode="replace"`` refuses a hard loss; ``mode="dual"`` keeps the random half out of it.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and normalisation weights).
         warmup_ratio: fraction of the optimizer steps used for linear warm-up.
@@ -84,6 +96,8 @@ class DistillationModule(pl.LightningModule):
         allow_width_truncation: bool = False,
         teacher_precision: Precision | list[Precision] = "float32",
         prediction: PredictionLoss | None = None,
+        forward_repeats: int = 0,
+        random_inputs: RandomInputs | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
@@ -93,6 +107,7 @@ class DistillationModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher"])
+        _allow_in_checkpoints(dict(self.hparams))
         if teacher is not None and teachers:
             raise ValueError("Give either `teacher` or `teachers`, not both.")
         sources = list(teachers or ([teacher] if teacher is not None else []))
@@ -108,6 +123,10 @@ class DistillationModule(pl.LightningModule):
         self.num_labels = num_labels
         self.prediction = prediction
         self.multi_teacher = multi_teacher or Average()
+        self.forward_repeats, self.random_inputs = forward_repeats, random_inputs
+        #: Index of the forward pass being computed (0 = the normal pass, i = the i-th repeat).
+        self.pass_index = 0
+        _check_repeats(forward_repeats, random_inputs, prediction)
         # A method whose intermediate losses live in a reusable module (so MixBaseline can combine
         # them) assigns it here after this constructor; the default hooks then use its requests and
         # terms. It provides student_request(), teacher_request(index) and forward(batch, student, teacher, index).
@@ -198,10 +217,32 @@ class DistillationModule(pl.LightningModule):
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The named, weighted loss terms of one training step plus ``"loss"``, their sum.
 
-        Teachers run one after the other, each releasing its activations before the next starts.
+        With ``forward_repeats`` the step runs ``1 + forward_repeats`` passes on the same batch and each
+        term is the sum over passes (:attr:`pass_index` tells a method which pass is running).
         """
-        student = capture(self.student, batch, self.student_request(), with_labels=True)
-        terms = self.student_terms(batch, student)
+        terms: dict[str, Tensor] = {}
+        for pass_index in range(1 + self.forward_repeats):
+            self.pass_index = pass_index
+            for name, value in self._one_pass(batch).items():
+                terms[name] = terms[name] + value if name in terms else value
+        self.pass_index = 0
+        if not terms:
+            raise RuntimeError(
+                f"{type(self).__name__} produced no loss term: every weight is 0 or the batch has no labels for the hard loss."
+            )
+        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
+        return terms
+
+    def _one_pass(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The terms of one forward pass: the student once, then the teachers one after the other,
+        each releasing its activations before the next starts."""
+        hard_batch = batch
+        if self.random_inputs is not None and self.pass_index in self.random_inputs.passes:
+            vocab_size = (self.teachers[0] if len(self.teachers) else self.student).config.vocab_size
+            batch, hard_batch = randomise_batch(batch, self.random_inputs, vocab_size)
+        # Labels only shape the student's own loss, so the student reads them from ``hard_batch``.
+        student = capture(self.student, hard_batch, self.student_request(), with_labels=True)
+        terms = self.student_terms(hard_batch, student)
         if len(self.teachers):
             indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)
             per_teacher, logits = [], []
@@ -211,11 +252,6 @@ class DistillationModule(pl.LightningModule):
                 logits.append(teacher.logits)
                 del teacher  # release this teacher's activations before the next one runs
             terms.update(self.multi_teacher.combine(per_teacher, TeacherStep(batch, student, logits, indices, self.global_step)))
-        if not terms:
-            raise RuntimeError(
-                f"{type(self).__name__} produced no loss term: every weight is 0 or the batch has no labels for the hard loss."
-            )
-        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
         return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -307,6 +343,37 @@ class DistillationModule(pl.LightningModule):
         """Write the student (and tokenizer) as a plain HF directory; method-only parts are left out."""
         metadata = {"method": type(self).__name__, "teachers": self.teacher_sources, "library": "lightning_kd"}
         return export_model(self.student, directory, load_tokenizer(self.tokenizer_source), metadata)
+
+
+def _check_repeats(repeats: int, random_inputs: RandomInputs | None, prediction: PredictionLoss | None) -> None:
+    """Validate ``forward_repeats`` and ``random_inputs`` together (see the constructor's docstring)."""
+    if repeats < 0:
+        raise ValueError(f"forward_repeats must be >= 0 (extra passes per step), got {repeats}.")
+    if random_inputs is None:
+        return
+    if max(random_inputs.passes) > repeats:
+        raise ValueError(
+            f"random_inputs.passes lists pass {max(random_inputs.passes)} but the step runs passes 0..{repeats}; "
+            f"set forward_repeats >= {max(random_inputs.passes)}."
+        )
+    if random_inputs.mode == "replace" and prediction is not None and prediction.hard_weight > 0:
+        raise ValueError(
+            "random_inputs mode 'replace' would score random tokens against the original labels: set the hard "
+            "loss weight to 0 (hard_weight=0) or use mode 'dual', whose original half alone feeds the hard loss."
+        )
+
+
+def _allow_in_checkpoints(value) -> None:
+    """Let ``torch.load(weights_only=True)`` (Lightning's resume default) read the knob dataclasses
+    (e.g. :class:`PredictionLoss`) stored in a checkpoint's hyper-parameters."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        torch.serialization.add_safe_globals([type(value)])
+        value = vars(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _allow_in_checkpoints(item)
 
 
 def _first_str(items) -> str | None:

@@ -1,0 +1,270 @@
+"""LogitsDistil — GLMD word-prediction distillation. Tan et al. (2023), "Are Intermediate Layers and
+Labels Really Necessary? A General Language Model Distillation Method" (Findings of ACL 2023).
+
+The student matches the teacher's full-vocabulary distribution at every token position
+(``T²·KL_T`` or MSE over ``(B, N, V)`` logits), with no intermediate layer and no hard label, in
+both stages. Pre-training uses the models' MLM logits. Fine-tuning uses the same word-prediction
+distribution, read from the last hidden state through an LM head kept beside the task head (see
+``vocab_head``), and then — the seed's last step — plain soft-label KD on the task logits
+(``vocabulary_weight: 0``, ``soft_weight: 1``).
+
+Design decision (fine-tuning): GLM ties its LM head to the input embeddings, so every GLM
+classifier still has one. A BERT sequence classifier has none; ``vocab_head="mlm"`` (default)
+rebuilds BERT's ``cls.predictions`` head (transform + bias, decoder tied to the model's *current*
+word embeddings) from each model's own checkpoint, or from a checkpoint named by
+``teacher_mlm_heads`` / ``student_mlm_head``; ``vocab_head="tied"`` is GLM's head ``H·Eᵀ``, which
+every model has. The student's head is trained with it but is not part of the exported classifier.
+
+Where we differ from the GKD reference:
+
+* ``positions="tokens"`` (``logitsdistil_mask_pad``) is the default: padding carries no information.
+* The default reduction divides by the kept positions; ``reduction="gkd"`` divides by all of them
+  (the reference multiplies masked logits by 0 and averages over ``B·N``).
+* The top-n hinge's 0/0 (NaN when no logit violates the bound) is 0.
+* The "old method" (``--student_model=kd --distill_logits_parallel`` + ``distill_logit_*``) is this
+  class too: it computes the same quantity without top-n/``mask_a`` (``configs/gkd/logits_distil/old_*``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModelForMaskedLM, PreTrainedModel
+
+from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.module import DistillationModule
+from lightning_kd.data.sources import resolve_source
+from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
+from lightning_kd.losses.prediction import PredictionLoss, SoftLoss, SoftPositions
+from lightning_kd.losses.vocabulary import TopNMode, VocabularyLoss, top_n_count, word_prediction_loss
+from lightning_kd.models.loading import ModelSource
+
+Positions = Literal["all", "tokens", "targets"]
+VocabHead = Literal["mlm", "tied"]
+
+
+class VocabularyHead(nn.Module):
+    """Vocabulary logits ``transform(h)·Eᵀ + b`` from a last hidden state, ``E`` given at call time.
+
+    With no transform and no bias this is GLM's tied LM head; with BERT's ``cls.predictions``
+    transform and bias it is BERT's MLM head, the decoder tied to whatever embeddings are passed.
+    """
+
+    def __init__(self, transform: nn.Module | None = None, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.transform = transform
+        self.bias = nn.Parameter(bias.detach().clone().float()) if bias is not None else None
+
+    def forward(self, hidden: Tensor, embeddings: Tensor) -> Tensor:
+        """``hidden`` ``(B, N, d)``, ``embeddings`` ``(V, d)`` → ``(B, N, V)``."""
+        if self.transform is not None:
+            hidden = self.transform(hidden.to(next(self.transform.parameters()).dtype))
+        bias = self.bias.to(hidden.dtype) if self.bias is not None else None
+        return F.linear(hidden, embeddings.to(hidden.dtype), bias)
+
+
+def load_mlm_head(source: ModelSource, role: str) -> VocabularyHead:
+    """A copy of the BERT-style MLM head (``cls.predictions``: transform and bias) stored in ``source``.
+
+    Raises:
+        ValueError: ``source`` holds no such head (e.g. a fine-tuned classifier's own directory).
+    """
+    fix = (
+        f"give a checkpoint that has one (e.g. the one it was fine-tuned from) as `{'student_mlm_head' if role == 'student' else 'teacher_mlm_heads'}`, "
+        "or set vocab_head: tied (H·Eᵀ, GLM's head)"
+    )
+    missing: list[str] = []
+    if isinstance(source, PreTrainedModel):
+        model = source
+    else:
+        model, info = AutoModelForMaskedLM.from_pretrained(resolve_source(source), output_loading_info=True)
+        missing = list(info.get("missing_keys", []))
+    predictions = getattr(getattr(model, "cls", None), "predictions", None)
+    if predictions is None or not hasattr(predictions, "transform") or getattr(predictions, "bias", None) is None:
+        raise ValueError(f"The {role} head source {_name(source)} has no BERT-style MLM head (cls.predictions); {fix}.")
+    absent = [k for k in missing if k.startswith("cls.predictions.") and not k.startswith("cls.predictions.decoder")]
+    if absent:
+        raise ValueError(f"The {role} checkpoint {_name(source)} stores no MLM head ({', '.join(sorted(absent)[:3])} missing); {fix}.")
+    return VocabularyHead(copy.deepcopy(predictions.transform).float(), predictions.bias)
+
+
+def _name(source: ModelSource) -> str:
+    return repr(source) if isinstance(source, str) else f"<{type(source).__name__}>"
+
+
+class LogitsDistil(DistillationModule):
+    """Word-prediction distillation over full-vocabulary logits at every position (GLMD).
+
+    Args:
+        temperature: softmax temperature ``T`` of the vocabulary KL (``T²·KL_T``) and of the soft term.
+        vocabulary_weight: weight of the word-prediction term; 0 turns it off (the seed's last
+            fine-tuning step, GKD ``--logitsdistil_wo_inter``).
+        vocabulary_loss: ``"kl"`` or ``"mse"`` (raw logits; GKD ``--logitsdistil_mse``).
+        positions: positions the term covers: ``"tokens"`` (non-padding; GKD ``--logitsdistil_mask_pad``),
+            ``"all"`` (padding included; the reference's default) or ``"targets"`` (MLM target
+            positions only, pre-training; GKD ``--logitsdistil_mask_a``).
+        top_n: keep only the teacher's top ``n`` vocabulary columns (a count, or a fraction of the
+            vocabulary in ``(0, 1)``); GKD ``--logitsdistil_top_n``. Experimental.
+        top_n_mode: ``"restrict"`` (compare the top-n columns, plus a hinge on the others) or
+            ``"teacher_min"`` (lower the teacher's other logits to its minimum; GKD ``--logitsdistil_teacher_min``).
+        reduction: ``"masked_mean"`` (divide by the covered positions) or ``"gkd"`` (by all positions).
+        vocab_head: fine-tuning only: how a classifier yields vocabulary logits: ``"mlm"`` (default;
+            BERT's MLM head from the checkpoint) or ``"tied"`` (``H·Eᵀ``, GLM's head).
+        student_mlm_head: where the student's MLM head comes from (a directory, name or BERT MLM
+            model); default: the student's own checkpoint, or the first teacher's head when the
+            student copies teacher layers.
+        teacher_mlm_heads: one MLM-head source per teacher; default: each teacher's own checkpoint.
+        soft_weight: weight of the prediction-level soft term on the model's own logits (task
+            logits when fine-tuning; GKD ``--distill_ft_soft``/``--distill_pt_soft``).
+        hard_weight: weight of the student's own task/MLM loss (GKD's GLMD uses none).
+        soft_loss: ``"kl"``, ``"ce"`` or ``"mse"`` for the soft term.
+        t2_scale: multiply the ``kl``/``ce`` soft term by ``T²``.
+        soft_positions: MLM positions of the soft term (``"masked_tokens"``, ``"all_tokens"``, ``"all_positions"``).
+        **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 15.0,
+        vocabulary_weight: float = 1.0,
+        vocabulary_loss: VocabularyLoss = "kl",
+        positions: Positions = "tokens",
+        top_n: float | None = None,
+        top_n_mode: TopNMode = "restrict",
+        reduction: Reduction = "masked_mean",
+        vocab_head: VocabHead | None = None,
+        student_mlm_head: ModelSource | None = None,
+        teacher_mlm_heads: list[ModelSource] | None = None,
+        soft_weight: float = 0.0,
+        hard_weight: float = 0.0,
+        soft_loss: SoftLoss = "kl",
+        t2_scale: bool = True,
+        soft_positions: SoftPositions = "masked_tokens",
+        **kwargs,
+    ) -> None:
+        prediction = None
+        if soft_weight or hard_weight:
+            prediction = PredictionLoss(
+                soft_weight=soft_weight,
+                hard_weight=hard_weight,
+                temperature=temperature,
+                soft_loss=soft_loss,
+                t2_scale=t2_scale,
+                soft_positions=soft_positions,
+                reduction=reduction,
+            )
+        super().__init__(prediction=prediction, **kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if vocabulary_weight < 0:
+            raise ValueError(f"vocabulary_weight must be >= 0 (0 turns the word-prediction term off), got {vocabulary_weight}.")
+        if vocabulary_weight == 0 and prediction is None:
+            raise ValueError("Every term is off: set vocabulary_weight > 0, or soft_weight/hard_weight > 0.")
+        self.temperature, self.vocabulary_weight, self.vocabulary_loss = temperature, vocabulary_weight, vocabulary_loss
+        self.positions, self.top_n, self.top_n_mode, self.reduction = positions, top_n, top_n_mode, reduction
+        pretraining = self.task_head == "masked_lm"
+        heads_given = vocab_head is not None or student_mlm_head is not None or teacher_mlm_heads is not None
+        if vocabulary_weight == 0:
+            changed = [name for name, value, default in (
+                ("vocabulary_loss", vocabulary_loss, "kl"), ("positions", positions, "tokens"), ("top_n", top_n, None),
+                ("top_n_mode", top_n_mode, "restrict")) if value != default] + (["vocab_head"] if heads_given else [])
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only shape the word-prediction term, which vocabulary_weight=0 turns off; remove them.")
+        if top_n is None and top_n_mode != "restrict":
+            raise ValueError("top_n_mode only applies with top_n; set top_n (e.g. 20) or remove top_n_mode.")
+        if top_n is not None:
+            top_n_count(top_n, self.teachers[0].config.vocab_size)  # fail now, not in the first step
+        if positions == "targets" and not pretraining:
+            raise ValueError("positions='targets' needs token-level (MLM) targets; a classification batch has none. Use 'tokens'.")
+        if pretraining and heads_given:
+            raise ValueError(
+                "vocab_head/student_mlm_head/teacher_mlm_heads choose a fine-tuning classifier's LM head; in pre-training "
+                "the masked-LM logits are the vocabulary logits. Remove them."
+            )
+        self.vocab_head = (vocab_head or "mlm") if not pretraining and vocabulary_weight > 0 else None
+        self.student_vocab_head: VocabularyHead | None = None
+        self.teacher_vocab_heads = nn.ModuleList()
+        if self.vocab_head is not None:
+            self._build_vocab_heads(kwargs, student_mlm_head, teacher_mlm_heads)
+
+    # ------------------------------------------------------------------ fine-tuning LM heads
+    def _build_vocab_heads(self, kwargs: dict, student_source: ModelSource | None, teacher_sources: list[ModelSource] | None) -> None:
+        if self.vocab_head == "tied":
+            if student_source is not None or teacher_sources is not None:
+                raise ValueError("student_mlm_head/teacher_mlm_heads only apply with vocab_head='mlm'.")
+            self.student_vocab_head = VocabularyHead()
+            self.teacher_vocab_heads = nn.ModuleList(VocabularyHead() for _ in self.teachers)
+            return
+        own = list(kwargs.get("teachers") or [kwargs.get("teacher")])
+        teacher_sources = teacher_sources if teacher_sources is not None else own
+        if len(teacher_sources) != len(self.teachers):
+            raise ValueError(f"teacher_mlm_heads lists {len(teacher_sources)} sources for {len(self.teachers)} teachers; give one per teacher.")
+        heads = [load_mlm_head(source, f"teacher {index}") for index, source in enumerate(teacher_sources)]
+        for head in heads:
+            head.requires_grad_(False).eval()
+        self.teacher_vocab_heads = nn.ModuleList(heads)
+        if student_source is None:
+            student = kwargs.get("student")
+            student_source = student if student is not None else teacher_sources[0]
+        self.student_vocab_head = load_mlm_head(student_source, "student").requires_grad_(True)
+
+    # ------------------------------------------------------------------ method hooks
+    def student_request(self) -> FeatureRequest:
+        return FeatureRequest(hidden_states=self.vocab_head is not None)
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        return FeatureRequest(hidden_states=self.vocab_head is not None)
+
+    def student_vocabulary_logits(self, student: Features) -> Tensor:
+        """The student's ``(B, N, V)`` word-prediction logits: its MLM logits, or its LM head's."""
+        if self.vocab_head is None:
+            return student.logits
+        return self.student_vocab_head(student.hidden_states[-1], self.student.get_input_embeddings().weight)
+
+    def teacher_vocabulary_logits(self, teacher: Features, teacher_index: int) -> Tensor:
+        """Teacher ``teacher_index``'s ``(B, N, V)`` word-prediction logits (no graph, float32)."""
+        if self.vocab_head is None:
+            return teacher.logits
+        with torch.no_grad():
+            embeddings = self.teachers[teacher_index].get_input_embeddings().weight.float()
+            return self.teacher_vocab_heads[teacher_index](teacher.hidden_states[-1].float(), embeddings)
+
+    def compared_columns(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The vocabulary columns the loss compares (all of them; VocabDistil restricts them)."""
+        return student_logits, teacher_logits
+
+    def position_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Rows of the word-prediction term: per ``positions``."""
+        if self.positions == "tokens":
+            return padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
+        if self.positions == "targets":
+            return target_mask(batch["labels"])
+        return None
+
+    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
+        """The word-prediction term (``"vocabulary"``, plus ``"vocabulary_hinge"`` with top-n
+        ``restrict``) and the prediction-level soft term."""
+        terms = super().teacher_terms(batch, student, teacher, teacher_index)
+        if self.vocabulary_weight > 0:
+            student_logits, teacher_logits = self.compared_columns(
+                self.student_vocabulary_logits(student), self.teacher_vocabulary_logits(teacher, teacher_index)
+            )
+            values = word_prediction_loss(
+                student_logits,
+                teacher_logits,
+                temperature=self.temperature,
+                loss=self.vocabulary_loss,
+                top_n=self.top_n,
+                top_n_mode=self.top_n_mode,
+                mask=self.position_mask(batch),
+                reduction=self.reduction,
+            )
+            terms["vocabulary"] = self.vocabulary_weight * values["vocabulary"]
+            if "hinge" in values:
+                terms["vocabulary_hinge"] = self.vocabulary_weight * values["hinge"]
+        return terms

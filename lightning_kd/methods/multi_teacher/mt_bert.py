@@ -1,0 +1,89 @@
+"""MT-BERT — Wu, Wu and Huang (2021), "One Teacher is Enough? Pre-trained Language Model Distillation
+from Multiple Teachers" (Findings of ACL-IJCNLP 2021).
+
+Each teacher's soft prediction term is weighted per example by how well that teacher itself does on
+the gold label, ``w_{i,b} = 1 / (1 + CE_b(z^T_i, y))`` (detached), and the weighted terms are
+**summed** over teachers, as are the intermediate (PKD patience) terms:
+
+    L = Σ_i [ mean_b(w_{i,b} · soft_{i,b}) + Σ_terms inter_i ] + hard_weight · L_hard
+
+The hard loss is the method's own student term (added once, outside the strategy). MT-BERT is
+written on top of PKD in the GKD reference; its "fit teacher" width alignment is PKD's
+``projection`` knob: ``PKD(projection="teacher_to_student", multi_teacher=MTBERT())`` projects each
+teacher's states into the student width (``--mt_bert_fit_teacher``), ``"student_to_teacher"`` maps
+the student into each teacher's width, ``"none"`` needs equal widths (``--mt_bert_wo_convert_layer``).
+
+Where we differ from the GKD reference (``--multi_teacher_model=mt_bert``), and why:
+
+* The hard loss is not a strategy switch (``--mt_bert_wo_hard``): it is the method's ``hard_weight``
+  (0 turns it off). With PKD, whose ``alpha`` mixes ``(1-alpha)·hard + alpha·soft``, the seed's
+  "soft 1 + hard 1" is ``alpha: 0.5`` with ``prediction.soft_weight = hard_weight = 2``
+  (``configs/gkd/mt_bert/1_finetune.yaml``).
+* ``--mt_bert_fix_layernorm`` (extra LayerNorms around the projected states) is not implemented.
+* The paper's co-fine-tuning of the teachers is not implemented (nor is it in the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
+
+
+def teacher_gold_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """A teacher's own per-example loss against the gold labels (GKD ``mt_has_loss``), shape ``(B,)``.
+
+    Args:
+        logits: ``(B, C)`` task logits (``C = 1``: regression, squared error), or ``(B, N, V)``
+            token logits (MLM; cross-entropy averaged over the positions whose label is not -100,
+            0 for an example without any).
+        labels: ``(B,)`` class ids or regression targets, or ``(B, N)`` token ids with -100 ignored.
+    """
+    logits = logits.float()
+    if logits.dim() == 3:
+        per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        counts = labels.ne(-100).sum(dim=1).clamp_min(1)
+        return per_token.sum(dim=1) / counts
+    if logits.shape[-1] == 1:
+        return (logits.squeeze(-1) - labels.float()) ** 2
+    return F.cross_entropy(logits, labels.long(), reduction="none")
+
+
+def per_sample_term(value: Tensor, batch_size: int, strategy: str) -> Tensor:
+    """Check that a per-teacher ``soft`` term arrived per example, shape ``(B,)``."""
+    if value.dim() != 1 or value.shape[0] != batch_size:
+        raise ValueError(
+            f"{strategy} weights the 'soft' term per example, but it arrived with shape {tuple(value.shape)} "
+            f"instead of ({batch_size},). The method must compute it with per_sample=True "
+            "(DistillationModule.teacher_terms does; a method overriding the soft term must too)."
+        )
+    return value
+
+
+class MTBERT(MultiTeacherStrategy):
+    """Sum over teachers, each teacher's soft term weighted per example by ``1/(1 + its gold loss)``.
+
+    Needs gold labels in the batch. Combine with PKD (the reference) or any method: every
+    non-``soft`` term is summed over teachers unweighted.
+    """
+
+    per_sample = True
+
+    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
+        if "labels" not in step.batch:
+            raise ValueError("MT-BERT weights each teacher by its loss on the gold labels; the batch has no 'labels'.")
+        labels = step.batch["labels"]
+        batch_size = labels.shape[0]
+        out: dict[str, Tensor] = {}
+        for terms, logits in zip(per_teacher, step.teacher_logits):
+            for name, value in terms.items():
+                if name == "soft":
+                    with torch.no_grad():
+                        weight = 1.0 / (1.0 + teacher_gold_loss(logits, labels))
+                    value = (weight * per_sample_term(value, batch_size, "MT-BERT")).mean()
+                else:
+                    value = value.mean()
+                out[name] = out[name] + value if name in out else value
+        return out

@@ -1,0 +1,146 @@
+"""SID — Aguilar et al. (2020), "Knowledge Distillation from Internal Representations" (AAAI): stacked
+internal distillation.
+
+Training runs in ``L_S + 1`` stages ``n = 1, 2, …``. In stage ``n ≤ L_S`` the student matches, for
+every ``k = 1…n`` (stacked: earlier layers keep being matched), the attention distributions of its
+layer ``k`` and the [CLS] vector of ``H^S_k`` against the teacher layer that ends the ``k``-th GKD
+segment (``g(k)``; 12→6: 2, 4, …, 12, so stage ``L_S`` pairs the final outputs):
+
+``I_n = Σ_{k≤n} KL(A^T_{g(k)} ‖ A^S_k) + Σ_{k≤n} (1 − cos(H^S_k[CLS], H^T_{g(k)}[CLS]))``
+
+with no prediction loss at all. In the last stage (``n = L_S + 1``) only the prediction loss trains
+(the seed: soft cross-entropy at ``T = 1``, no hard labels). The stage counter lives in the
+:class:`~lightning_kd.callbacks.SIDStages` callback (equal step phases by default), which the method
+requires. Student and teachers need equal widths and head counts (no projection).
+
+Where we differ from the GKD reference, and why:
+
+* The attention KL averages over real query rows (``reduction="masked_mean"``, library policy);
+  ``reduction="gkd"`` averages over all ``B·h·N`` rows, padded ones included, like the reference.
+  Padded keys never count in either.
+* The stage counter is saved in checkpoints (the reference restarts at stage 1 on resume), its
+  time-based advance is derived from the global step (equal phases of ``I/(L_S+1)`` steps; the
+  reference switches one forward later), and an epochs-per-stage option follows the paper.
+* Non-divisible depths use the GKD segmentation for ``g`` (12→5: 3, 6, 9, 11, 12).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_kd.callbacks.compatibility import require_callback
+from lightning_kd.callbacks.sid_stages import SIDStages
+from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.layer_map import uniform_boundaries
+from lightning_kd.core.module import DistillationModule
+from lightning_kd.losses.attention import attention_kl
+from lightning_kd.losses.hidden import cosine_distance
+from lightning_kd.losses.masking import Reduction
+from lightning_kd.losses.prediction import PredictionLoss
+
+
+class SID(DistillationModule):
+    """Stacked internal distillation: layer-by-layer attention and [CLS] matching, then the prediction loss.
+
+    Needs :class:`~lightning_kd.callbacks.SIDStages` in the trainer's callbacks (it sets
+    :attr:`stage` before every training batch); when calling :meth:`compute_losses` directly, set
+    :attr:`stage` yourself (1 … ``num_stages``).
+
+    Args:
+        reduction: averaging of the attention KL over query rows: ``"masked_mean"`` (real tokens) or
+            ``"gkd"`` (every row, padding included; parity).
+        prediction: the prediction loss of the last stage (seed: soft at ``T = 1``, no hard term).
+        **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
+    """
+
+    def __init__(
+        self,
+        *,
+        reduction: Reduction = "masked_mean",
+        prediction: PredictionLoss | None = PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=1.0),  # noqa: B008
+        **kwargs,
+    ) -> None:
+        if prediction is None:
+            raise ValueError("SID's last stage trains on the prediction loss; give `prediction` (e.g. soft_weight: 1).")
+        if reduction not in ("masked_mean", "gkd"):
+            raise ValueError(f"reduction must be 'masked_mean' or 'gkd', got {reduction!r}.")
+        super().__init__(prediction=prediction, **kwargs)
+        self.reduction = reduction
+        s_config = self.student.config
+        for index, teacher in enumerate(self.teachers):
+            t_config = teacher.config
+            if (t_config.hidden_size, t_config.num_attention_heads) != (s_config.hidden_size, s_config.num_attention_heads):
+                raise ValueError(
+                    f"SID compares [CLS] vectors and attention maps directly, so teacher {index} (width {t_config.hidden_size}, "
+                    f"{t_config.num_attention_heads} heads) and the student (width {s_config.hidden_size}, "
+                    f"{s_config.num_attention_heads} heads) need equal widths and head counts. Initialise the student from "
+                    "the teacher (student_init: teacher_uniform) or use a student of the teacher's shape."
+                )
+        depth = s_config.num_hidden_layers
+        #: Per teacher: the teacher hidden-state index ``g(k)`` paired with student layer ``k = 1…L_S``.
+        self.teacher_layer_map = [uniform_boundaries(t.config.num_hidden_layers, depth)[1:] for t in self.teachers]
+        #: Current stage ``n`` (1 … ``num_stages``); set by SIDStages before every training batch.
+        self.stage: int | None = None
+        #: The latest step's summed [CLS] cosine distance (what SIDStages compares with its threshold).
+        self.last_cls_distance: Tensor | None = None
+
+    @property
+    def num_stages(self) -> int:
+        """``L_S + 1``: one stage per student layer, then the prediction-only stage."""
+        return self.student.config.num_hidden_layers + 1
+
+    def _current_stage(self) -> int:
+        if self.stage is None:
+            raise RuntimeError(
+                "SID has no stage: train with the SIDStages callback, or set `method.stage = n` (1-based) before "
+                "calling compute_losses directly."
+            )
+        if not 1 <= self.stage <= self.num_stages:
+            raise ValueError(f"SID's stage must be in 1..{self.num_stages}, got {self.stage}.")
+        return self.stage
+
+    def internal(self) -> bool:
+        """Whether the current stage matches internal layers (``n ≤ L_S``) rather than predictions."""
+        return self._current_stage() < self.num_stages
+
+    def student_request(self) -> FeatureRequest:
+        if not self.internal():
+            return FeatureRequest()
+        return FeatureRequest(hidden_states=True, score_layers=frozenset(range(self.stage)))
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        if not self.internal():
+            return FeatureRequest()
+        ends = self.teacher_layer_map[teacher_index][: self.stage]
+        return FeatureRequest(hidden_states=True, score_layers=frozenset(j - 1 for j in ends))
+
+    def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
+        return {} if self.internal() else super().student_terms(batch, student)
+
+    def teacher_terms(
+        self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
+    ) -> dict[str, Tensor]:
+        if not self.internal():
+            return super().teacher_terms(batch, student, teacher, teacher_index)
+        mask = batch.get("attention_mask")
+        attention, cls = 0.0, 0.0
+        for k, j in enumerate(self.teacher_layer_map[teacher_index][: self.stage], start=1):
+            attention = attention + attention_kl(
+                student.attention_scores(k - 1),
+                teacher.attention_scores(j - 1),
+                mask,
+                mask_queries=self.reduction == "masked_mean" and mask is not None,
+                reduction=self.reduction,
+            )
+            cls = cls + cosine_distance(student.hidden_states[k][:, 0], teacher.hidden_states[j][:, 0])
+        return {"attention": attention, "cls_cosine": cls}
+
+    def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        terms = super().compute_losses(batch)
+        cls = terms.get("cls_cosine")
+        self.last_cls_distance = cls.detach() if cls is not None else None
+        return terms
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        require_callback(self, SIDStages, "it advances the stage counter")

@@ -1,0 +1,124 @@
+"""Theseus — Xu et al. (2020), "BERT-of-Theseus: Compressing BERT by Progressive Module Replacing" (EMNLP).
+
+There is no distillation loss. The teacher's layers are cut into one block per student layer
+(:func:`~lightning_kd.models.theseus.teacher_blocks`, the GKD segmentation), and at every training
+forward each student layer ("successor") runs in place of its teacher block ("predecessor") with
+probability ``p``, the replacing rate; the rest of the stack runs the frozen teacher blocks. The
+embeddings, pooler and head are always the student's. The loss is the student's task loss on the
+hybrid's output, times ``hard_weight``. Gradients flow through the frozen teacher blocks into the
+student layers and embeddings below them. ``p`` comes from the
+:class:`~lightning_kd.callbacks.TheseusReplacingRate` callback (the paper's constant rate or linear
+curriculum), which the method requires; once ``p = 1`` the pure student trains ("successor
+fine-tuning"). Validation, test, prediction and export use the pure student.
+
+The teacher's own forward never runs (GKD ``--mt_disable_operation=1``). With several teachers (all
+of the student's width), each replaced position takes its block from a teacher chosen uniformly at
+random, each teacher's blocks following its own depth.
+
+Where we differ from the GKD reference, and why:
+
+* The "at least one student layer" guard works: layouts are drawn conditioned on one student
+  position at least (``layout_guard="at_least_one_student"``). The reference's resampling never
+  resets its list and keeps the first draw, so about ``0.7^6 ≈ 12 %`` of early 6-layer steps are
+  all-teacher; ``layout_guard="reference"`` reproduces that.
+* Layouts are drawn from a generator keyed on (seed, global step, batch index), so every DDP rank
+  uses the same layout and a resumed run repeats the uninterrupted run's layouts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_kd.callbacks.compatibility import keyed_generator, require_callback, run_seed
+from lightning_kd.callbacks.theseus_replacing_rate import TheseusReplacingRate
+from lightning_kd.core.features import FeatureRequest, capture
+from lightning_kd.core.module import DistillationModule
+from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.models.theseus import Layout, LayoutGuard, check_hybrid_compatible, hybrid_layers, sample_student_positions
+
+
+class Theseus(DistillationModule):
+    """Progressive module replacing: student layers stand in for frozen teacher blocks at rate ``p``.
+
+    Needs :class:`~lightning_kd.callbacks.TheseusReplacingRate` in the trainer's callbacks (it sets
+    :attr:`replacing_rate` before every training batch); when calling :meth:`compute_losses`
+    directly, set :attr:`replacing_rate` yourself.
+
+    Args:
+        hard_weight: weight of the task loss on the hybrid's output (GKD ``--distill_hard_rate``
+            with ``--distill_ft_hard``; the only term).
+        layout_guard: ``"at_least_one_student"`` (every training layout runs at least one student
+            layer; the intended GKD behaviour) or ``"reference"`` (independent draws, an all-teacher
+            layout is possible; GKD parity).
+        **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`. The seed
+            initialises the student from the teacher's first layers (``student_init: teacher_first``).
+            ``multi_teacher``, ``forward_repeats`` and ``random_inputs`` do not apply.
+    """
+
+    def __init__(self, *, hard_weight: float = 1.0, layout_guard: LayoutGuard = "at_least_one_student", **kwargs) -> None:
+        if kwargs.get("multi_teacher") is not None:
+            raise ValueError(
+                "Theseus mixes teacher *modules* into the student and combines no teacher losses, so multi_teacher "
+                "does not apply; remove it (each replaced block comes from a teacher chosen uniformly at random)."
+            )
+        if kwargs.get("forward_repeats") or kwargs.get("random_inputs") is not None:
+            raise ValueError(
+                "Theseus runs one hybrid forward per step on the real batch; forward_repeats and random_inputs do not apply."
+            )
+        if hard_weight <= 0:
+            raise ValueError(f"hard_weight weighs Theseus's only loss (the task loss) and must be > 0, got {hard_weight}.")
+        if layout_guard not in ("at_least_one_student", "reference"):
+            raise ValueError(f"layout_guard must be 'at_least_one_student' or 'reference', got {layout_guard!r}.")
+        super().__init__(prediction=PredictionLoss(soft_weight=0.0, hard_weight=hard_weight), **kwargs)
+        check_hybrid_compatible(self.student, self.teachers)
+        self.layout_guard = layout_guard
+        #: Probability that a position runs its student layer; set by TheseusReplacingRate each batch.
+        self.replacing_rate: float | None = None
+        #: The layout of the latest training forward (``None`` = student layer, ``t`` = teacher ``t``'s block).
+        self.last_layout: Layout | None = None
+        # Layouts are drawn from generators keyed on (seed, step, batch index, draw); only the key is
+        # stored, so the module pickles cleanly (ddp_spawn) and holds no RNG state to checkpoint.
+        self._layout_key: tuple = ("direct",)
+        self._draws = 0
+
+    # ------------------------------------------------------------------ the hybrid step
+    def draw_layout(self, rate: float, generator: torch.Generator | None = None) -> Layout:
+        """One training layout at replacing rate ``rate``: per position ``None`` (student) or a teacher index."""
+        if generator is None:
+            generator = keyed_generator(run_seed(), "theseus", *self._layout_key, self._draws)
+            self._draws += 1
+        depth = self.student.config.num_hidden_layers
+        students = sample_student_positions(rate, depth, generator, self.layout_guard)
+        count = len(self.teachers)
+        return [None if is_student else int(torch.randint(count, (1,), generator=generator)) for is_student in students]
+
+    def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The weighted task loss of the hybrid stack drawn at :attr:`replacing_rate`, plus ``"loss"``."""
+        if self.replacing_rate is None:
+            raise RuntimeError(
+                "Theseus has no replacing rate: train with the TheseusReplacingRate callback, or set "
+                "`method.replacing_rate = p` before calling compute_losses directly."
+            )
+        layout = self.draw_layout(self.replacing_rate)
+        with hybrid_layers(self.student, self.teachers, layout):
+            features = capture(self.student, batch, FeatureRequest(), with_labels=True)
+        self.last_layout = layout
+        terms = self.student_terms(batch, features)
+        if not terms:
+            raise RuntimeError("Theseus trains on the task loss, but the batch has no labels.")
+        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
+        return terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        # Same layout on every rank, and the same again when a run resumes at this step.
+        self._layout_key, self._draws = (self.global_step, batch_idx), 0
+        loss = super().training_step(batch, batch_idx)
+        student_layers = sum(choice is None for choice in self.last_layout or [])
+        self.log("train/student_layers", float(student_layers), batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ checks
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        require_callback(self, TheseusReplacingRate, "it sets the replacing rate p before every training batch")

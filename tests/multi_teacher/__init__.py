@@ -1,0 +1,1 @@
+"""Multi-teacher strategies and the TAKD/DGKD pipeline."""
