@@ -40,7 +40,12 @@ from lightning_kd.core.module import DistillationModule
 from lightning_kd.data.sources import resolve_source
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 from lightning_kd.losses.prediction import PredictionLoss, SoftLoss, SoftPositions
-from lightning_kd.losses.vocabulary import TopNMode, VocabularyLoss, top_n_count, word_prediction_loss
+from lightning_kd.losses.vocabulary import (
+    TopNMode,
+    VocabularyLoss,
+    top_n_count,
+    word_prediction_loss,
+)
 from lightning_kd.models.loading import ModelSource
 
 Positions = Literal["all", "tokens", "targets"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -177,7 +178,7 @@ class VocabularyMap(nn.Module):
         embeddings: Tensor | None = None,
         similarity: Similarity = "decoder",
         unk_id: int | None = None,
-    ) -> "VocabularyMap":
+    ) -> VocabularyMap:
         """Fill the map from corpus counts (see the module docstring).
 
         Args:
@@ -276,13 +277,13 @@ class VocabularyMap(nn.Module):
         path.write_text(json.dumps(self.to_dict()))
         return path
 
-    def load(self, path: str | Path) -> "VocabularyMap":
+    def load(self, path: str | Path) -> VocabularyMap:
         """Read a map written by :meth:`save` (a file, or a directory holding ``vocab_map.json``)."""
         data = read_map_file(path)
         self._set(torch.tensor(data["student_row"]), torch.tensor(data["row_token"]))
         return self
 
-    def load_tensors(self, student_row: Tensor, row_token: Tensor) -> "VocabularyMap":
+    def load_tensors(self, student_row: Tensor, row_token: Tensor) -> VocabularyMap:
         """Fill the map from its two tensors (e.g. a checkpoint's buffers)."""
         self._set(student_row.to(self.student_row.device), row_token.to(self.row_token.device))
         return self
@@ -351,12 +352,12 @@ def remap_tokenizer_spec(spec: dict, student_row: Sequence[int]) -> dict:
     exactly ``student_row[original ids]``. Decoding a shared id may show any of its tokens.
 
     Raises:
-        ValueError: the model's vocabulary is not a token → id table (e.g. Unigram).
+        TypeError: the model's vocabulary is not a token → id table (e.g. Unigram).
     """
     spec = json.loads(json.dumps(spec))
     vocab = spec.get("model", {}).get("vocab")
     if not isinstance(vocab, dict):
-        raise ValueError(f"A {spec.get('model', {}).get('type')} tokenizer has no token → id table to remap.")
+        raise TypeError(f"A {spec.get('model', {}).get('type')} tokenizer has no token → id table to remap.")
 
     def row(i: int) -> int:
         return int(student_row[i]) if 0 <= i < len(student_row) else i
@@ -390,13 +391,25 @@ def _remap_processor(node, row):
 def remap_tokenizer_files(directory: str | Path, student_row: Sequence[int]) -> bool:
     """Rewrite a saved tokenizer in ``directory`` so it produces student rows (see :func:`remap_tokenizer_spec`).
 
-    Returns ``False`` (and changes nothing) when ``directory`` holds no ``tokenizer.json``.
+    Returns ``False`` when ``directory`` holds no ``tokenizer.json``, or one whose vocabulary cannot be
+    remapped; the latter is moved to ``directory/teacher_tokenizer`` (ids are then mapped with
+    ``vocab_map.json``) so the student directory never holds a tokenizer that emits the wrong ids.
     """
     directory = Path(directory)
     path = directory / "tokenizer.json"
     if not path.is_file():
         return False
-    path.write_text(json.dumps(remap_tokenizer_spec(json.loads(path.read_text()), student_row), ensure_ascii=False))
+    try:
+        spec = remap_tokenizer_spec(json.loads(path.read_text()), student_row)
+    except TypeError as error:
+        aside = directory / "teacher_tokenizer"
+        aside.mkdir(exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "added_tokens.json"):
+            if (directory / name).is_file():
+                (directory / name).replace(aside / name)
+        warnings.warn(f"{error} Moved it to {aside}; map its ids with {MAP_FILE}.", stacklevel=2)
+        return False
+    path.write_text(json.dumps(spec, ensure_ascii=False))
     config_path = directory / "tokenizer_config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text())

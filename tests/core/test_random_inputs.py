@@ -5,16 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_kd.core.random_inputs import RandomInputs, randomise_batch, random_token_ids
+from lightning_kd.core.random_inputs import (
+    RandomInputs,
+    random_token_ids,
+    randomise_batch,
+)
 from lightning_kd.methods import KD
 from tests.conftest import make_batch, make_tiny_bert
 
 
 def _same_except_ids(original: dict, changed: dict) -> None:
     assert set(original) == set(changed)
-    for key in original:
+    for key, value in original.items():
         if key != "input_ids":
-            assert torch.equal(original[key], changed[key]), key
+            assert torch.equal(value, changed[key]), key
 
 
 @pytest.mark.parametrize("stage", ["classification", "mlm"])

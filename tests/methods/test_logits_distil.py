@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
-from lightning_kd.losses.vocabulary import teacher_min_tail, top_n_count, top_n_hinge, word_prediction_loss
+from lightning_kd.losses.vocabulary import (
+    teacher_min_tail,
+    top_n_count,
+    top_n_hinge,
+    word_prediction_loss,
+)
 from lightning_kd.methods import KD, LogitsDistil
 from lightning_kd.methods.logits_distil import VocabularyHead, load_mlm_head
 from tests.conftest import make_batch, make_tiny_bert

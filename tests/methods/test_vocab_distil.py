@@ -7,7 +7,11 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from lightning_kd.data import PretrainDataModule
 from lightning_kd.methods import VocabDistil
@@ -200,7 +204,7 @@ def test_two_teachers(tiny_tokenizer_dir, counts_file):
 
 def test_bad_inputs_fail_fast(tiny_tokenizer_dir, counts_file, tmp_path):
     teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2, hidden=16)
-    common = dict(teacher=teacher, student=student, export_tokenizer=str(tiny_tokenizer_dir))
+    common = {"teacher": teacher, "student": student, "export_tokenizer": str(tiny_tokenizer_dir)}
     with pytest.raises(ValueError, match="does not compress"):
         VocabDistil(compressed_size=0.9, **common)
     with pytest.raises(ValueError, match="similarity_teacher"):

@@ -157,3 +157,13 @@ def test_remapped_tokenizer_emits_student_rows(tiny_tokenizer, tmp_path):
     assert remapped.pad_token_id == vmap.student_row[tiny_tokenizer.pad_token_id]
     assert max(max(row) for row in mapped["input_ids"]) < 48
     assert not remap_tokenizer_files(tmp_path / "nothing_here", vmap.student_row.tolist())
+
+
+def test_a_tokenizer_without_an_id_table_is_moved_aside(tmp_path):
+    import json
+
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}))
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.warns(UserWarning, match="teacher_tokenizer"):
+        assert not remap_tokenizer_files(tmp_path, [0])
+    assert not (tmp_path / "tokenizer.json").exists() and (tmp_path / "teacher_tokenizer" / "tokenizer.json").is_file()
