@@ -6,6 +6,8 @@ import csv
 import random
 from pathlib import Path
 
+import pytorch_lightning as pl
+
 from tests.conftest import WORDS, make_tiny_bert, write_tiny_tokenizer
 
 # Widths divisible by the seed's 48 MiniLMv2 relation heads; 12 teacher layers so every seed layer choice is valid.
@@ -30,6 +32,17 @@ def write_models(root: Path) -> dict[str, Path]:
     write_tiny_tokenizer(deterministic)
     paths["teacher_classification_no_dropout"] = deterministic
     return paths
+
+
+class StopAtStep(pl.Callback):
+    """Interrupt a run after ``step`` optimizer steps, as a crash would (the schedule still targets max_steps)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
 
 
 def _sentence(rng: random.Random) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -16,17 +15,6 @@ from tests.cli_fixtures import (
     write_corpus,
     write_models,
 )
-
-
-class StopAtStep(pl.Callback):
-    """Interrupt a run after ``step`` optimizer steps, as a crash would (the schedule still targets max_steps)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +106,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(assets, tmp_path):
     ]
     fixed = ["--seed_everything=7", "--trainer.max_epochs=5"]
     full = main(["fit", *_kd_args(assets, tmp_path / "full", steps=6, extra=fixed, teacher_key=teacher)])
-    interrupted = [*checkpointing, "--trainer.callbacks+=tests.test_cli.StopAtStep", "--trainer.callbacks.step=3"]
+    interrupted = [*checkpointing, "--trainer.callbacks+=tests.cli_fixtures.StopAtStep", "--trainer.callbacks.step=3"]
     main(["fit", *_kd_args(assets, tmp_path / "first", steps=6, extra=interrupted, teacher_key=teacher)])
     checkpoint = next((tmp_path / "ckpt").glob("*step=3*.ckpt"))
     saved = torch.load(checkpoint, weights_only=False)

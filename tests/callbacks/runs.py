@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import Dataset
 
 from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position
+from tests.cli_fixtures import StopAtStep
 from tests.conftest import make_batch, make_tiny_bert
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -61,17 +62,6 @@ class Recorder(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         values = {name: copy.deepcopy(getattr(pl_module, name)) for name in self.attributes}
         self.rows.append((self._step, float(outputs["loss"]), values))
-
-
-class StopAtStep(pl.Callback):
-    """Interrupt after ``step`` optimizer steps, as a crash would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 def fit(
