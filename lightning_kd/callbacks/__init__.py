@@ -2,6 +2,7 @@
 
 from lightning_kd.callbacks.continuation_weight import ContinuationWeight
 from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.callbacks.mobilebert_stages import MobileBERTStages
 from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
 from lightning_kd.callbacks.sid_stages import SIDStages
 from lightning_kd.callbacks.step_schedule import StepSchedule
@@ -11,6 +12,7 @@ from lightning_kd.callbacks.theseus_replacing_rate import TheseusReplacingRate
 __all__ = [
     "ContinuationWeight",
     "ExportStudent",
+    "MobileBERTStages",
     "RailKDResampling",
     "SIDStages",
     "StepSchedule",
