@@ -111,3 +111,21 @@ def quick_trainer_args(root: Path, steps: int = 2) -> list[str]:
         f"--trainer.default_root_dir={root}",
         f"--export.dirpath={root / 'student'}",
     ]
+
+
+def quick_trainer_section(root: Path, callbacks: list | None = None, steps: int = 2) -> dict:
+    """The ``trainer:`` block of a YAML config for a short CPU run (keeping the config's callbacks)."""
+    section = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": steps,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "default_root_dir": str(root),
+    }
+    if callbacks:
+        section["callbacks"] = callbacks
+    return section

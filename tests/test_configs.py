@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lightning_kd.cli import run_cli
-from tests.cli_fixtures import STUDENT_SHAPE, TEACHER_SHAPE, write_classification_csvs, write_corpus, write_models
+from tests.cli_fixtures import STUDENT_SHAPE, TEACHER_SHAPE, quick_trainer_section, write_classification_csvs, write_corpus, write_models
 from tests.conftest import make_tiny_bert, write_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,19 +121,7 @@ def test_method_config_trains_on_tiny_models(config, tiny, tmp_path):
             init.update({k: v for k, v in overrides.items() if k in init})
     document["data"] = _tiny_data(stage, tiny)
     callbacks = (document.get("trainer") or {}).get("callbacks")  # schedules the method needs stay
-    document["trainer"] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": 2,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": False,
-        "default_root_dir": str(tmp_path),
-    }
-    if callbacks:
-        document["trainer"]["callbacks"] = callbacks
+    document["trainer"] = quick_trainer_section(tmp_path, callbacks)
     document["export"] = {"dirpath": str(tmp_path / "student")}
     patched = tmp_path / "config.yaml"
     patched.write_text(yaml.safe_dump(document))

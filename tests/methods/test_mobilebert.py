@@ -14,6 +14,7 @@ from transformers import MobileBertConfig, MobileBertForMaskedLM, MobileBertForS
 
 from lightning_kd.core.features import FeatureRequest, attention_projections, capture
 from lightning_kd.methods import MobileBERT
+from tests.cli_fixtures import quick_trainer_section, write_corpus
 from tests.conftest import make_batch, make_tiny_bert, write_tiny_tokenizer
 from tests.methods.contract import check_contract
 
@@ -291,7 +292,6 @@ def test_configs_are_in_the_smoke_test_skip_set():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_trains_on_tiny_mobilebert(config, tmp_path):
     from lightning_kd.cli import run_cli
-    from tests.cli_fixtures import write_corpus
 
     paths = {}
     for role, model in (("teacher", teacher(layers=4)), ("student", tiny_mobilebert(layers=2, seed=2))):
@@ -306,18 +306,7 @@ def test_config_trains_on_tiny_mobilebert(config, tmp_path):
         "init_args": {"tokenizer": paths["teacher"], "train_files": [str(write_corpus(tmp_path))], "block_size": 16, "batch_size": 4, "validation_fraction": 0.1},
     }
     callbacks = document["trainer"]["callbacks"]
-    document["trainer"] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": 2,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": False,
-        "default_root_dir": str(tmp_path),
-        "callbacks": callbacks,
-    }
+    document["trainer"] = quick_trainer_section(tmp_path, callbacks)
     document["export"] = {"dirpath": str(tmp_path / "export")}
     patched = tmp_path / "config.yaml"
     patched.write_text(yaml.safe_dump(document))
