@@ -13,20 +13,35 @@ from __future__ import annotations
 
 import os
 
-from pytorch_lightning import LightningDataModule, LightningModule
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.fault.atomic_io import install_atomic_checkpoint_io
 
 
 class DistillationCLI(LightningCLI):
-    """LightningCLI with lightning_kd's argument links and the student export."""
+    """LightningCLI with lightning_kd's argument links, the student export, periodic checkpoints
+    (``checkpoint:``) and atomic checkpoint files."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ExportStudent, "export")
+        # Its own key, not an entry of trainer.callbacks: YAML lists replace each other, so a method
+        # config listing its schedule callbacks would silently drop a preset's checkpoint callback.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint", subclass_mode=True, required=False)
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.export_tokenizer")
         parser.link_arguments("data.task_head", "model.init_args.task_head", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        install_atomic_checkpoint_io(trainer)  # unless trainer.plugins or the strategy names a checkpoint IO
+        return trainer
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback | None]) -> Trainer:
+        # An optional callback key (``checkpoint``) that no config set contributes None.
+        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> DistillationCLI:

@@ -9,6 +9,7 @@ and SDPA kernels return neither.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -64,6 +65,20 @@ class Features:
     values: dict[int, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     num_heads: int = 1
+
+    def to(self, device: torch.device | str) -> "Features":
+        """The same features with every tensor on ``device`` (used for teachers placed elsewhere)."""
+
+        def move(value):
+            if isinstance(value, Tensor):
+                return value.to(device, non_blocking=True)
+            if isinstance(value, tuple):
+                return tuple(move(v) for v in value)
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
+            return value
+
+        return dataclasses.replace(self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def split_heads(self, tensor: Tensor, num_heads: int | None = None) -> Tensor:
         """``(B, N, d)`` → ``(B, h, N, d/h)``."""

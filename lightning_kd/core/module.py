@@ -22,14 +22,18 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from lightning_kd.cache import TeacherCache
 from lightning_kd.core.export import export_model, load_tokenizer
 from lightning_kd.core.features import Features, FeatureRequest, capture
 from lightning_kd.core.optim import Schedule, build_optimizer
 from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
-from lightning_kd.core.teachers import TEACHERS_ATTR, describe_source, load_teachers
+from lightning_kd.core.memory import MemoryCheck, check_memory
+from lightning_kd.core.placement import check_placements, partition_teacher, resolve_placement, teacher_device
+from lightning_kd.core.teachers import describe_source, load_teachers
+from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.models.loading import ModelSource, Precision, TaskHead, head_of, load_config, load_model
+from lightning_kd.models.loading import ModelSource, Precision, TaskHead, enable_activation_checkpointing, head_of, load_config, load_model
 from lightning_kd.models.student_init import select_teacher_layers, copy_teacher_weights, truncated_copy
 
 # Frozen teachers are in eval mode on purpose; Lightning would warn about them at every fit.
@@ -62,7 +66,17 @@ class DistillationModule(pl.LightningModule):
         allow_width_truncation: when copying teacher layers into a narrower student, copy the
             leading slice of each weight (GKD behaviour) instead of refusing.
         teacher_precision: teacher weights' dtype (one for all, or one per teacher); captured tensors
-            are upcast to float32 for the loss math.
+            are upcast to float32 for the loss math. Independent of the trainer's precision: teachers
+            are not submodules, so neither AMP plugins nor DeepSpeed cast them.
+        teacher_placement: where each teacher runs (one for all, or one per teacher): ``"auto"``
+            (ZeRO-3 partitions under DeepSpeed stage 3, else the student's device), ``"student"``,
+            ``"cpu"`` (offloaded to host memory), a device such as ``"cuda:1"``, or ``"zero3"``; see
+            :mod:`lightning_kd.core.placement`.
+        activation_checkpointing: recompute the student's layer activations in the backward pass
+            instead of storing them (less memory, about one more student forward of time).
+        memory_check: before fitting, print an estimate of the memory each device needs (teachers,
+            student, gradients, optimizer, activations) and ``"error"`` (default) when it exceeds
+            what the device has free, ``"warn"``, or ``"off"`` (no estimate).
         prediction: the prediction-level (soft/hard) loss; ``None`` means no prediction terms.
         forward_repeats: extra forward passes per training step on the same batch (GKD
             ``--forward_repeat_num``): the step runs ``1 + forward_repeats`` passes, each with fresh
@@ -70,6 +84,9 @@ class DistillationModule(pl.LightningModule):
         random_inputs: replace the token ids by random ones on some passes (GKD
             ``--distill_random_data*``); see :class:`~lightning_kd.core.random_inputs.RandomInputs`.
             ``mode="replace"`` refuses a hard loss; ``mode="dual"`` keeps the random half out of it.
+        teacher_cache: serve teacher outputs from a disk cache filled on the first pass over the data
+            (offline distillation; see :class:`~lightning_kd.cache.TeacherCache` and ``docs/teacher_cache.md``).
+            Refused with ``random_inputs`` and with methods whose teacher inputs change from step to step.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and normalisation weights).
         warmup_ratio: fraction of the optimizer steps used for linear warm-up.
@@ -95,9 +112,13 @@ class DistillationModule(pl.LightningModule):
         student_layers: int | list[int] | None = None,
         allow_width_truncation: bool = False,
         teacher_precision: Precision | list[Precision] = "float32",
+        teacher_placement: str | list[str] = "auto",
+        activation_checkpointing: bool = False,
+        memory_check: MemoryCheck = "error",
         prediction: PredictionLoss | None = None,
         forward_repeats: int = 0,
         random_inputs: RandomInputs | None = None,
+        teacher_cache: TeacherCache | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
@@ -106,7 +127,7 @@ class DistillationModule(pl.LightningModule):
         adam_epsilon: float = 1e-8,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher"])
+        self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher", "teacher_cache"])
         _allow_in_checkpoints(dict(self.hparams))
         if teacher is not None and teachers:
             raise ValueError("Give either `teacher` or `teachers`, not both.")
@@ -132,11 +153,21 @@ class DistillationModule(pl.LightningModule):
         # terms. It provides student_request(), teacher_request(index) and forward(batch, student, teacher, index).
         self.intermediate: nn.Module | None = None
 
-        setattr(self, TEACHERS_ATTR, load_teachers(sources, self.task_head, num_labels, teacher_precision))
+        self.teacher_placement = check_placements(teacher_placement, len(sources))
+        # Teachers are kept outside the module tree on purpose (object.__setattr__ skips nn.Module's
+        # registration): no strategy wraps, casts, partitions or checkpoints them behind our back.
+        object.__setattr__(self, "_teachers", load_teachers(sources, self.task_head, num_labels, teacher_precision))
+        self._teacher_engines: list = []  # inference-only ZeRO-3 engines that keep partitioned teachers alive
+        self.memory_check = memory_check
         # from_pretrained returns eval mode; Lightning keeps a module's mode, so switch dropout on here.
         self.student = self._build_student(student, student_init, student_layers, allow_width_truncation).train()
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.student)
         self._check_vocabularies()
         self._val_metrics = self._test_metrics = None
+        self.teacher_cache = teacher_cache
+        if teacher_cache is not None:
+            teacher_cache.check_module(self)
 
     # ------------------------------------------------------------------ construction
     def _build_student(
@@ -183,6 +214,11 @@ class DistillationModule(pl.LightningModule):
                 )
 
     # ------------------------------------------------------------------ method hooks
+    @property
+    def teachers(self) -> nn.ModuleList:
+        """The frozen teachers (not submodules: absent from ``parameters()``, ``state_dict()`` and checkpoints)."""
+        return self._teachers
+
     def student_request(self) -> FeatureRequest:
         """Tensors the method needs from the student's forward (logits are always captured)."""
         return self.intermediate.student_request() if self.intermediate is not None else FeatureRequest()
@@ -210,9 +246,39 @@ class DistillationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ the step
     def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
-        """Teacher ``index``'s features on ``batch`` (no graph, float32)."""
+        """Teacher ``index``'s features on ``batch`` (no graph, float32): read from :attr:`teacher_cache`
+        when it holds every row of the batch, else from :meth:`teacher_forward` (the cache stores them)."""
+        if self.teacher_cache is not None:
+            return self.teacher_cache.teacher_features(self, index, batch)
+        return self.teacher_forward(index, batch)
+
+    def teacher_forward(self, index: int, batch: dict[str, Tensor]) -> Features:
+        """Run teacher ``index`` live on ``batch`` where :attr:`teacher_placement` puts it; the
+        features come back on the student's device, upcast to float32, without a graph."""
+        teacher, device = self._placed_teacher(index)
+        if device != self.device:
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
         with torch.no_grad():
-            return capture(self.teachers[index], batch, self.teacher_request(index), upcast=True)
+            features = capture(teacher, batch, self.teacher_request(index), upcast=True)
+        return features if device == self.device else features.to(self.device)
+
+    def _placed_teacher(self, index: int) -> tuple[nn.Module, torch.device]:
+        """Teacher ``index`` and the device its forward runs on, moving it there the first time."""
+        teacher = self.teachers[index]
+        placement = resolve_placement(self.teacher_placement[index], self._trainer)
+        if placement == "zero3":
+            if not self._teacher_engines:
+                self._partition_teachers()
+            return teacher, self.device
+        device = self.device if placement == "student" else torch.device(placement)
+        if teacher_device(teacher) != device:
+            teacher.to(device)
+        return teacher, device
+
+    def _partition_teachers(self) -> None:
+        for index, teacher in enumerate(self.teachers):
+            if resolve_placement(self.teacher_placement[index], self._trainer) == "zero3":
+                self._teacher_engines.append(partition_teacher(teacher, self.trainer))
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The named, weighted loss terms of one training step plus ``"loss"``, their sum.
@@ -256,6 +322,9 @@ class DistillationModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.compute_losses(batch)
+        # A NaN/inf loss stops the run here, before backward and the optimizer step, so the weights and
+        # every checkpoint stay finite; NonFiniteLossError names the terms and the last good checkpoint.
+        check_finite_loss(self, terms, batch_idx)
         size = batch["input_ids"].shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
@@ -263,6 +332,11 @@ class DistillationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._trainer is not None:
+            for placement in self.teacher_placement:
+                resolve_placement(placement, self.trainer)  # a wrong strategy fails before any work
+            if self.memory_check != "off":
+                check_memory(self, self.trainer, self.memory_check)
         builder = getattr(getattr(self.trainer, "datamodule", None), "build_metrics", None) if self._trainer else None
         if builder is not None:
             self._val_metrics, self._test_metrics = builder("val/"), builder("test/")
@@ -301,22 +375,15 @@ class DistillationModule(pl.LightningModule):
 
     def trainable_named_parameters(self):
         """``(name, parameter)`` of the student and the method's own parts (never a teacher's)."""
-        prefix = f"{TEACHERS_ATTR}."
-        return [(n, p) for n, p in self.named_parameters() if not n.startswith(prefix) and p.requires_grad]
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Leave teacher weights out of checkpoints; record where the teachers came from instead."""
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(f"{TEACHERS_ATTR}.")]:
-            del state[key]
+        """Record where the teachers came from (their weights are never in a checkpoint)."""
         checkpoint["lightning_kd"] = {"teachers": self.teacher_sources, "method": type(self).__name__}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Put back the (already reloaded) teachers' weights so strict loading still checks the student."""
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            for key, value in self.teachers.state_dict().items():
-                state.setdefault(f"{TEACHERS_ATTR}.{key}", value)
+    def configure_callbacks(self):
+        """The teacher cache's callback (binds it at fit start, commits its rows), when there is a cache."""
+        return [self.teacher_cache.callback] if self.teacher_cache is not None else []
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

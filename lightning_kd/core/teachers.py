@@ -7,7 +7,6 @@ from transformers import PreTrainedModel
 
 from lightning_kd.models.loading import ModelSource, Precision, TaskHead, load_model
 
-TEACHERS_ATTR = "teachers"
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -1,7 +1,13 @@
-"""Batch assembly: dynamic padding for classification, and MLM masking at batch time for pretraining."""
+"""Batch assembly: dynamic padding for classification, and MLM masking at batch time for pretraining.
+
+Training rows carry their identity: :class:`IndexedRows` adds ``example_index`` (the row's position
+in the training split) and the collators turn it into an int64 ``(B,)`` batch key, which the
+teacher cache keys its rows by and static masking seeds its per-row masks with.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,12 +15,49 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lightning_kd.data.masking import continuation_table, mask_tokens, word_ids_from_continuations
 
 # Value that fills the padded positions of each model input. Anything else is not padded.
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
+#: Batch key holding each row's position in the training split (int64, shape ``(B,)``).
+EXAMPLE_INDEX = "example_index"
+
+
+class IndexedRows(Dataset):
+    """A map-style dataset whose rows also carry ``example_index``, their position in ``rows``.
+
+    The identity survives shuffling, DDP sharding and resumption, since it is the index the sampler
+    drew. Fetches go through ``rows.__getitems__`` when it exists (HF datasets read a batch at once).
+
+    Args:
+        rows: the training split (after any ``max_train_samples`` subset).
+    """
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.rows[index], EXAMPLE_INDEX: int(index)}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        fetch = getattr(self.rows, "__getitems__", None)
+        rows = fetch(indices) if fetch is not None else [self.rows[index] for index in indices]
+        return [{**row, EXAMPLE_INDEX: int(index)} for row, index in zip(rows, indices)]
+
+
+def row_seed(masking_seed: int, example_index: int) -> int:
+    """A 63-bit generator seed that is a fixed function of ``(masking_seed, example_index)``.
+
+    Hashed rather than added, so neighbouring examples (or seeds) do not get related streams.
+    """
+    digest = hashlib.blake2b(f"{masking_seed}:{example_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, side: str = "right") -> Tensor:
@@ -48,12 +91,14 @@ class PaddingCollator:
     label_dtype: torch.dtype = torch.long
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        """Pad every input column to the batch's longest row; labels become one tensor."""
+        """Pad every input column to the batch's longest row; labels and example indices become one tensor each."""
         batch: dict[str, Tensor] = {}
         for key in rows[0]:
             values = [row[key] for row in rows]
             if key == "labels":
                 batch[key] = torch.tensor(values, dtype=self.label_dtype)
+            elif key == EXAMPLE_INDEX:
+                batch[key] = torch.tensor(values, dtype=torch.long)
             else:
                 value = self.pad_token_id if key == "input_ids" else _PAD_VALUES.get(key, 0)
                 batch[key] = pad_rows(values, value, self.padding_side)
@@ -68,14 +113,21 @@ class MaskingCollator:
     worker. Evaluation (``eval_seed`` set) draws from a generator seeded by the batch contents, so
     the same validation batch gets the same masks every epoch and losses stay comparable.
 
+    Static masking (``masking_seed`` set) masks each row on its own with a generator seeded from
+    ``(masking_seed, example_index)`` (see :func:`row_seed`): an example gets the same masks in every
+    epoch, whatever batch it lands in, which a teacher-output cache needs. Each row then has at
+    least one prediction target (the "never an empty loss" rule of :func:`mask_tokens` applies per row).
+
     Batches: ``input_ids`` (masked), ``attention_mask``, ``token_type_ids`` (zeros), ``labels``
-    (original id at the chosen positions, -100 elsewhere).
+    (original id at the chosen positions, -100 elsewhere), and ``example_index`` when the rows carry it.
 
     Args:
         tokenizer: supplies ``[MASK]``/``[PAD]``/special ids and the vocabulary.
         probability: chance that a maskable token (or word) is chosen.
         whole_word_mask: choose whole WordPiece words (pieces ``##...`` follow their head).
         eval_seed: makes masks a deterministic function of the batch (for validation/test).
+        masking_seed: makes each row's masks a deterministic function of ``(masking_seed, example_index)``;
+            rows must carry ``example_index`` (:class:`IndexedRows`).
     """
 
     def __init__(
@@ -84,6 +136,7 @@ class MaskingCollator:
         probability: float = 0.15,
         whole_word_mask: bool = False,
         eval_seed: int | None = None,
+        masking_seed: int | None = None,
     ) -> None:
         if tokenizer.mask_token_id is None:
             raise ValueError("masked-LM pretraining needs a tokenizer with a mask token ([MASK])")
@@ -96,7 +149,9 @@ class MaskingCollator:
             raise ValueError(f"the tokenizer's {len(tokenizer)} ids are all special tokens; there is nothing to mask")
         self.is_continuation = continuation_table(tokenizer) if whole_word_mask else None
         self.probability = probability
-        self.eval_seed = eval_seed
+        if eval_seed is not None and masking_seed is not None:
+            raise ValueError("give eval_seed (masks from the batch contents) or masking_seed (masks per example), not both")
+        self.eval_seed, self.masking_seed = eval_seed, masking_seed
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         """Pad the blocks and mask them (see the class docstring for the keys)."""
@@ -108,21 +163,50 @@ class MaskingCollator:
         word_ids = None
         if self.is_continuation is not None:
             word_ids = word_ids_from_continuations(input_ids, self.is_continuation)
-        masked, labels = mask_tokens(
-            input_ids,
-            special,
-            self.mask_token_id,
-            self.random_token_ids,
-            self.probability,
-            generator=self._generator(input_ids),
-            word_ids=word_ids,
-        )
-        return {
+        if self.masking_seed is not None:
+            masked, labels = self._mask_rows(rows, input_ids, special, word_ids, lengths)
+        else:
+            masked, labels = mask_tokens(
+                input_ids,
+                special,
+                self.mask_token_id,
+                self.random_token_ids,
+                self.probability,
+                generator=self._generator(input_ids),
+                word_ids=word_ids,
+            )
+        batch = {
             "input_ids": masked,
             "attention_mask": attention_mask,
             "token_type_ids": torch.zeros_like(input_ids),
             "labels": labels,
         }
+        if EXAMPLE_INDEX in rows[0]:
+            batch[EXAMPLE_INDEX] = torch.tensor([row[EXAMPLE_INDEX] for row in rows], dtype=torch.long)
+        return batch
+
+    def _mask_rows(
+        self, rows: Sequence[dict[str, Any]], input_ids: Tensor, special: Tensor, word_ids: Tensor | None, lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Static masks: each row masked alone, on its unpadded length, by its own seeded generator."""
+        if EXAMPLE_INDEX not in rows[0]:
+            raise ValueError(
+                f"static masking (masking_seed) needs rows that carry {EXAMPLE_INDEX!r}; wrap the training split in IndexedRows"
+            )
+        masked, labels = input_ids.clone(), torch.full_like(input_ids, -100)
+        for row, (example, length) in enumerate(zip((r[EXAMPLE_INDEX] for r in rows), lengths.tolist())):
+            generator = torch.Generator().manual_seed(row_seed(self.masking_seed, int(example)))
+            row_masked, row_labels = mask_tokens(
+                input_ids[row : row + 1, :length],
+                special[row : row + 1, :length],
+                self.mask_token_id,
+                self.random_token_ids,
+                self.probability,
+                generator=generator,
+                word_ids=word_ids[row : row + 1, :length] if word_ids is not None else None,
+            )
+            masked[row, :length], labels[row, :length] = row_masked[0], row_labels[0]
+        return masked, labels
 
     def _generator(self, input_ids: Tensor) -> torch.Generator | None:
         if self.eval_seed is None:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lightning_kd.data.collators import PaddingCollator
+from lightning_kd.data.collators import IndexedRows, PaddingCollator
 from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
 from lightning_kd.data.sources import resolve_source
 from lightning_kd.data.task_source import TaskSource
@@ -30,7 +30,9 @@ class GlueDataModule(LightningDataModule):
 
     Batches are dicts with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer
     makes them), padded to the longest row of the batch, and ``labels`` (int64 class ids, or float32
-    scores for regression tasks such as STS-B).
+    scores for regression tasks such as STS-B). Training batches also carry ``example_index``
+    (int64, each row's position in the training split after any ``max_train_samples`` subset), the
+    identity a teacher-output cache keys its rows by.
 
     Data sources (one per module; see :mod:`lightning_kd.data.task_source`): ``data_dir`` with the
     standard layout, ``hf_dataset``, or ``train_file``/``validation_file``/``test_file``. The embedded
@@ -144,6 +146,26 @@ class GlueDataModule(LightningDataModule):
         """The task's metrics keyed ``<prefix><name>``; ``update(logits, labels)``."""
         return build_task_metrics(self.task_spec, prefix, num_labels=self.num_labels)
 
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What the training rows are, as JSON values (the dataset part of a teacher cache's key).
+
+        The readable settings that shape the rows, plus ``datasets``' fingerprint of the tokenised
+        training split, which already covers the source (file path, size and modification time, or
+        the HF dataset's own fingerprint), the reader, the tokenizer, ``max_length`` and the seeded
+        subset. Reads and tokenises the training split if that has not happened yet.
+        """
+        train = self._dataset("train")
+        return {
+            "data_module": type(self).__name__,
+            "task": self.task_spec.name,
+            "max_length": self.max_length,
+            "max_train_samples": self.max_train_samples,
+            "seed": self.seed,
+            "train_examples": len(train),
+            "datasets_fingerprint": train._fingerprint,
+        }
+
     # ----------------------------------------------------------------------------- lifecycle
     def prepare_data(self) -> None:
         """Read and tokenise every available split once, so ``datasets``' cache is warm for all ranks."""
@@ -201,7 +223,7 @@ class GlueDataModule(LightningDataModule):
         if not shuffle:
             return DataLoader(dataset, **options)
         sampler = EpochShuffleSampler(dataset, global_seed(self.seed))
-        return ResumableDataLoader(dataset, sampler=sampler, position=self._fit_position, **options)
+        return ResumableDataLoader(IndexedRows(dataset), sampler=sampler, position=self._fit_position, **options)
 
     def _fit_position(self) -> dict[str, int]:
         return fit_position(self.trainer)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lightning_kd.data.collators import MaskingCollator
+from lightning_kd.data.collators import IndexedRows, MaskingCollator
 from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
 from lightning_kd.data.masking import continuation_table
 from lightning_kd.data.packing import TokenizeAndPack
@@ -35,7 +35,8 @@ class PretrainDataModule(LightningDataModule):
 
     Masking happens in the collator, fresh for every batch (see :class:`~lightning_kd.data.collators.MaskingCollator`):
     batches hold masked ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels``
-    (-100 off the masked positions).
+    (-100 off the masked positions). Map-style training batches also carry ``example_index`` (int64,
+    each block's index in the packed training split), and ``masking_seed`` makes training masks static.
 
     Args:
         tokenizer: model name, local directory or ``embedded:<name>`` of the tokenizer.
@@ -59,6 +60,9 @@ class PretrainDataModule(LightningDataModule):
         max_train_samples: use this many training blocks (a seeded random subset; the first ones when streaming).
         max_eval_samples: use this many validation blocks.
         seed: seed of the validation hold-out, the subsets, the shuffle buffer and the validation masks.
+        masking_seed: make training masks a deterministic function of ``(masking_seed, example_index)``,
+            identical every epoch (static masking), as a teacher-output cache needs. ``None`` (default)
+            keeps dynamic masking: fresh masks for every batch. Not with ``streaming``.
 
     Raises:
         ValueError: no corpus or two corpora, or an out-of-range number.
@@ -88,6 +92,7 @@ class PretrainDataModule(LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         seed: int = 42,
+        masking_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +117,11 @@ class PretrainDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if streaming and num_proc:
             raise ValueError("num_proc parallelises pre-tokenisation; streaming=True tokenises on the fly. Drop one.")
+        if streaming and masking_seed is not None:
+            raise ValueError(
+                "masking_seed keys masks by each block's index in the packed corpus, which a streamed corpus does not "
+                "have; set streaming=False (pre-tokenised, map-style) or drop masking_seed."
+            )
         self.tokenizer_name = tokenizer
         self.train_files, self.validation_files = train_files, validation_files
         self.hf_dataset, self.hf_config, self.text_column = hf_dataset, hf_config, text_column
@@ -120,6 +130,7 @@ class PretrainDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
         self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
+        self.masking_seed = masking_seed
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Dataset | IterableDataset] = {}
         self._sharded = False
@@ -136,6 +147,37 @@ class PretrainDataModule(LightningDataModule):
     def build_metrics(self, prefix: str) -> MetricCollection:
         """Masked-token accuracy keyed ``<prefix>mlm_accuracy``; ``update(logits (B, N, V), labels)``."""
         return build_mlm_metrics(prefix)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What the training blocks are, as JSON values (the dataset part of a teacher cache's key).
+
+        The readable settings that shape the blocks and their masks, plus ``datasets``' fingerprint
+        of the packed training split (covering the corpus files' paths, sizes and modification
+        times, or the HF dataset's fingerprint, the tokenizer, the hold-out and the subset).
+        ``masking_seed`` is a key component of its own. Builds the blocks if that has not happened yet.
+
+        Raises:
+            ValueError: the corpus is streamed, so its blocks have no stable index.
+        """
+        if self.streaming:
+            raise ValueError(
+                "A streamed corpus (streaming=True) has no stable block index to key a teacher cache by; "
+                "set streaming=False or remove teacher_cache."
+            )
+        self._build()
+        train = self.datasets["train"]
+        return {
+            "data_module": type(self).__name__,
+            "block_size": self.block_size,
+            "validation_fraction": self.validation_fraction,
+            "mlm_probability": self.mlm_probability,
+            "whole_word_mask": self.whole_word_mask,
+            "max_train_samples": self.max_train_samples,
+            "seed": self.seed,
+            "train_blocks": len(train),
+            "datasets_fingerprint": train._fingerprint,
+        }
 
     # ----------------------------------------------------------------------------- lifecycle
     def prepare_data(self) -> None:
@@ -214,7 +256,7 @@ class PretrainDataModule(LightningDataModule):
         exactly (see :mod:`lightning_kd.data.sampling`); streamed ones use the shuffle buffer.
         """
         return self._loader("train", self.batch_size, MaskingCollator(
-            self.tokenizer, self.mlm_probability, self.whole_word_mask
+            self.tokenizer, self.mlm_probability, self.whole_word_mask, masking_seed=self.masking_seed
         ))
 
     def val_dataloader(self) -> DataLoader:
@@ -234,7 +276,7 @@ class PretrainDataModule(LightningDataModule):
         if split != "train" or isinstance(dataset, IterableDataset):
             return DataLoader(dataset, **options)
         sampler = EpochShuffleSampler(dataset, global_seed(self.seed))
-        return ResumableDataLoader(dataset, sampler=sampler, position=self._fit_position, **options)
+        return ResumableDataLoader(IndexedRows(dataset), sampler=sampler, position=self._fit_position, **options)
 
     def _fit_position(self) -> dict[str, int]:
         return fit_position(self.trainer)

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features, capture
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.models.loading import is_activation_checkpointing
 from lightning_kd.core.multi_teacher import TeacherStep
 from lightning_kd.losses.interchange import (
     Interchange,
@@ -164,12 +165,12 @@ class DIITO(DistillationModule):
 
     # ------------------------------------------------------------------ guards
     def _refuse_checkpointing(self) -> None:
-        if getattr(self.student, "is_gradient_checkpointing", False):
+        if is_activation_checkpointing(self.student):
             raise ValueError(
                 "DIITO cannot run with gradient (activation) checkpointing: the intervened pass injects pass-0 "
                 "activations through a hook inside each checkpointed layer, which the recomputation in the backward "
-                "would not see (and reentrant checkpointing would not send gradients to them). Call "
-                "student.gradient_checkpointing_disable()."
+                "would not see (and reentrant checkpointing would not send gradients to them). Set "
+                "activation_checkpointing: false (or call student.gradient_checkpointing_disable())."
             )
 
     def on_fit_start(self) -> None:

@@ -113,3 +113,29 @@ def _check_labels(config, head: TaskHead, num_labels: int | None, role: str, nam
             f"The {role} {name!r} predicts {config.num_labels} labels but the task has {num_labels}. "
             f"Use a {role} fine-tuned on this task."
         )
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute ``model``'s layer activations during the backward pass instead of storing them.
+
+    Non-reentrant checkpointing: it works with frozen inputs and with hooks that capture features,
+    and is the variant PyTorch recommends.
+
+    Raises:
+        ValueError: the architecture has no activation-checkpointing support in transformers.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"{type(model).__name__} does not support activation checkpointing in transformers; set activation_checkpointing: false."
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_activation_checkpointing(model: PreTrainedModel) -> bool:
+    """Whether ``model`` recomputes activations in the backward (either transformers spelling, no warning)."""
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, flag, False))

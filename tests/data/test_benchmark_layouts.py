@@ -42,7 +42,7 @@ def test_data_module_batches_every_task(tmp_path: Path, task: str, tiny_tokenize
     assert data.num_labels == spec.num_labels and data.task_head == "sequence_classification"
     assert len(data.datasets["train"]) == len(expected)
     batch = next(iter(data.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "example_index"}
     assert batch["labels"].dtype == (torch.float32 if spec.is_regression else torch.int64)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
     assert batch["input_ids"].shape[0] == 2

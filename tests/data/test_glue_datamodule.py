@@ -94,7 +94,7 @@ def test_hf_dataset_saved_to_disk(tmp_path: Path, tiny_tokenizer_dir: Path, cach
     assert data.datasets["train"]["labels"] == [1, 0, 1]
     assert data.datasets["test"]["labels"] == [1, 0, 1], "GLUE policy: test reads the labelled validation split"
     batch = next(iter(data.train_dataloader()))
-    assert batch["token_type_ids"].any() and set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert batch["token_type_ids"].any() and set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "example_index"}
 
 
 def test_hf_dataset_with_user_columns_and_string_labels(

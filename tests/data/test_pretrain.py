@@ -52,8 +52,9 @@ def test_text_file_to_masked_batches(corpus: str, tiny_tokenizer_dir: Path, cach
     assert {block[0] for block in train["input_ids"]} == {tiny_tokenizer.cls_token_id}
     assert {block[-1] for block in train["input_ids"]} == {tiny_tokenizer.sep_token_id}
     batch = next(iter(data.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
-    assert all(value.shape == (4, 16) and value.dtype == torch.int64 for value in batch.values())
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "example_index"}
+    assert all(v.shape == (4, 16) and v.dtype == torch.int64 for k, v in batch.items() if k != "example_index")
+    assert batch["example_index"].shape == (4,) and batch["example_index"].dtype == torch.int64
     chosen = batch["labels"] != -100
     assert chosen.any() and (batch["labels"][:, [0, -1]] == -100).all(), "[CLS]/[SEP] are never masked"
     assert batch["attention_mask"].all() and not batch["token_type_ids"].any()

@@ -239,6 +239,8 @@ def test_bad_inputs():
     checkpointed.gradient_checkpointing_enable()
     with pytest.raises(ValueError, match="gradient_checkpointing_disable"):
         DIITO(teacher=teacher, student=checkpointed)
+    with pytest.raises(ValueError, match="activation_checkpointing: false"):
+        DIITO(teacher=teacher, student=make_tiny_bert("mlm", seed=2, layers=2), activation_checkpointing=True)
     method = DIITO(teacher=teacher, student=student)
     student.gradient_checkpointing_enable()
     with pytest.raises(ValueError, match="checkpointing"):

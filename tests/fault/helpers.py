@@ -1,0 +1,85 @@
+"""Crash and poison injectors for the fault-tolerance tests; CLI runs load them by class path.
+
+A subprocess imports this module as ``tests.fault.helpers`` (its PYTHONPATH holds the repo root).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_kd.fault import AtomicCheckpointIO, atomic_write
+
+
+def die() -> None:
+    """End this process the way an OOM killer or a preempted node does: SIGKILL, no clean-up, no hooks."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterStep(pl.Callback):
+    """SIGKILL the run right after optimizer step ``step``, before that step's checkpoint (if any) is written.
+
+    Args:
+        step: the ``trainer.global_step`` after which to die.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        # Checkpoint callbacks run after every other callback, so this fires before this step's save.
+        if trainer.global_step == self.step:
+            die()
+
+
+class DieDuringWrite(AtomicCheckpointIO):
+    """Atomic checkpoint IO that is SIGKILLed halfway through its ``write``-th write of a file named ``name``.
+
+    Args:
+        write: which write of ``name`` to die in (1 = the first).
+        name: the file name whose writes are counted.
+    """
+
+    def __init__(self, write: int, name: str = "last.ckpt") -> None:
+        super().__init__()
+        self.write, self.name, self._count = write, name, 0
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if os.path.basename(path) == self.name:
+            self._count += 1
+            if self._count == self.write:
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                data = buffer.getvalue()
+
+                def write_half_then_die(handle) -> None:
+                    handle.write(data[: len(data) // 2])
+                    handle.flush()
+                    die()
+
+                atomic_write(path, write_half_then_die)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class PoisonLossAt(pl.Callback):
+    """From optimizer step ``step`` on, make the student's embeddings NaN, so the loss is NaN; weights stay finite.
+
+    Args:
+        step: the ``trainer.global_step`` at whose next batch the loss turns NaN.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._hook = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step and self._hook is None:
+            embeddings = pl_module.student.get_input_embeddings()
+            self._hook = embeddings.register_forward_hook(lambda module, inputs, output: output * float("nan"))
