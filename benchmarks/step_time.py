@@ -7,8 +7,10 @@ adds nothing beyond running both models. ``KD + teacher cache`` reads the teache
 filled :class:`~lightning_kd.cache.TeacherCache` instead of running the teacher; its figure of
 merit is step ÷ student-only step (target ≤ 1.05).
 
-Every workload runs in a fresh process, so "peak memory" is that workload's own peak: the maximum
-resident set of the process on CPU (models, optimizer and activations included), or the CUDA
+Timing: all workloads are built in one process and timed in turn (A B C A B C …), so drift in the
+machine's speed falls on all of them alike; each figure is the median over ``--repeats`` rounds.
+Peak memory: each workload runs two steps alone in a fresh process, so the figure is its own peak:
+the maximum resident set on CPU (models, optimizer and activations included), or the CUDA
 allocator's peak on a GPU.
 
     python benchmarks/step_time.py                          # all methods, batch 32 x 128, CPU
@@ -18,7 +20,6 @@ allocator's peak on a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 
 import torch
@@ -76,23 +78,17 @@ def batch_of(size: int, length: int, vocab: int, device: torch.device) -> dict[s
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: the CUDA allocator's peak, or on CPU the resident set's high-water mark."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:  # VmHWM belongs to this process image; ru_maxrss would include the parent's peak before exec
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def median_seconds(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up (allocations, kernels, autotuning)
-    timings = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
 
 
 def training_step(method, batch, optimizer, autocast):
@@ -109,8 +105,8 @@ def training_step(method, batch, optimizer, autocast):
 TEACHER_FORWARD, STUDENT_STEP, CACHED_KD = "teacher forward", "student step", "KD + teacher cache"
 
 
-def measure(workload: str, args: argparse.Namespace) -> dict[str, float]:
-    """Seconds per call (median) and peak memory of one workload, in this process."""
+def build_step(workload: str, args: argparse.Namespace):
+    """A zero-argument callable running one step of ``workload`` (teacher forward, student step, a method's step)."""
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
@@ -129,17 +125,43 @@ def measure(workload: str, args: argparse.Namespace) -> dict[str, float]:
             with torch.no_grad(), autocast():
                 capture(method.teachers[0], batch, FeatureRequest())
 
-    else:
-        if workload == STUDENT_STEP:
-            method = StudentOnly(student=method.student, task_head="sequence_classification", num_labels=2).to(device).train()
-        if workload == CACHED_KD:
-            data = OneBatch(batch, f"benchmark batch {args.batch_size}x{args.seq_len} seed 0")
-            method.teacher_cache.fill(method, data)  # the first pass: runs the teacher, stores its logits
-            method.teacher_cache.open(method, data)  # later epochs: every row is cached
-        optimizer = torch.optim.AdamW([p for _, p in method.trainable_named_parameters()], lr=1e-5)
-        step = training_step(method, batch, optimizer, autocast)
-    seconds = median_seconds(step, args.repeats, device)
-    return {"seconds": seconds, "peak_mb": peak_memory_mb(device)}
+        return step
+    if workload == STUDENT_STEP:
+        method = StudentOnly(student=method.student, task_head="sequence_classification", num_labels=2).to(device).train()
+    if workload == CACHED_KD:
+        data = OneBatch(batch, f"benchmark batch {args.batch_size}x{args.seq_len} seed 0")
+        method.teacher_cache.fill(method, data)  # the first pass: runs the teacher, stores its logits
+        method.teacher_cache.open(method, data)  # later epochs: every row is cached
+    optimizer = torch.optim.AdamW([p for _, p in method.trainable_named_parameters()], lr=1e-5)
+    return training_step(method, batch, optimizer, autocast)
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per workload, timing them in turn (A B C A B C …) so that drift in the
+    machine's speed (other load, frequency scaling) falls on every workload alike."""
+    for step in steps.values():
+        step()  # warm-up (allocations, kernels, autotuning)
+    timings: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def peak_memory_of(workload: str, args: argparse.Namespace) -> float:
+    """Peak memory (MB) of ``workload`` alone: two steps in a fresh Python process."""
+    command = [sys.executable, __file__, "--memory-of", workload, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+    command += ["--precision", args.precision, "--device", args.device]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {workload!r} failed:\n{result.stderr[-3000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 class OneBatch:
@@ -163,16 +185,6 @@ def cache_for_benchmark(args: argparse.Namespace):
     return TeacherCache(path=tempfile.mkdtemp(prefix="lkd-bench-cache-"), verify_batches=0)
 
 
-def in_fresh_process(workload: str, args: argparse.Namespace) -> dict[str, float]:
-    """Run :func:`measure` for ``workload`` in a new Python process (own peak memory, no warm caches)."""
-    command = [sys.executable, __file__, "--workload", workload, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
-    command += ["--repeats", str(args.repeats), "--precision", args.precision, "--device", args.device]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"benchmark of {workload!r} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=[*METHODS, CACHED_KD], choices=[*METHODS, CACHED_KD])
@@ -182,36 +194,36 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="also write the table to this Markdown file")
-    parser.add_argument("--workload", help=argparse.SUPPRESS)  # internal: measure one workload, print JSON
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: print one workload's peak memory
     args = parser.parse_args()
-    if args.workload:
-        print(json.dumps(measure(args.workload, args)))
+    device = torch.device(args.device)
+    if args.memory_of:
+        step = build_step(args.memory_of, args)
+        step(), step()
+        print(peak_memory_mb(device))
         return
 
-    teacher = in_fresh_process(TEACHER_FORWARD, args)
-    student = in_fresh_process(STUDENT_STEP, args)
-    floor = teacher["seconds"] + student["seconds"]
-    rows = []
-    for name in args.methods:
-        result = in_fresh_process(name, args)
-        ratio = result["seconds"] / (student["seconds"] if name == CACHED_KD else floor)
-        rows.append((name, result["seconds"], ratio, result["peak_mb"]))
-        print(f"{name}: {result['seconds']:.3f} s ({ratio:.2f})", file=sys.stderr)
+    workloads = [TEACHER_FORWARD, STUDENT_STEP, *args.methods]
+    memory = {name: peak_memory_of(name, args) for name in workloads}
+    steps = {name: build_step(name, args) for name in workloads}
+    seconds = interleaved_medians(steps, args.repeats, device)
+    teacher, student = seconds[TEACHER_FORWARD], seconds[STUDENT_STEP]
+    floor = teacher + student
 
-    device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     lines = [
         f"Measured {date.today()} on {where} ({os.cpu_count()} logical CPUs); torch {torch.__version__}; {args.precision}; "
-        f"batch {args.batch_size} × {args.seq_len} tokens; median of {args.repeats} steps after a warm-up; each row in a fresh process.",
+        f"batch {args.batch_size} × {args.seq_len} tokens; median of {args.repeats} steps after a warm-up, workloads timed in turn "
+        "in one process; peak memory of each workload alone in a fresh process.",
         "",
-        f"| workload | seconds | ratio | peak memory (MB) |",
+        "| workload | seconds | ratio | peak memory (MB) |",
         "|---|---|---|---|",
-        f"| teacher (MiniLM-L6) forward | {teacher['seconds']:.3f} | – | {teacher['peak_mb']:.0f} |",
-        f"| student (3 layers) training step | {student['seconds']:.3f} | – | {student['peak_mb']:.0f} |",
+        f"| teacher (MiniLM-L6) forward | {teacher:.3f} | – | {memory[TEACHER_FORWARD]:.0f} |",
+        f"| student (3 layers) training step | {student:.3f} | – | {memory[STUDENT_STEP]:.0f} |",
     ]
-    for name, seconds, ratio, memory in rows:
-        of = "student step" if name == CACHED_KD else "teacher fwd + student step"
-        lines.append(f"| {name} | {seconds:.3f} | {ratio:.2f} × ({of}) | {memory:.0f} |")
+    for name in args.methods:
+        of, base = ("student step", student) if name == CACHED_KD else ("teacher fwd + student step", floor)
+        lines.append(f"| {name} | {seconds[name]:.3f} | {seconds[name] / base:.2f} × ({of}) | {memory[name]:.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.output:

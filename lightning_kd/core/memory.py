@@ -71,7 +71,7 @@ def estimate(module: Any, trainer: Any, batch_size: int | None, length: int | No
     precision = str(trainer.precision)
 
     for index, teacher in enumerate(module.teachers):
-        placement = resolve_placement(module.teacher_placement[index], trainer)
+        placement = resolve_placement(module.teacher_placement[index], trainer, type(module).__name__ if module.reads_teacher_weights else None)
         size = parameter_bytes(teacher)
         if placement == "zero3":
             where = host if "offload_param" in zero else device
@@ -156,6 +156,13 @@ def free_bytes(device: str) -> int | None:
     return None
 
 
+def resident_bytes(module: Any, device: str) -> int:
+    """Bytes of the method's and its teachers' parameters already on ``device`` (``"host"`` = the CPU)."""
+    wanted = torch.device("cpu") if device == "host" else torch.device(device)
+    tensors = list(module.parameters()) + [p for teacher in module.teachers for p in teacher.parameters()]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type == wanted.type and (wanted.index is None or t.device.index in (None, wanted.index)))
+
+
 def batch_shape(trainer: Any) -> tuple[int | None, int | None]:
     """Batch size and maximum sequence length from the data module, when it declares them."""
     data = getattr(trainer, "datamodule", None)
@@ -176,6 +183,8 @@ def check_memory(module: Any, trainer: Any, mode: MemoryCheck) -> MemoryEstimate
     rank_zero_info(f"lightning_kd memory estimate per process{note}:\n{result.table()}")
     for device in result.lines:
         available = free_bytes(device)
+        if available is not None:
+            available += resident_bytes(module, device)  # weights already loaded there are in the estimate too
         need = result.total(device)
         if available is not None and need > available:
             message = (

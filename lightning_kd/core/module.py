@@ -97,6 +97,9 @@ class DistillationModule(pl.LightningModule):
 
     #: Methods whose every term compares with a teacher set this so a teacher-less run fails early.
     requires_teacher: bool = True
+    #: Methods that use teacher modules or weights inside their step (not only through
+    #: :meth:`run_teacher`) set this: their teachers then always sit whole on the student's device.
+    reads_teacher_weights: bool = False
 
     def __init__(
         self,
@@ -262,10 +265,15 @@ class DistillationModule(pl.LightningModule):
             features = capture(teacher, batch, self.teacher_request(index), upcast=True)
         return features if device == self.device else features.to(self.device)
 
+    def resolved_placement(self, index: int) -> str:
+        """Teacher ``index``'s placement for the current trainer: ``"student"``, ``"zero3"``, or a device string."""
+        reads = type(self).__name__ if self.reads_teacher_weights else None
+        return resolve_placement(self.teacher_placement[index], self._trainer, reads)
+
     def _placed_teacher(self, index: int) -> tuple[nn.Module, torch.device]:
         """Teacher ``index`` and the device its forward runs on, moving it there the first time."""
         teacher = self.teachers[index]
-        placement = resolve_placement(self.teacher_placement[index], self._trainer)
+        placement = self.resolved_placement(index)
         if placement == "zero3":
             if not self._teacher_engines:
                 self._partition_teachers()
@@ -277,7 +285,7 @@ class DistillationModule(pl.LightningModule):
 
     def _partition_teachers(self) -> None:
         for index, teacher in enumerate(self.teachers):
-            if resolve_placement(self.teacher_placement[index], self._trainer) == "zero3":
+            if self.resolved_placement(index) == "zero3":
                 self._teacher_engines.append(partition_teacher(teacher, self.trainer))
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -333,8 +341,8 @@ class DistillationModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._trainer is not None:
-            for placement in self.teacher_placement:
-                resolve_placement(placement, self.trainer)  # a wrong strategy fails before any work
+            for index in range(len(self.teachers)):
+                self.resolved_placement(index)  # a wrong strategy or placement fails before any work
             if self.memory_check != "off":
                 check_memory(self, self.trainer, self.memory_check)
         builder = getattr(getattr(self.trainer, "datamodule", None), "build_metrics", None) if self._trainer else None
@@ -372,6 +380,30 @@ class DistillationModule(pl.LightningModule):
         for teacher in self.teachers:
             teacher.eval()
         return self
+
+    def to(self, *args, **kwargs) -> "DistillationModule":
+        """Move (or cast) the module; teachers placed on the student's device follow its *device* only,
+        never a dtype (``teacher_precision`` stays theirs)."""
+        module = super().to(*args, **kwargs)
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            self._teachers_follow(device)
+        return module
+
+    def cuda(self, device=None) -> "DistillationModule":
+        module = super().cuda(device)
+        self._teachers_follow(self.device)
+        return module
+
+    def cpu(self) -> "DistillationModule":
+        module = super().cpu()
+        self._teachers_follow(torch.device("cpu"))
+        return module
+
+    def _teachers_follow(self, device: torch.device) -> None:
+        for index, teacher in enumerate(self.teachers):
+            if self.resolved_placement(index) == "student":
+                teacher.to(device)
 
     def trainable_named_parameters(self):
         """``(name, parameter)`` of the student and the method's own parts (never a teacher's)."""

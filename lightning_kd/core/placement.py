@@ -58,12 +58,24 @@ def deepspeed_stage(trainer: Any) -> int | None:
     return int((config.get("zero_optimization") or {}).get("stage", 0))
 
 
-def resolve_placement(placement: str, trainer: Any) -> str:
+def resolve_placement(placement: str, trainer: Any, reads_teacher_weights: str | None = None) -> str:
     """``"auto"`` → ``"zero3"`` under DeepSpeed ZeRO-3, else ``"student"``; other values unchanged.
 
+    Args:
+        reads_teacher_weights: set (to the method's name) when the method uses teacher modules or
+            weights inside its own step (Theseus's hybrid stack, DIITO's interventions, tied
+            vocabulary heads): its teachers must then sit whole on the student's device.
+
     Raises:
-        ValueError: ``"zero3"`` without a DeepSpeed strategy.
+        ValueError: ``"zero3"`` without a DeepSpeed strategy, or a placement a method cannot use.
     """
+    if reads_teacher_weights is not None:
+        if placement not in ("auto", "student"):
+            raise ValueError(
+                f"{reads_teacher_weights} uses the teacher's modules or weights inside its own step, so its teachers must sit "
+                f"whole on the student's device; teacher_placement {placement!r} is not possible: use 'auto' or 'student'."
+            )
+        return "student"
     stage = deepspeed_stage(trainer)
     if placement == "auto":
         return "zero3" if stage == 3 else "student"

@@ -88,6 +88,9 @@ class DIITO(DistillationModule):
             be 1 (GKD ``--forward_repeat_num=1``) or left at its default: the method always runs its two passes).
     """
 
+    #: The interchange pass runs the teacher with hooks from inside the method's step.
+    reads_teacher_weights = True
+
     def __init__(
         self,
         *,

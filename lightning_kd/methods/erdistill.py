@@ -93,6 +93,9 @@ class ERDistill(DistillationModule):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
+    #: The relations compare with the teacher's word-embedding matrix at every step.
+    reads_teacher_weights = True
+
     def __init__(
         self,
         *,

@@ -132,6 +132,11 @@ class LogitsDistil(DistillationModule):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
+    @property
+    def reads_teacher_weights(self) -> bool:
+        """In fine-tuning the teacher's vocabulary head reads its word embeddings at every step."""
+        return getattr(self, "vocab_head", None) is not None
+
     def __init__(
         self,
         *,

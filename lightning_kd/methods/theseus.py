@@ -56,6 +56,9 @@ class Theseus(DistillationModule):
             ``multi_teacher``, ``forward_repeats`` and ``random_inputs`` do not apply.
     """
 
+    #: The hybrid stack runs teacher layers inside the student forward.
+    reads_teacher_weights = True
+
     def __init__(self, *, hard_weight: float = 1.0, layout_guard: LayoutGuard = "at_least_one_student", **kwargs) -> None:
         if kwargs.get("multi_teacher") is not None:
             raise ValueError(

@@ -166,3 +166,29 @@ def test_activation_checkpointing_leaves_losses_and_gradients_unchanged(name):
     assert plain_grads.keys() == checkpointed_grads.keys() and plain_grads
     for key, value in plain_grads.items():
         torch.testing.assert_close(checkpointed_grads[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_teachers_follow_the_students_device_but_never_its_dtype():
+    method = _kd()
+    method.to(torch.float64)
+    assert next(method.student.parameters()).dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in method.teachers.parameters())
+    method.to("meta")  # a second device, even on a CPU-only machine
+    assert next(method.teachers[0].parameters()).device.type == "meta"
+    offloaded = _kd(teacher_placement="cpu").to("meta")
+    assert next(offloaded.teachers[0].parameters()).device.type == "cpu"
+
+
+def test_methods_that_use_teacher_weights_in_their_step_keep_teachers_with_the_student():
+    from lightning_kd.callbacks import TheseusReplacingRate
+    from lightning_kd.methods import Theseus
+
+    teacher = make_tiny_bert(seed=1)
+    method = Theseus(teacher=teacher, student_init="teacher_first", student_layers=2, teacher_placement="cpu")
+    trainer = _trainer(callbacks=[TheseusReplacingRate()])
+    with pytest.raises(ValueError, match="Theseus uses the teacher's modules or weights inside its own step.*'auto' or 'student'"):
+        trainer.fit(method, datamodule=_Data(8))
+    assert trainer.global_step == 0
+    deepspeed3 = SimpleNamespace(strategy=type("DeepSpeedStrategy", (), {"config": {"zero_optimization": {"stage": 3}}})())
+    assert resolve_placement("auto", deepspeed3, reads_teacher_weights="Theseus") == "student"
+    assert resolve_placement("auto", deepspeed3) == "zero3"
