@@ -86,7 +86,7 @@ def _masked_kl(teacher_logits: Tensor, student_logits: Tensor, keep: Tensor) -> 
     return torch.where(keep, log_p_t.exp() * (log_p_t - log_p_s), 0.0)
 
 
-def angles_from_gram(gram: Tensor, vertices: Tensor, ends: Tensor, at_vertex: Tensor) -> Tensor:
+def angles_from_gram(gram: Tensor, vertices: Tensor, ends: Tensor, at_vertex: Tensor, keep: Tensor | None = None) -> Tensor:
     """Cosines of the angles at each vertex between pairs of end points, from a Gram matrix.
 
     Args:
@@ -94,22 +94,26 @@ def angles_from_gram(gram: Tensor, vertices: Tensor, ends: Tensor, at_vertex: Te
         vertices: ``(P,)`` long, the vertex of each of ``P`` angle sets.
         ends: ``(P, E)`` long, the end points of each set.
         at_vertex: ``(P, E)`` bool, end point equals its vertex (difference exactly zero).
+        keep: optional bool, broadcastable to ``(..., P, E)``: end points to keep; the entries of
+            a dropped end point are 0 (so masked entries vanish from a difference of two angle sets).
 
     Returns:
         ``(..., P, E, E)``: ``⟨n(x_e − x_v), n(x_e' − x_v)⟩`` with ``n`` the L2 normalisation; 0 where
-        either difference is (numerically) the zero vector.
+        either difference is (numerically) the zero vector or either end point is dropped.
     """
-    g_vv = gram[..., vertices, vertices]
-    g_ve = gram[..., vertices[:, None], ends]
-    g_ee = gram[..., ends[:, :, None], ends[:, None, :]]
-    dots = g_ee - g_ve[..., :, None] - g_ve[..., None, :] + g_vv[..., None, None]
-    squared = dots.diagonal(dim1=-2, dim2=-1)
-    scale = g_ee.diagonal(dim1=-2, dim2=-1) + g_vv[..., None]
-    degenerate = at_vertex | (squared <= _DEGENERATE * scale)
-    # Safe denominators first, then zero: a 0/0 never enters the graph, so backward stays finite.
-    norm = torch.where(degenerate, 1.0, squared.clamp_min(EPS * EPS).sqrt())
-    cosines = dots / (norm[..., :, None] * norm[..., None, :])
-    return cosines.masked_fill(degenerate[..., :, None] | degenerate[..., None, :], 0.0)
+    g_vv = gram[..., vertices, vertices]  # (..., P)
+    g_ve = gram[..., vertices[:, None], ends]  # (..., P, E)
+    g_ee_diagonal = gram[..., ends, ends]  # (..., P, E)
+    squared = g_ee_diagonal - 2 * g_ve + g_vv[..., None]  # |x_e − x_v|²
+    degenerate = at_vertex | (squared <= _DEGENERATE * (g_ee_diagonal + g_vv[..., None]))
+    if keep is not None:
+        degenerate = degenerate | ~keep
+    # 1/|x_e − x_v|, zero where dropped: masking by the scale avoids a separate pass over the
+    # (..., P, E, E) result. The clamp keeps rsqrt finite, so the zeroed branch's gradient is 0, not NaN.
+    inverse = torch.where(degenerate, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
+    # ⟨x_e − x_v, x_e' − x_v⟩ = g_ee' − g_ve − (g_ve' − g_vv): two passes over the large tensor.
+    dots = gram[..., ends[:, :, None], ends[:, None, :]] - g_ve[..., :, None] - (g_ve - g_vv[..., None])[..., None, :]
+    return dots * inverse[..., :, None] * inverse[..., None, :]
 
 
 def _centred(x: Tensor, dim: int, weights: Tensor | None = None) -> Tensor:
@@ -188,21 +192,21 @@ def word_relation_angle(
     positions = torch.arange(length, device=valid.device)
     weights = valid[:, None, :, None].float()
 
+    # Entries outside the sum are zeroed inside both angle sets, so they drop out of the difference.
+    keep = valid[:, :, None]  # (B, S, 1): real centres
+    if reduction == "masked_mean":
+        keep = keep & valid[:, index]  # (B, S, w): and real neighbours
+    keep = keep[:, None]  # broadcast over layers
+
     def angles(x: Tensor) -> Tensor:  # (B, K, S, D) → (B, K, S, w, w)
         centred = _centred(x, dim=2, weights=weights)
-        return angles_from_gram(float_gram(centred), positions, index, at_centre)
+        return angles_from_gram(float_gram(centred), positions, index, at_centre, keep)
 
-    squared = (angles(student) - angles(teacher)).pow(2)
-    keep = valid[:, None, :, None, None]
-    if reduction == "masked_mean":
-        neighbour = valid[:, index]  # (B, S, w)
-        keep = keep & neighbour[:, None, :, :, None] & neighbour[:, None, :, None, :]
-    keep = keep.expand(-1, layers, -1, window_size, window_size)
-    total = torch.where(keep, squared, 0.0).sum(dim=(1, 2, 3, 4))
+    total = (angles(student) - angles(teacher)).pow(2).sum(dim=(1, 2, 3, 4))
     if reduction == "gkd":
         count = layers * window_size**2 * valid.sum(dim=1).float()
     else:
-        count = keep.sum(dim=(1, 2, 3, 4)).float()
+        count = layers * keep.sum(dim=(1, 3)).float().pow(2).sum(dim=1)  # K · Σ_centres (real neighbours)²
     return _finish(total, count, per_sample)
 
 
@@ -256,11 +260,12 @@ def layer_relation_angle(
     ends = vertices[None, :].expand(layers, layers)
     at_vertex = ends == vertices[:, None]
 
+    real = valid[:, :, None, None]  # (B, S, 1, 1): padded tokens' angles are zeroed in both models
+
     def angles(x: Tensor) -> Tensor:  # (B, K, S, D) → (B, S, K, K, K)
         centred = _centred(_per_token_layers(x), dim=2)
-        return angles_from_gram(float_gram(centred), vertices, ends, at_vertex)
+        return angles_from_gram(float_gram(centred), vertices, ends, at_vertex, real)
 
-    squared = (angles(student) - angles(teacher)).pow(2)
-    total = torch.where(valid[:, :, None, None, None], squared, 0.0).sum(dim=(1, 2, 3, 4))
+    total = (angles(student) - angles(teacher)).pow(2).sum(dim=(1, 2, 3, 4))
     count = layers**3 * valid.sum(dim=1).float()
     return _finish(total, count, per_sample)
