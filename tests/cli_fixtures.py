@@ -129,3 +129,8 @@ def quick_trainer_section(root: Path, callbacks: list | None = None, steps: int 
     if callbacks:
         section["callbacks"] = callbacks
     return section
+
+
+def write_cli_assets(root: Path) -> dict[str, Path]:
+    """Tiny teachers/students, classification CSVs and an MLM corpus under ``root`` (what CLI tests run on)."""
+    return {**write_models(root), **write_classification_csvs(root), "corpus": write_corpus(root)}

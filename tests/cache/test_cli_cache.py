@@ -12,16 +12,13 @@ from tests.cli_fixtures import (
     classification_data_args,
     pretrain_data_args,
     quick_trainer_args,
-    write_classification_csvs,
-    write_corpus,
-    write_models,
+    write_cli_assets,
 )
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache_cli_assets")
-    return {**write_models(root), **write_classification_csvs(root), "corpus": write_corpus(root)}
+    return write_cli_assets(tmp_path_factory.mktemp("cache_cli_assets"))
 
 
 def _fit(assets, root, cache, *extra, stage="classification"):
