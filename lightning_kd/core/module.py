@@ -216,6 +216,12 @@ class DistillationModule(pl.LightningModule):
                     "Use a student built for the teacher's tokenizer (or VocabDistil for a compressed vocabulary)."
                 )
 
+    def __setstate__(self, state: dict) -> None:
+        # A module unpickled in another process (ddp_spawn workers) registers its hyper-parameter
+        # classes there too, or resuming from a checkpoint with weights_only loading fails.
+        super().__setstate__(state)
+        _allow_in_checkpoints(dict(self.hparams))
+
     # ------------------------------------------------------------------ method hooks
     @property
     def teachers(self) -> nn.ModuleList:

@@ -72,15 +72,30 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, *args: Any, position: Callable[[], dict[str, int]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
+        self._skip_batches = 0
 
     def state_dict(self) -> dict[str, int]:
         """Where the trainer is in this loader's epoch."""
         return self.position()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue the saved epoch after its consumed batches (when the sampler supports it)."""
+        """Continue the saved epoch after its consumed batches.
+
+        With our :class:`EpochShuffleSampler` the sampler starts after them (nothing is loaded).
+        Under DDP Lightning swaps in a ``DistributedSampler`` (same order for a given seed and
+        epoch on every launch), so the next pass loads and drops the consumed batches instead.
+        """
         if isinstance(self.sampler, EpochShuffleSampler) and self.batch_size is not None:
             self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
+        else:
+            self._skip_batches = state["batches"]
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        skip, self._skip_batches = self._skip_batches, 0
+        for _ in range(skip):
+            next(iterator, None)
+        return iterator
 
 
 def fit_position(trainer: Any) -> dict[str, int]:
