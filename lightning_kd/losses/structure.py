@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_kd.losses.relation import float_gram
+from lightning_kd.losses.relation import _DEGENERATE, float_gram
 
 EPS = 1e-12
 _FILL = -1e4  # the reference's fill for excluded relation logits before the anchor softmax
@@ -50,7 +50,9 @@ def pair_relation_mse(student_relations: Tensor, teacher_relations: Tensor, mask
     """``Σ (P^S − P^T)² / Σ_{b,r,i,j} m_i m_j`` for relations from :func:`head_relations`."""
     valid = mask.float()
     count = student_relations.shape[1] * (valid.sum(dim=1) ** 2).sum()
-    return (student_relations - teacher_relations).pow(2).sum() / count.clamp_min(1.0)
+    # One fused pass (and one in backward) instead of separate difference, square and sum passes.
+    squared = F.mse_loss(student_relations.float(), teacher_relations.float(), reduction="sum")
+    return squared / count.clamp_min(1.0)
 
 
 def triplet_anchors(teacher_relations: Tensor, mask: Tensor, anchors: int, neighbours: int) -> tuple[Tensor, Tensor]:
@@ -73,13 +75,16 @@ def triplet_anchors(teacher_relations: Tensor, mask: Tensor, anchors: int, neigh
     """
     with torch.no_grad():
         valid = mask.bool()
-        pair = valid[:, None, :, None] & valid[:, None, None, :]
-        attention = teacher_relations.masked_fill(~pair, _FILL).softmax(dim=-1) * pair
-        length = attention.shape[-1]
+        length = teacher_relations.shape[-1]
+        # Filling padded columns is enough before the softmax: a padded row is zeroed just after
+        # (its entries, like every masked pair, are multiplied by 0 either way). In place, as
+        # nothing here needs a graph: one pass per step over the (B, R, N, N) relations.
+        attention = teacher_relations.float().masked_fill(~valid[:, None, None, :], _FILL).softmax(dim=-1)
+        attention.mul_(valid[:, None, :, None])
         anchor_index = attention.sum(dim=(1, 2)).topk(min(anchors, length), dim=-1).indices
-        local = attention.sum(dim=1)
-        local = local.masked_fill(torch.eye(length, dtype=torch.bool, device=local.device), 0.0)
-        rows = local.gather(1, anchor_index[:, :, None].expand(-1, -1, length))
+        # Only the anchors' rows are needed for the neighbours: gather them before summing the heads.
+        rows = attention.gather(2, anchor_index[:, None, :, None].expand(-1, attention.shape[1], -1, length)).sum(dim=1)
+        rows.masked_fill_(anchor_index[:, :, None] == torch.arange(length, device=rows.device), 0.0)  # j ≠ anchor
         return anchor_index, rows.topk(min(neighbours, length), dim=-1).indices
 
 
@@ -94,10 +99,33 @@ def anchor_angles(x: Tensor, anchor_index: Tensor, neighbour_index: Tensor) -> T
     """``Θ[b, p, q, q'] = ⟨n(x_a − x_{n_q}), n(x_a − x_{n_q'})⟩`` for anchor ``a = anchor_index[b, p]``.
 
     Returns ``(B, k1, k2, k2)``; computed on the full width (one head).
+
+    Built from the ``(B, N, N)`` Gram matrix of the (centred) vectors, as in
+    :func:`lightning_kd.losses.relation.angles_from_gram`, instead of materialising the
+    ``(B, k1, k2, D)`` difference vectors: ``⟨x_a − x_q, x_a − x_q'⟩ = G_qq' − G_aq − G_aq' + G_aa``.
+    Centring (by the mean over all positions, detached) leaves every difference unchanged and keeps
+    float32 cancellation small. A neighbour equal to its anchor — or whose difference is shorter than
+    ~0.3 % of the vectors' scale, i.e. (numerically) the zero vector — gets ``Θ = 0``, as ``normalize``
+    gives for a zero difference.
     """
     x = x.float()
-    difference = _gather_tokens(x, anchor_index)[:, :, None, :] - _gather_tokens(x, neighbour_index)
-    return float_gram(F.normalize(difference, dim=-1, eps=EPS))
+    gram = float_gram(x - x.mean(dim=1, keepdim=True).detach()).flatten(1)  # (B, N·N)
+    length = x.shape[1]
+    anchor = anchor_index[:, :, None]  # (B, k1, 1)
+
+    def pick(index: Tensor) -> Tensor:  # gram[b, i, j] at flat positions i·N + j, keeping index's shape
+        return gram.gather(1, index.flatten(1)).view_as(index)
+
+    g_aa = pick(anchor * (length + 1))  # (B, k1, 1)
+    g_aq = pick(anchor * length + neighbour_index)  # (B, k1, k2)
+    g_qq = pick(neighbour_index * (length + 1))  # (B, k1, k2)
+    squared = g_qq - 2 * g_aq + g_aa  # |x_a − x_q|²
+    degenerate = (neighbour_index == anchor) | (squared <= _DEGENERATE * (g_qq + g_aa))
+    # 1/|x_a − x_q|, zero for a zero difference; the clamp keeps rsqrt (and its gradient) finite.
+    inverse = torch.where(degenerate, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
+    g_qq_pairs = pick(neighbour_index[..., :, None] * length + neighbour_index[..., None, :])  # (B, k1, k2, k2)
+    dots = g_qq_pairs - g_aq[..., :, None] - (g_aq - g_aa)[..., None, :]
+    return dots * inverse[..., :, None] * inverse[..., None, :]
 
 
 def anchor_angle_loss(student: Tensor, teacher: Tensor, mask: Tensor, anchor_index: Tensor, neighbour_index: Tensor) -> Tensor:
