@@ -8,7 +8,8 @@ filled :class:`~lightning_kd.cache.TeacherCache` instead of running the teacher;
 merit is step ÷ student-only step (target ≤ 1.05).
 
 Timing: all workloads are built in one process and timed in turn (A B C A B C …), so drift in the
-machine's speed falls on all of them alike; each figure is the median over ``--repeats`` rounds.
+machine's speed falls on all of them alike; seconds are medians over ``--repeats`` rounds, and a
+ratio is the median over rounds of the step ÷ the baseline measured in the same round.
 Peak memory: each workload runs two steps alone in a fresh process, so the figure is its own peak:
 the maximum resident set on CPU (models, optimizer and activations included), or the CUDA
 allocator's peak on a GPU.
@@ -136,9 +137,9 @@ def build_step(workload: str, args: argparse.Namespace):
     return training_step(method, batch, optimizer, autocast)
 
 
-def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per workload, timing them in turn (A B C A B C …) so that drift in the
-    machine's speed (other load, frequency scaling) falls on every workload alike."""
+def interleaved_timings(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` rounds per workload, timing them in turn (A B C A B C …) so that drift
+    in the machine's speed (other load, frequency scaling) falls on every workload of a round alike."""
     for step in steps.values():
         step()  # warm-up (allocations, kernels, autotuning)
     timings: dict[str, list[float]] = {name: [] for name in steps}
@@ -151,7 +152,7 @@ def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, devi
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in timings.items()}
+    return timings
 
 
 def peak_memory_of(workload: str, args: argparse.Namespace) -> float:
@@ -206,15 +207,21 @@ def main() -> None:
     workloads = [TEACHER_FORWARD, STUDENT_STEP, *args.methods]
     memory = {name: peak_memory_of(name, args) for name in workloads}
     steps = {name: build_step(name, args) for name in workloads}
-    seconds = interleaved_medians(steps, args.repeats, device)
+    rounds = interleaved_timings(steps, args.repeats, device)
+    seconds = {name: statistics.median(values) for name, values in rounds.items()}
     teacher, student = seconds[TEACHER_FORWARD], seconds[STUDENT_STEP]
-    floor = teacher + student
+
+    def ratio(name: str) -> float:
+        """Median over rounds of the step ÷ its baseline measured in the same round."""
+        bases = rounds[STUDENT_STEP] if name == CACHED_KD else [t + s for t, s in zip(rounds[TEACHER_FORWARD], rounds[STUDENT_STEP])]
+        return statistics.median(step / base for step, base in zip(rounds[name], bases))
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     lines = [
         f"Measured {date.today()} on {where} ({os.cpu_count()} logical CPUs); torch {torch.__version__}; {args.precision}; "
-        f"batch {args.batch_size} × {args.seq_len} tokens; median of {args.repeats} steps after a warm-up, workloads timed in turn "
-        "in one process; peak memory of each workload alone in a fresh process.",
+        f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
+        "after a warm-up: seconds are medians, ratios are medians of each round's step ÷ that round's baseline; "
+        "peak memory of each workload alone in a fresh process.",
         "",
         "| workload | seconds | ratio | peak memory (MB) |",
         "|---|---|---|---|",
@@ -222,8 +229,8 @@ def main() -> None:
         f"| student (3 layers) training step | {student:.3f} | – | {memory[STUDENT_STEP]:.0f} |",
     ]
     for name in args.methods:
-        of, base = ("student step", student) if name == CACHED_KD else ("teacher fwd + student step", floor)
-        lines.append(f"| {name} | {seconds[name]:.3f} | {seconds[name] / base:.2f} × ({of}) | {memory[name]:.0f} |")
+        of = "student step" if name == CACHED_KD else "teacher fwd + student step"
+        lines.append(f"| {name} | {seconds[name]:.3f} | {ratio(name):.2f} × ({of}) | {memory[name]:.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.output:
