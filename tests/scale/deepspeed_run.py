@@ -16,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 
 from tests.core.test_ddp import _Data, _method
+from pytorch_lightning.strategies import DeepSpeedStrategy
+
 from tests.scale.deepspeed_cpu import CPUDeepSpeedStrategy
 
 
@@ -39,17 +41,20 @@ def fit(
     datamodule=None,
     ckpt_path=None,
     callbacks=(),
+    accelerator: str = "cpu",
 ):
-    """One fit of the tiny KD problem; the global batch is 8 rows whatever ``devices`` is."""
+    """One fit of the tiny KD problem; the global batch is 8 rows whatever ``devices`` is.
+
+    ``accelerator="gpu"`` uses the stock ``DeepSpeedStrategy`` (NCCL between GPUs)."""
     method = _method()
     if activation_checkpointing:
         from lightning_kd.models.loading import enable_activation_checkpointing
 
         enable_activation_checkpointing(method.student)
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=devices,
-        strategy=CPUDeepSpeedStrategy(stage=stage),
+        strategy=CPUDeepSpeedStrategy(stage=stage) if accelerator == "cpu" else DeepSpeedStrategy(stage=stage),
         precision=precision,
         max_steps=steps,
         logger=False,
@@ -69,7 +74,7 @@ def gathered_student(method) -> dict[str, torch.Tensor]:
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(method.student.parameters())):
-        return {k: v.detach().float().clone() for k, v in method.student.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() for k, v in method.student.state_dict().items()}
 
 
 def teacher_elements_held(method) -> int:
@@ -84,11 +89,12 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    method, trainer = fit(args.stage, args.devices, args.precision, args.steps)
+    method, trainer = fit(args.stage, args.devices, args.precision, args.steps, accelerator=args.accelerator)
     student = gathered_student(method)
-    held = torch.tensor([teacher_elements_held(method)])
+    held = torch.tensor([teacher_elements_held(method)], device=method.device)  # NCCL gathers device tensors
     shards = [torch.zeros_like(held) for _ in range(trainer.world_size)]
     torch.distributed.all_gather(shards, held)
     if trainer.is_global_zero:
