@@ -106,6 +106,18 @@ def training_step(method, batch, optimizer, autocast):
 TEACHER_FORWARD, STUDENT_STEP, CACHED_KD = "teacher forward", "student step", "KD + teacher cache"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def build_step(workload: str, args: argparse.Namespace):
     """A zero-argument callable running one step of ``workload`` (teacher forward, student step, a method's step)."""
     device = torch.device(args.device)
@@ -216,8 +228,10 @@ def main() -> None:
         bases = rounds[STUDENT_STEP] if name == CACHED_KD else [t + s for t, s in zip(rounds[TEACHER_FORWARD], rounds[STUDENT_STEP])]
         return statistics.median(step / base for step, base in zip(rounds[name], bases))
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     lines = [
+        f"Command: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`",
+        "",
         f"Measured {date.today()} on {where} ({os.cpu_count()} logical CPUs); torch {torch.__version__}; {args.precision}; "
         f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
         "after a warm-up: seconds are medians, ratios are medians of each round's step ÷ that round's baseline; "
