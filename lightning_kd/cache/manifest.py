@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning_kd.cache.atomic import write_atomic
+from lightning_kd.fault.atomic_io import atomic_write
 
 #: Bumped whenever the on-disk format changes; older caches are then refused, not misread.
 CACHE_FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ def check_key(stored: dict[str, Any], expected: dict[str, Any], directory: Path)
 def write_manifest(directory: Path, key: dict[str, Any], layout: dict[str, Any]) -> None:
     """Write the manifest atomically (every rank writes the same bytes, so concurrent writers agree)."""
     text = json.dumps({"key": key, "layout": layout}, indent=1, sort_keys=True)
-    write_atomic(directory / MANIFEST, text.encode())
+    atomic_write(directory / MANIFEST, lambda handle: handle.write(text.encode()))
 
 
 def _difference(old: Any, new: Any) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightning_kd.cache.atomic import write_atomic
+from lightning_kd.fault.atomic_io import atomic_write
 from lightning_kd.cache.layout import EncodedRows, RecordLayout
 
 INDEX_DTYPE = np.dtype([("example", "<i8"), ("token_offset", "<i8"), ("tokens", "<i8"), ("example_row", "<i8")])
@@ -153,7 +153,7 @@ class Shards:
         entries = np.concatenate(self._uncommitted)
         buffer = io.BytesIO()
         np.save(buffer, entries)
-        write_atomic(self.folder / f"{self.run}.{self._commits:05d}.index.npy", buffer.getvalue())
+        atomic_write(self.folder / f"{self.run}.{self._commits:05d}.index.npy", lambda handle: handle.write(buffer.getvalue()))
         self._commits += 1
         self._uncommitted.clear()
         return len(entries)

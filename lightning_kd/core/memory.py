@@ -103,11 +103,16 @@ def _of(parts: int) -> str:
     return f" (1/{parts} shard)" if parts > 1 else ""
 
 
+def layer_activations(config: Any, batch: int, length: int, element: int) -> float:
+    """Bytes one encoder layer stores for its backward (Korthikanti et al. 2022; the formula is for 16-bit)."""
+    d, h = config.hidden_size, config.num_attention_heads
+    return batch * length * d * (34 + 5 * h * length / d) * element / 2
+
+
 def student_activations(module: Any, batch: int, length: int, element: int) -> float:
     config = module.student.config
-    d, h = config.hidden_size, config.num_attention_heads
-    layers = config.num_hidden_layers
-    per_layer = batch * length * d * (34 + 5 * h * length / d) * element / 2
+    d, layers = config.hidden_size, config.num_hidden_layers
+    per_layer = layer_activations(config, batch, length, element)
     if is_activation_checkpointing(module.student):
         stored = layers * 2 * batch * length * d * element / 2 + per_layer
     else:
@@ -117,13 +122,13 @@ def student_activations(module: Any, batch: int, length: int, element: int) -> f
 
 def teacher_activations(module: Any, index: int, batch: int, length: int) -> float:
     config = module.teachers[index].config
-    d, h = config.hidden_size, config.num_attention_heads
+    d = config.hidden_size
     try:
         request = module.teacher_request(index)
     except RuntimeError:  # the request depends on state a callback sets later (e.g. a progressive stage)
         every = frozenset(range(config.num_hidden_layers))
         request = FeatureRequest(hidden_states=True, qkv_layers=every)
-    one_layer = batch * length * d * (34 + 5 * h * length / d) * 2
+    one_layer = layer_activations(config, batch, length, 4)  # no graph: one fp32 layer's tensors at a time
     kept = _logits(module, config, batch, length) * 4
     if request.hidden_states:
         kept += (config.num_hidden_layers + 1) * batch * length * d * 4

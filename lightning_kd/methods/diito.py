@@ -46,7 +46,6 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features, capture
 from lightning_kd.core.module import DistillationModule
-from lightning_kd.models.loading import is_activation_checkpointing
 from lightning_kd.core.multi_teacher import TeacherStep
 from lightning_kd.losses.interchange import (
     Interchange,
@@ -60,6 +59,7 @@ from lightning_kd.losses.interchange import (
 )
 from lightning_kd.losses.masking import Reduction
 from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.models.loading import is_activation_checkpointing
 
 Alignment = Literal["full", "middle", "late"]
 DiitoSoftPositions = Literal["masked_tokens", "all_tokens"]
