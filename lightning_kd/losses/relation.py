@@ -9,7 +9,8 @@ Shapes: a *hidden stack* is ``(B, K, S, D)`` — ``K`` hidden states (embeddings
 batch of ``B`` sequences of ``S`` tokens; the student's and the teacher's ``D`` may differ.
 ``mask`` is ``(B, S)``, true (or 1) at real tokens. Teacher inputs are expected without a graph.
 
-Precision. Everything runs in float32, matrix products included even under autocast.
+Precision. Everything runs in float32, matrix products included even under autocast (float64 inputs
+stay float64, for checks).
 
 Masking. No NaN can come out of a padded or single-token row: excluded entries never reach a
 softmax as ``−inf`` (they get a finite fill whose ``exp`` underflows to 0, so they add exactly 0 to a
@@ -28,25 +29,36 @@ Reductions (``reduction``):
 
 Angles are assembled from Gram matrices (``⟨x_a − x_v, x_b − x_v⟩ = G_ab − G_va − G_vb + G_vv``)
 instead of materialising every difference vector: the windowed word-angle term then needs
-``B·K·S·(S + w²)`` floats rather than ``B·K·S·w·D`` (about 3.7 GB in the reference's worst case).
+``B·K·S·S`` floats plus one cache-sized chunk rather than ``B·K·S·w·D`` (about 3.7 GB in the
+reference's worst case); see :mod:`lightning_kd.losses.window_angle` for its fused kernel.
 Vectors are centred first, which leaves every difference unchanged and keeps float32 cancellation
 small; a difference shorter than ~0.3 % of the vectors' scale counts as the zero vector (cosine 0,
 as the reference's ``normalize`` gives for equal vectors).
+
+One matrix product per model and level. The cosines of the distance terms need the *raw* Gram
+matrix, the angles the *centred* one; with ``μ`` the mean, ``⟨x_i, x_j⟩ = ⟨x_i − μ, x_j − μ⟩ + u_i + u_j
++ |μ|²`` (``u_i = ⟨x_i − μ, μ⟩``), so the raw matrix follows from the centred one in three cheap passes,
+as precise as a direct product (the rounding is relative to ``|x|²`` either way).
+:func:`contextual_relations` computes any set of the four terms sharing these products.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-RelationReduction = Literal["masked_mean", "gkd"]
+from lightning_kd.losses.window_angle import DEGENERATE as _DEGENERATE
+from lightning_kd.losses.window_angle import EPS, at_least_float32, window_angle_gap, window_indices
 
-EPS = 1e-12  # the reference's L2-normalisation epsilon
+RelationReduction = Literal["masked_mean", "gkd"]
+RelationTerm = Literal["word_distance", "word_angle", "layer_distance", "layer_angle"]
+RELATION_TERMS: tuple[str, ...] = ("word_distance", "word_angle", "layer_distance", "layer_angle")
+
 _FILL = -1e4  # logit of an excluded entry: exp underflows to exactly 0 next to cosines in [-1, 1]
-_DEGENERATE = 1e-5  # |d|² ≤ this × (|a|² + |v|²) (centred) counts as a zero difference vector
 
 
 def _check(student: Tensor, teacher: Tensor, mask: Tensor, reduction: str) -> Tensor:
@@ -71,15 +83,70 @@ def _finish(total: Tensor, count: Tensor, per_sample: bool) -> Tensor:
 def float_gram(x: Tensor) -> Tensor:
     """``x xᵀ`` over the last two axes in float32, also under autocast (bf16 would ruin the angles)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.float()
+        x = at_least_float32(x)
         return x @ x.transpose(-1, -2)
 
 
-def _cosines(x: Tensor) -> Tensor:
-    """Pairwise cosines over the second-to-last axis: ``(..., M, D)`` → ``(..., M, M)``."""
-    # Scaling the (…, M, M) Gram matrix by the inverse norms (its diagonal) equals normalising first,
-    # and costs passes over M² numbers instead of over M·D (M = 4 layers against D = 384 for LTR).
-    gram = float_gram(x)
+class _GramPair(torch.autograd.Function):
+    """``(C Cᵀ, (C + μ)(C + μ)ᵀ)`` of centred vectors ``C`` and their constant mean ``μ``.
+
+    Forward: one matrix product (the raw matrix is the centred one plus ``u_i + u_j + |μ|²``).
+    Backward: one matrix product for both outputs, using their symmetry, instead of autograd's four:
+    ``∂C = (g_c + g_cᵀ + g_r + g_rᵀ) C + rowsum(g_r + g_rᵀ) μ``.
+    """
+
+    @staticmethod
+    def forward(ctx, centred: Tensor, mean: Tensor, with_raw: bool):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(centred, mean)
+        gram = centred @ centred.transpose(-1, -2)
+        if not with_raw:
+            return gram, None
+        offset = centred @ mean.transpose(-1, -2)  # (…, M, 1)
+        return gram, gram + offset + offset.transpose(-1, -2) + (mean * mean).sum(-1, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad_centred: Tensor | None, grad_raw: Tensor | None):
+        centred, mean = ctx.saved_tensors
+        parts = [g + g.transpose(-1, -2) for g in (grad_centred, grad_raw) if g is not None]
+        if not parts:
+            return None, None, None
+        grad = sum(parts[1:], parts[0]) @ centred
+        if grad_raw is not None:
+            grad += parts[-1].sum(-1, keepdim=True) * mean
+        return grad, None, None
+
+
+@dataclass
+class Grams:
+    """Gram matrices of vectors ``x`` ``(…, M, D)`` sharing one matrix product.
+
+    ``centred[i, j] = ⟨x_i − μ, x_j − μ⟩`` (``μ`` their weighted mean) feeds the angles; ``raw[i, j] =
+    ⟨x_i, x_j⟩`` the cosines. ``μ`` is a constant for autograd: the angles are exactly invariant to it
+    and the raw matrix is built as ``(x − μ + μ)(x − μ + μ)ᵀ``, so no gradient is lost.
+    """
+
+    centred: Tensor  # (…, M, M)
+    raw: Tensor | None  # (…, M, M), when asked for
+
+    @classmethod
+    def of(cls, x: Tensor, weights: Tensor | None = None, with_raw: bool = True) -> Grams:
+        """``weights`` ``(…, M)`` (broadcastable): 0 for vectors left out of the mean (padding)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = at_least_float32(x)
+            with torch.no_grad():
+                if weights is None:
+                    mean = x.mean(dim=-2, keepdim=True)
+                else:  # the weighted sum as a matrix product: no (…, M, D)-sized temporary
+                    weights = weights.to(x.dtype)[..., None, :]
+                    mean = (weights @ x) / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)
+            centred, raw = _GramPair.apply(x - mean, mean, with_raw)
+            return cls(centred, raw)
+
+
+def _cosines(gram: Tensor) -> Tensor:
+    """Pairwise cosines from a raw Gram matrix ``(…, M, M)``."""
+    # Scaling the Gram matrix by the inverse norms (its diagonal) equals normalising the vectors first.
     inverse = gram.diagonal(dim1=-2, dim2=-1).clamp_min(EPS * EPS).rsqrt()  # 1 / max(|x|, EPS)
     return gram * (inverse[..., :, None] * inverse[..., None, :])
 
@@ -94,9 +161,7 @@ def _masked_kl(teacher_logits: Tensor, student_logits: Tensor, keep: Tensor) -> 
     return log_p_t.exp() * (log_p_t - log_p_s)
 
 
-def angles_from_gram(
-    gram: Tensor, vertices: Tensor, ends: Tensor, at_vertex: Tensor, keep: Tensor | None = None, block: Tensor | None = None
-) -> Tensor:
+def angles_from_gram(gram: Tensor, vertices: Tensor, ends: Tensor, at_vertex: Tensor, keep: Tensor | None = None) -> Tensor:
     """Cosines of the angles at each vertex between pairs of end points, from a Gram matrix.
 
     Args:
@@ -106,8 +171,6 @@ def angles_from_gram(
         at_vertex: ``(P, E)`` bool, end point equals its vertex (difference exactly zero).
         keep: optional bool, broadcastable to ``(..., P, E)``: end points to keep; the entries of
             a dropped end point are 0 (so masked entries vanish from a difference of two angle sets).
-        block: optional ``gram[..., ends[:, :, None], ends[:, None, :]]``, ``(..., P, E, E)``, when the
-            caller has it cheaper than this advanced-index gather (e.g. :func:`_windows`' view).
 
     Returns:
         ``(..., P, E, E)``: ``⟨n(x_e − x_v), n(x_e' − x_v)⟩`` with ``n`` the L2 normalisation; 0 where
@@ -124,21 +187,115 @@ def angles_from_gram(
     # (..., P, E, E) result. The clamp keeps rsqrt finite, so the zeroed branch's gradient is 0, not NaN.
     inverse = torch.where(degenerate, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
     # ⟨x_e − x_v, x_e' − x_v⟩ = g_ee' − g_ve − (g_ve' − g_vv): two passes over the large tensor.
-    if block is None:
-        block = gram[..., ends[:, :, None], ends[:, None, :]]
+    block = gram[..., ends[:, :, None], ends[:, None, :]]
     dots = block - g_ve[..., :, None] - (g_ve - g_vv[..., None])[..., None, :]
     return dots * inverse[..., :, None] * inverse[..., None, :]
 
 
-def _centred(x: Tensor, dim: int, weights: Tensor | None = None) -> Tensor:
-    """``x`` minus its (weighted) mean along ``dim``; the mean is detached (differences are unchanged)."""
-    x = x.float()
-    if weights is None:
-        return x - x.mean(dim=dim, keepdim=True).detach()
-    total = weights.sum(dim=dim, keepdim=True).clamp_min(1.0)
-    with torch.no_grad():  # the weighted sum as a matrix product: no (…, D)-sized temporary
-        mean = (weights.transpose(dim, -1).to(x.dtype) @ x.transpose(dim, -2)).transpose(dim, -2) / total
-    return x - mean
+# ---------------------------------------------------------------------------- the four terms from Gram matrices
+def _word_distance(student: Grams, teacher: Grams, valid: Tensor, reduction: str, per_sample: bool) -> Tensor:
+    layers, length = student.centred.shape[1], student.centred.shape[-1]
+    off_diagonal = ~torch.eye(length, dtype=torch.bool, device=valid.device)
+    keep = valid[:, None, :, None] & valid[:, None, None, :] & off_diagonal  # (B, 1, S, S)
+    kl = _masked_kl(_cosines(teacher.raw), _cosines(student.raw), keep.expand(-1, layers, -1, -1))
+    n = valid.sum(dim=1).float()
+    count = layers * (n * n if reduction == "gkd" else n * (n - 1))
+    return _finish(kl.sum(dim=(1, 2, 3)), count, per_sample)
+
+
+def _word_angle(student: Grams, teacher: Grams, valid: Tensor, window_size: int, reduction: str, per_sample: bool) -> Tensor:
+    batch, layers, length = student.centred.shape[:3]
+    index, _ = window_indices(length, window_size, valid.device)
+    # Entries outside the sum are zeroed inside both angle sets, so they drop out of the difference.
+    keep = valid[:, :, None].expand(-1, -1, window_size)  # (B, S, w): real centres
+    if reduction == "masked_mean":
+        keep = keep & valid[:, index]  # and real neighbours
+    rows = keep[:, None].expand(-1, layers, -1, -1).flatten(0, 1)  # (B·K, S, w)
+    gaps = window_angle_gap(student.centred.flatten(0, 1), teacher.centred.flatten(0, 1), rows, window_size)
+    total = gaps.view(batch, layers).sum(dim=1)
+    if reduction == "gkd":
+        count = layers * window_size**2 * valid.sum(dim=1).float()
+    else:
+        count = layers * keep.sum(dim=2).float().pow(2).sum(dim=1)  # K · Σ_centres (real neighbours)²
+    return _finish(total, count, per_sample)
+
+
+def _layer_distance(student: Grams, teacher: Grams, valid: Tensor, reduction: str, per_sample: bool) -> Tensor:
+    layers = student.centred.shape[-1]
+    off_diagonal = ~torch.eye(layers, dtype=torch.bool, device=valid.device)
+    keep = valid[:, :, None, None] & off_diagonal  # (B, S, K, K)
+    kl = _masked_kl(_cosines(teacher.raw), _cosines(student.raw), keep)
+    n = valid.sum(dim=1).float()
+    count = n * (layers * layers if reduction == "gkd" else layers * (layers - 1))
+    return _finish(kl.sum(dim=(1, 2, 3)), count, per_sample)
+
+
+def _layer_angle(student: Grams, teacher: Grams, valid: Tensor, per_sample: bool) -> Tensor:
+    layers = student.centred.shape[-1]
+    vertices = torch.arange(layers, device=valid.device)
+    ends = vertices[None, :].expand(layers, layers)
+    at_vertex = ends == vertices[:, None]
+    real = valid[:, :, None, None]  # (B, S, 1, 1): padded tokens' angles are zeroed in both models
+    gap = angles_from_gram(student.centred, vertices, ends, at_vertex, real) - angles_from_gram(teacher.centred, vertices, ends, at_vertex, real)
+    total = gap.pow(2).sum(dim=(1, 2, 3, 4))
+    return _finish(total, layers**3 * valid.sum(dim=1).float(), per_sample)
+
+
+def _word_grams(x: Tensor, valid: Tensor, with_raw: bool) -> Grams:
+    """Per layer, the token Gram matrix ``(B, K, S, S)``, centred on the mean of the real tokens."""
+    return Grams.of(x, weights=valid[:, None, :], with_raw=with_raw)
+
+
+def _layer_grams(x: Tensor, with_raw: bool) -> Grams:
+    """Per token, the layer Gram matrix ``(B, S, K, K)`` of its trajectory through the layers."""
+    # One copy into the (B, S, K, D) layout: the products below then run on plain row-major blocks.
+    return Grams.of(x.transpose(1, 2).contiguous(), with_raw=with_raw)
+
+
+# ---------------------------------------------------------------------------- public functions
+def contextual_relations(
+    student: Tensor,
+    teacher: Tensor,
+    mask: Tensor,
+    terms: Collection[RelationTerm] = RELATION_TERMS,
+    window_size: int = 21,
+    reduction: RelationReduction = "masked_mean",
+    per_sample: bool = False,
+) -> dict[str, Tensor]:
+    """Any subset of CKD's four relation terms, sharing one Gram product per model and level.
+
+    Args:
+        student: student hidden stack ``(B, K, S, D_s)``.
+        teacher: teacher hidden stack ``(B, K, S, D_t)`` (same ``K`` layers, paired in order).
+        mask: ``(B, S)`` real tokens.
+        terms: names among ``word_distance``, ``word_angle``, ``layer_distance``, ``layer_angle``.
+        window_size: odd word-angle window width ``w``.
+        reduction: ``"masked_mean"`` or ``"gkd"`` (see the module docstring).
+        per_sample: ``(B,)`` per-sequence losses instead of scalars.
+
+    Returns:
+        ``{term: loss}`` for the requested terms, each equal to its single-term function below.
+    """
+    unknown = set(terms) - set(RELATION_TERMS)
+    if unknown:
+        raise ValueError(f"Unknown relation term(s) {sorted(unknown)}; choose among {list(RELATION_TERMS)}.")
+    valid = _check(student, teacher, mask, reduction)
+    out: dict[str, Tensor] = {}
+    if "word_distance" in terms or "word_angle" in terms:
+        raw = "word_distance" in terms
+        s, t = _word_grams(student, valid, raw), _word_grams(teacher, valid, raw)
+        if "word_distance" in terms:
+            out["word_distance"] = _word_distance(s, t, valid, reduction, per_sample)
+        if "word_angle" in terms:
+            out["word_angle"] = _word_angle(s, t, valid, window_size, reduction, per_sample)
+    if "layer_distance" in terms or "layer_angle" in terms:
+        raw = "layer_distance" in terms
+        s, t = _layer_grams(student, raw), _layer_grams(teacher, raw)
+        if "layer_distance" in terms:
+            out["layer_distance"] = _layer_distance(s, t, valid, reduction, per_sample)
+        if "layer_angle" in terms:
+            out["layer_angle"] = _layer_angle(s, t, valid, per_sample)
+    return {name: out[name] for name in RELATION_TERMS if name in out}
 
 
 def word_relation_distance(
@@ -156,59 +313,7 @@ def word_relation_distance(
         reduction: ``"masked_mean"`` (over the ``K·Σ n_b(n_b−1)`` real pairs) or ``"gkd"`` (``K·Σ n_b²``).
         per_sample: return ``(B,)`` per-sequence losses instead of a scalar.
     """
-    valid = _check(student, teacher, mask, reduction)
-    _, layers, length, _ = student.shape
-    off_diagonal = ~torch.eye(length, dtype=torch.bool, device=valid.device)
-    keep = valid[:, None, :, None] & valid[:, None, None, :] & off_diagonal  # (B, 1, S, S)
-    kl = _masked_kl(_cosines(teacher), _cosines(student), keep.expand(-1, layers, -1, -1))
-    n = valid.sum(dim=1).float()
-    count = layers * (n * n if reduction == "gkd" else n * (n - 1))
-    return _finish(kl.sum(dim=(1, 2, 3)), count, per_sample)
-
-
-def window_indices(length: int, window_size: int, device=None) -> tuple[Tensor, Tensor]:
-    """Neighbour positions of every token and where they coincide with it.
-
-    Returns ``(index, at_centre)``, both ``(S, w)``: ``index[i, a] = clamp(i − r + a, 0, S−1)`` with
-    ``r = (w−1)/2`` — clamped to the padded length, so edge tokens repeat, as in the reference.
-    """
-    if window_size < 1 or window_size % 2 == 0:
-        raise ValueError(f"window_size must be a positive odd number (the window is centred on a token), got {window_size}.")
-    radius = (window_size - 1) // 2
-    positions = torch.arange(length, device=device)
-    index = (positions[:, None] - radius + torch.arange(window_size, device=device)[None, :]).clamp(0, length - 1)
-    return index, index == positions[:, None]
-
-
-class _Windows(torch.autograd.Function):
-    """``gram[..., index[i, a], index[i, a']]`` for :func:`window_indices`' clamped windows, as a view.
-
-    Replicate-padding the ``(…, S, S)`` Gram matrix by ``r`` turns every window into the square
-    block ``padded[i : i + w, i : i + w]``, so the ``(…, S, w, w)`` result is a strided view of the
-    padded matrix instead of an advanced-index gather (a slow full write). Backward adds the
-    gradient back band by band (``w`` non-overlapping strided views), then folds the padding.
-    """
-
-    @staticmethod
-    def forward(ctx, gram: Tensor, radius: int) -> Tensor:
-        ctx.radius, ctx.shape = radius, gram.shape
-        padded = F.pad(gram.flatten(0, -3), (radius,) * 4, mode="replicate")  # (N, S + 2r, S + 2r)
-        n, rows, _ = padded.shape
-        size, width = gram.shape[-1], 2 * radius + 1
-        view = padded.as_strided((n, size, width, width), (rows * rows, rows + 1, rows, 1))
-        return view.unflatten(0, gram.shape[:-2])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        radius, shape = ctx.radius, ctx.shape
-        size, width = shape[-1], 2 * radius + 1
-        grad = grad.reshape(-1, size, width, width)
-        rows = size + 2 * radius
-        padded = grad.new_zeros(grad.shape[0], rows, rows)
-        for a in range(width):  # row a of every window: the entries padded[i + a, i + a'] (distinct)
-            padded.as_strided((grad.shape[0], size, width), (rows * rows, rows + 1, 1), a * rows).add_(grad[:, :, a, :])
-        source = padded.new_empty(grad.shape[0], size, size)  # shape only: the unpadded size
-        return torch.ops.aten.replication_pad2d_backward(padded, source, [radius] * 4).view(shape), None
+    return contextual_relations(student, teacher, mask, ["word_distance"], reduction=reduction, per_sample=per_sample)["word_distance"]
 
 
 def word_relation_angle(
@@ -233,35 +338,8 @@ def word_relation_angle(
         reduction: ``"masked_mean"`` or ``"gkd"`` (``K·w²·Σ n_b``, padded neighbours included).
         per_sample: return ``(B,)`` per-sequence losses.
     """
-    valid = _check(student, teacher, mask, reduction)
-    _, layers, length, _ = student.shape
-    index, at_centre = window_indices(length, window_size, valid.device)
-    positions = torch.arange(length, device=valid.device)
-    weights = valid[:, None, :, None].float()
-
-    # Entries outside the sum are zeroed inside both angle sets, so they drop out of the difference.
-    keep = valid[:, :, None]  # (B, S, 1): real centres
-    if reduction == "masked_mean":
-        keep = keep & valid[:, index]  # (B, S, w): and real neighbours
-    keep = keep[:, None]  # broadcast over layers
-
-    def angles(x: Tensor) -> Tensor:  # (B, K, S, D) → (B, K, S, w, w)
-        centred = _centred(x, dim=2, weights=weights)
-        gram = float_gram(centred)
-        block = _Windows.apply(gram, (window_size - 1) // 2)  # windows as a view, not a gather
-        return angles_from_gram(gram, positions, index, at_centre, keep, block=block)
-
-    total = (angles(student) - angles(teacher)).pow(2).sum(dim=(1, 2, 3, 4))
-    if reduction == "gkd":
-        count = layers * window_size**2 * valid.sum(dim=1).float()
-    else:
-        count = layers * keep.sum(dim=(1, 3)).float().pow(2).sum(dim=1)  # K · Σ_centres (real neighbours)²
-    return _finish(total, count, per_sample)
-
-
-def _per_token_layers(x: Tensor) -> Tensor:
-    """``(B, K, S, D)`` → ``(B, S, K, D)``: each token's trajectory through the layers."""
-    return x.float().transpose(1, 2)
+    window_indices(1, window_size)  # validates window_size before any work
+    return contextual_relations(student, teacher, mask, ["word_angle"], window_size, reduction, per_sample)["word_angle"]
 
 
 def layer_relation_distance(
@@ -278,14 +356,7 @@ def layer_relation_distance(
         reduction: ``"masked_mean"`` (``K(K−1)·Σ n_b``) or ``"gkd"`` (``K²·Σ n_b``).
         per_sample: return ``(B,)`` per-sequence losses.
     """
-    valid = _check(student, teacher, mask, reduction)
-    layers = student.shape[1]
-    off_diagonal = ~torch.eye(layers, dtype=torch.bool, device=valid.device)
-    keep = valid[:, :, None, None] & off_diagonal  # (B, S, K, K)
-    kl = _masked_kl(_cosines(_per_token_layers(teacher)), _cosines(_per_token_layers(student)), keep)
-    n = valid.sum(dim=1).float()
-    count = n * (layers * layers if reduction == "gkd" else layers * (layers - 1))
-    return _finish(kl.sum(dim=(1, 2, 3)), count, per_sample)
+    return contextual_relations(student, teacher, mask, ["layer_distance"], reduction=reduction, per_sample=per_sample)["layer_distance"]
 
 
 def layer_relation_angle(
@@ -303,18 +374,4 @@ def layer_relation_angle(
         reduction: ``"masked_mean"`` or ``"gkd"``; both divide by ``K³·Σ n_b``.
         per_sample: return ``(B,)`` per-sequence losses.
     """
-    valid = _check(student, teacher, mask, reduction)
-    layers = student.shape[1]
-    vertices = torch.arange(layers, device=valid.device)
-    ends = vertices[None, :].expand(layers, layers)
-    at_vertex = ends == vertices[:, None]
-
-    real = valid[:, :, None, None]  # (B, S, 1, 1): padded tokens' angles are zeroed in both models
-
-    def angles(x: Tensor) -> Tensor:  # (B, K, S, D) → (B, S, K, K, K)
-        centred = _centred(_per_token_layers(x), dim=2)
-        return angles_from_gram(float_gram(centred), vertices, ends, at_vertex, real)
-
-    total = (angles(student) - angles(teacher)).pow(2).sum(dim=(1, 2, 3, 4))
-    count = layers**3 * valid.sum(dim=1).float()
-    return _finish(total, count, per_sample)
+    return contextual_relations(student, teacher, mask, ["layer_angle"], reduction=reduction, per_sample=per_sample)["layer_angle"]

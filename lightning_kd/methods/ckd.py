@@ -41,13 +41,7 @@ from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.layer_map import LayerMap, resolve_layer_map
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.losses.relation import (
-    RelationReduction,
-    layer_relation_angle,
-    layer_relation_distance,
-    word_relation_angle,
-    word_relation_distance,
-)
+from lightning_kd.losses.relation import RelationReduction, contextual_relations
 
 DEFAULT_WINDOW = 21
 
@@ -129,13 +123,9 @@ class CKD(DistillationModule):
         t = torch.stack([teacher.hidden_states[j] for j in self.teacher_layers[teacher_index]], dim=1)
         mask = batch.get("attention_mask")
         mask = torch.ones(s.shape[0], s.shape[2], dtype=torch.bool, device=s.device) if mask is None else mask.bool()
-        losses = {
-            "word_distance": lambda: word_relation_distance(s, t, mask, self.reduction),
-            "word_angle": lambda: word_relation_angle(s, t, mask, self.window_size, self.reduction),
-            "layer_distance": lambda: layer_relation_distance(s, t, mask, self.reduction),
-            "layer_angle": lambda: layer_relation_angle(s, t, mask, self.reduction),
-        }
-        for name, weight in self.weights.items():
-            if weight > 0:
-                terms[name] = weight * losses[name]()
+        active = [name for name, weight in self.weights.items() if weight > 0]
+        # One call, so the terms of a level share their Gram matrices (one matrix product per model).
+        relations = contextual_relations(s, t, mask, active, self.window_size, self.reduction)
+        for name, value in relations.items():
+            terms[name] = self.weights[name] * value
         return terms
