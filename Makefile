@@ -34,6 +34,7 @@ test: install
 
 benchmark: install
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/step_time.py --stage pretrain
 
 clean:
 	rm -rf outputs lightning_logs

@@ -7,6 +7,15 @@ adds nothing beyond running both models. ``KD + teacher cache`` reads the teache
 filled :class:`~lightning_kd.cache.TeacherCache` instead of running the teacher; its figure of
 merit is step ÷ student-only step (target ≤ 1.05).
 
+Stages: ``--stage finetune`` (default) distils a 2-class sequence classifier; ``--stage pretrain``
+distils MLM heads on a batch with 15 % of its positions masked, so the models' forward passes
+include the full-vocabulary projection and the logit methods (KD over masked positions,
+LogitsDistil over every token) work on ``(B, N, 30522)`` logits.
+
+CPU allocator: by default the benchmark keeps freed memory in the process exactly as the
+``lightning-kd`` command does on CPU (:mod:`lightning_kd.cpu_allocator`); ``--allocator system``
+measures glibc's defaults instead. The table says which.
+
 Timing: all workloads are built in one process and timed in turn (A B C A B C …), so drift in the
 machine's speed falls on all of them alike; seconds are medians over ``--repeats`` rounds, and a
 ratio is the median over rounds of the step ÷ the baseline measured in the same round.
@@ -15,6 +24,7 @@ the maximum resident set on CPU (models, optimizer and activations included), or
 allocator's peak on a GPU.
 
     python benchmarks/step_time.py                          # all methods, batch 32 x 128, CPU
+    python benchmarks/step_time.py --stage pretrain         # MLM logit methods
     python benchmarks/step_time.py --methods KD TinyBERT --batch-size 16 --seq-len 64 --output benchmarks/results.md
 """
 
@@ -34,18 +44,40 @@ from datetime import date
 import torch
 
 from lightning_kd.core.features import FeatureRequest, capture
+from lightning_kd.cpu_allocator import keep_freed_memory
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.methods import CKD, KD, MGSKD, PKD, ALPKD, DistilBERT, MiniLM, MiniLMv2, StudentOnly, TinyBERT, UniversalKD
+from lightning_kd.methods import (
+    CKD,
+    KD,
+    MGSKD,
+    PKD,
+    ALPKD,
+    DistilBERT,
+    LogitsDistil,
+    MiniLM,
+    MiniLMv2,
+    StudentOnly,
+    TinyBERT,
+    UniversalKD,
+)
 
 TEACHER = "embedded:all-MiniLM-L6-v2"
+HEADS = {"finetune": "sequence_classification", "pretrain": "masked_lm"}
 
 
-def load_teacher():
-    """The real MiniLM-L6 encoder with a (randomly initialised) 2-class head: timing does not depend on its weights."""
-    from transformers import AutoModelForSequenceClassification
+def load_teacher(stage: str = "finetune"):
+    """The real MiniLM-L6 encoder with a 2-class head (fine-tuning) or an MLM head (pre-training).
+
+    Heads the checkpoint lacks are randomly initialised: timing does not depend on their weights.
+    """
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     from lightning_kd.data.sources import resolve_source
 
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
+    if stage == "pretrain":
+        return AutoModelForMaskedLM.from_pretrained(resolve_source(TEACHER))
     return AutoModelForSequenceClassification.from_pretrained(resolve_source(TEACHER), num_labels=2)
 
 # Knobs that make each method run its full set of terms in one fine-tuning stage.
@@ -61,19 +93,33 @@ METHODS = {
     "CKD": lambda **kw: CKD(**kw),
     "MGSKD": lambda **kw: MGSKD(relation_heads=12, prediction=PredictionLoss(), terms=["sample", "token", "span", "prediction"], **kw),
 }
+# Pre-training stage: the logit methods on MLM heads.
+PRETRAIN_METHODS = {
+    "KD": lambda **kw: KD(temperature=2.0, **kw),
+    "LogitsDistil": lambda **kw: LogitsDistil(**kw),
+}
+STAGE_METHODS = {"finetune": METHODS, "pretrain": PRETRAIN_METHODS}
+STAGE_TITLES = {"finetune": "fine-tuning stage (2-class head)", "pretrain": "pre-training stage (MLM heads, 15 % of positions masked)"}
 
 
-def batch_of(size: int, length: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+def batch_of(size: int, length: int, vocab: int, device: torch.device, stage: str = "finetune") -> dict[str, torch.Tensor]:
+    """A fixed random batch with some padding; class labels, or MLM labels at 15 % of the real tokens."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, vocab, (size, length), generator=g)
     ids[:, 0] = 101
     mask = torch.ones(size, length, dtype=torch.long)
     mask[size // 2 :, length * 3 // 4 :] = 0  # some padding, as real batches have
+    if stage == "pretrain":
+        masked = (torch.rand(size, length, generator=g) < 0.15) & mask.bool()
+        labels = ids.masked_fill(~masked, -100)
+        ids = ids.masked_fill(masked, 103)  # [MASK]
+    else:
+        labels = torch.randint(0, 2, (size,), generator=g)
     return {
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),
         "token_type_ids": torch.zeros_like(ids).to(device),
-        "labels": torch.randint(0, 2, (size,), generator=g).to(device),
+        "labels": labels.to(device),
         "example_index": torch.arange(size, device=device),  # row identity for the teacher cache
     }
 
@@ -126,12 +172,16 @@ def build_step(workload: str, args: argparse.Namespace):
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-    common = {"teacher": load_teacher(), "student_init": "teacher_uniform", "student_layers": 3, "task_head": "sequence_classification", "num_labels": 2}
+    head = HEADS[args.stage]
+    common = {"teacher": load_teacher(args.stage), "student_init": "teacher_uniform", "student_layers": 3, "task_head": head}
+    if head == "sequence_classification":
+        common["num_labels"] = 2
     if workload == CACHED_KD:
         common["teacher_cache"] = cache_for_benchmark(args)
     # The teacher-forward and student-step workloads take their models from a KD instance.
-    method = (METHODS[workload] if workload in METHODS else METHODS["KD"])(**common).to(device).train()
-    batch = batch_of(args.batch_size, args.seq_len, method.student.config.vocab_size, device)
+    methods = STAGE_METHODS[args.stage]
+    method = (methods[workload] if workload in methods else methods["KD"])(**common).to(device).train()
+    batch = batch_of(args.batch_size, args.seq_len, method.student.config.vocab_size, device, args.stage)
     if workload == TEACHER_FORWARD:
 
         def step():
@@ -140,7 +190,7 @@ def build_step(workload: str, args: argparse.Namespace):
 
         return step
     if workload == STUDENT_STEP:
-        method = StudentOnly(student=method.student, task_head="sequence_classification", num_labels=2).to(device).train()
+        method = StudentOnly(student=method.student, task_head=head, num_labels=common.get("num_labels")).to(device).train()
     if workload == CACHED_KD:
         data = OneBatch(batch, f"benchmark batch {args.batch_size}x{args.seq_len} seed 0")
         method.teacher_cache.fill(method, data)  # the first pass: runs the teacher, stores its logits
@@ -170,7 +220,7 @@ def interleaved_timings(steps: dict[str, Callable[[], None]], repeats: int, devi
 def peak_memory_of(workload: str, args: argparse.Namespace) -> float:
     """Peak memory (MB) of ``workload`` alone: two steps in a fresh Python process."""
     command = [sys.executable, __file__, "--memory-of", workload, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
-    command += ["--precision", args.precision, "--device", args.device]
+    command += ["--precision", args.precision, "--device", args.device, "--stage", args.stage, "--allocator", args.allocator]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {workload!r} failed:\n{result.stderr[-3000:]}")
@@ -200,16 +250,26 @@ def cache_for_benchmark(args: argparse.Namespace):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=[*METHODS, CACHED_KD], choices=[*METHODS, CACHED_KD])
+    parser.add_argument("--stage", choices=list(STAGE_METHODS), default="finetune", help="fine-tuning (classifier) or pre-training (MLM) heads")
+    parser.add_argument("--methods", nargs="+", help="default: every method of the stage (and KD + teacher cache when fine-tuning)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="also write the table to this Markdown file")
+    parser.add_argument(
+        "--allocator", choices=["tuned", "system"], default="tuned", help="CPU: keep freed memory as lightning-kd does (tuned) or glibc defaults"
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: print one workload's peak memory
     args = parser.parse_args()
+    stage_methods = [*STAGE_METHODS[args.stage], *([CACHED_KD] if args.stage == "finetune" else [])]
+    args.methods = args.methods or stage_methods
+    unknown = [name for name in args.methods if name not in stage_methods]
+    if unknown:
+        parser.error(f"unknown method(s) for --stage {args.stage}: {', '.join(unknown)}; choose from {', '.join(stage_methods)}")
     device = torch.device(args.device)
+    tuned = device.type == "cpu" and args.allocator == "tuned" and keep_freed_memory()
     if args.memory_of:
         step = build_step(args.memory_of, args)
         step(), step()
@@ -233,7 +293,9 @@ def main() -> None:
         f"Command: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`",
         "",
         f"Measured {date.today()} on {where} ({os.cpu_count()} logical CPUs); torch {torch.__version__}; {args.precision}; "
-        f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
+        f"{STAGE_TITLES[args.stage]}; "
+        + ("glibc malloc keeps freed memory, as `lightning-kd` does on CPU; " if tuned else "system allocator settings; " if device.type == "cpu" else "")
+        + f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
         "after a warm-up: seconds are medians, ratios are medians of each round's step ÷ that round's baseline; "
         "peak memory of each workload alone in a fresh process.",
         "",

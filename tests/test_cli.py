@@ -113,3 +113,11 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(assets, tmp_path):
     assert resumed.trainer.global_step == 6
     for key, value in full.model.student.state_dict().items():
         torch.testing.assert_close(resumed.model.student.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_cpu_trainers_keep_freed_memory(assets, tmp_path, monkeypatch):
+    """The CLI asks glibc to keep freed memory when the trainer runs on CPU (lightning_kd/cpu_allocator.py)."""
+    calls = []
+    monkeypatch.setattr("lightning_kd.cli.keep_freed_memory", lambda: calls.append(True) or True)
+    main(_kd_args(assets, tmp_path, extra=["--trainer.accelerator=cpu"]), run=False)
+    assert calls == [True]

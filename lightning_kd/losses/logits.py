@@ -14,6 +14,24 @@ from torch import Tensor
 from lightning_kd.losses.masking import Reduction, reduce_masked, reduce_masked_per_sample
 
 
+def _kept_rows(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The rows a row mask keeps, so per-row math skips the rest.
+
+    MLM distillation scores ~15 % of positions; softmaxes over the other 85 % of ``(B, N, V)``
+    rows would be thrown away by the mask anyway (and a NaN there would survive ``0 × NaN``).
+    Without a mask of the logits' leading shape, every row is kept as is.
+    """
+    if mask is None or mask.shape != student_logits.shape[:-1]:
+        return student_logits, teacher_logits, None
+    keep = mask.bool()
+    return student_logits[keep], teacher_logits[keep], keep
+
+
+def _spread(rows: Tensor, keep: Tensor | None) -> Tensor:
+    """Per-row values of the kept rows back at their positions (0 elsewhere), for the reduction."""
+    return rows if keep is None else rows.new_zeros(keep.shape).masked_scatter(keep, rows)
+
+
 def _reduce(rows: Tensor, mask: Tensor | None, reduction: Reduction, per_sample: bool) -> Tensor:
     if per_sample:
         return reduce_masked_per_sample(rows, mask, reduction)
@@ -33,10 +51,11 @@ def soft_kl(
 
     The ``T²`` factor (``t2_scale``) keeps the soft gradient's magnitude independent of ``T``.
     """
+    student_logits, teacher_logits, keep = _kept_rows(student_logits, teacher_logits, mask)
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     rows = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
-    loss = _reduce(rows, mask, reduction, per_sample)
+    loss = _reduce(_spread(rows, keep), mask, reduction, per_sample)
     return loss * temperature**2 if t2_scale else loss
 
 
@@ -54,10 +73,11 @@ def soft_cross_entropy(
     Differs from :func:`soft_kl` by the teacher's entropy, a constant without gradient. The GKD
     reference's fine-tuning default is this loss without ``T²``.
     """
+    student_logits, teacher_logits, keep = _kept_rows(student_logits, teacher_logits, mask)
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
     rows = -(p_t * log_p_s).sum(dim=-1)
-    loss = _reduce(rows, mask, reduction, per_sample)
+    loss = _reduce(_spread(rows, keep), mask, reduction, per_sample)
     return loss * temperature**2 if t2_scale else loss
 
 
@@ -73,5 +93,6 @@ def logits_mse(
 
     ``teacher_scale`` multiplies the teacher's logits (the reference's ``mse_t_w``).
     """
+    student_logits, teacher_logits, keep = _kept_rows(student_logits, teacher_logits, mask)
     rows = (student_logits.float() - teacher_scale * teacher_logits.float()).pow(2).mean(dim=-1)
-    return _reduce(rows, mask, reduction, per_sample)
+    return _reduce(_spread(rows, keep), mask, reduction, per_sample)

@@ -89,3 +89,50 @@ def test_no_gradient_reaches_the_teacher_logits():
     zt = torch.randn(4, 3, requires_grad=True)
     PredictionLoss(temperature=2.0).soft(zs, zt.detach(), {}).backward()
     assert zs.grad is not None and zt.grad is None
+
+
+@pytest.mark.parametrize("reduction", ["masked_mean", "gkd"])
+def test_masked_losses_equal_the_full_row_formula_and_skip_dropped_rows(reduction):
+    """Only the kept rows are computed; values, per-sample values and gradients equal the full-row
+    formula written out here, a non-finite dropped row changes nothing and gets no gradient."""
+    g = torch.Generator().manual_seed(4)
+    zs, zt = torch.randn(3, 6, 11, generator=g), torch.randn(3, 6, 11, generator=g)
+    mask = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    T = 2.0
+
+    def full_rows(kind, s, t):
+        log_p_s, log_p_t = (s / T).log_softmax(-1), (t / T).log_softmax(-1)
+        if kind == "kl":
+            return T * T * (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+        if kind == "ce":
+            return -(log_p_t.exp() * log_p_s).sum(-1)
+        return (s - t).pow(2).mean(-1)
+
+    def reference(kind, s, per_sample):
+        rows = full_rows(kind, s, zt) * mask
+        denominators = torch.full((3,), 6.0) if reduction == "gkd" else mask.sum(1).float().clamp_min(1)
+        if per_sample:
+            return rows.sum(1) / denominators
+        return rows.sum() / (18.0 if reduction == "gkd" else mask.sum().float())
+
+    calls = {
+        "kl": lambda s, t, ps: soft_kl(s, t, T, mask, reduction, per_sample=ps),
+        "ce": lambda s, t, ps: soft_cross_entropy(s, t, T, mask, reduction, per_sample=ps),
+        "mse": lambda s, t, ps: logits_mse(s, t, mask, reduction, per_sample=ps),
+    }
+    for kind, call in calls.items():
+        for per_sample in (False, True):
+            s = zs.clone().requires_grad_(True)
+            got = call(s, zt, per_sample)
+            s_ref = zs.clone().requires_grad_(True)
+            expected = reference(kind, s_ref, per_sample)
+            torch.testing.assert_close(got, expected)
+            torch.testing.assert_close(torch.autograd.grad(got.sum(), s)[0], torch.autograd.grad(expected.sum(), s_ref)[0])
+        poisoned_s, poisoned_t = zs.clone().requires_grad_(True), zt.clone()
+        with torch.no_grad():
+            poisoned_s[~mask] = float("nan")
+        poisoned_t[~mask] = float("inf")
+        value = call(poisoned_s, poisoned_t, False)
+        torch.testing.assert_close(value, reference(kind, zs, False))
+        (grad,) = torch.autograd.grad(value, poisoned_s)
+        assert torch.isfinite(grad).all() and grad[~mask].abs().sum() == 0
