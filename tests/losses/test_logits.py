@@ -136,3 +136,42 @@ def test_masked_losses_equal_the_full_row_formula_and_skip_dropped_rows(reductio
         torch.testing.assert_close(value, reference(kind, zs, False))
         (grad,) = torch.autograd.grad(value, poisoned_s)
         assert torch.isfinite(grad).all() and grad[~mask].abs().sum() == 0
+
+
+@pytest.mark.parametrize("fn", [soft_kl, soft_cross_entropy])
+def test_fused_soft_targets_match_autograd_across_chunks_and_for_targets_with_a_graph(fn, monkeypatch):
+    """The chunked kernel (frozen-teacher path) equals the autograd path (targets that carry a
+    graph), with any chunk size; the autograd path also sends gradients into the targets."""
+    from lightning_kd.losses import logits
+
+    g = torch.Generator().manual_seed(5)
+    zs, zt = torch.randn(4, 7, 13, generator=g), torch.randn(4, 7, 13, generator=g)
+    mask = torch.rand(4, 7, generator=g) > 0.4
+    weights = torch.rand(4, generator=g)
+
+    def run(teacher_grad):
+        s, t = zs.clone().requires_grad_(True), zt.clone().requires_grad_(teacher_grad)
+        value = (fn(s, t, 1.5, mask, per_sample=True) * weights).sum()
+        grads = torch.autograd.grad(value, (s, t) if teacher_grad else (s,))
+        return value.detach(), grads
+
+    fused_value, (fused_grad,) = run(False)
+    plain_value, (plain_grad, teacher_grad) = run(True)
+    torch.testing.assert_close(fused_value, plain_value)
+    torch.testing.assert_close(fused_grad, plain_grad)
+    assert teacher_grad.abs().sum() > 0
+    monkeypatch.setattr(logits, "CHUNK_ELEMENTS", 3 * 13)  # three rows a chunk, a short last chunk
+    chunked_value, (chunked_grad,) = run(False)
+    torch.testing.assert_close(chunked_value, fused_value)
+    torch.testing.assert_close(chunked_grad, fused_grad)
+
+
+def test_fused_soft_targets_keep_the_student_dtype_and_float32_math():
+    zs = torch.randn(2, 5, 11).bfloat16().requires_grad_(True)
+    zt = torch.randn(2, 5, 11).bfloat16()
+    value = soft_kl(zs, zt, 2.0, torch.ones(2, 5, dtype=torch.bool))
+    assert value.dtype == torch.float32
+    expected = soft_kl(zs.detach().float().requires_grad_(True), zt.float(), 2.0, torch.ones(2, 5, dtype=torch.bool))
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert zs.grad.dtype == torch.bfloat16
