@@ -236,6 +236,15 @@ class DistillationModule(pl.LightningModule):
         """Tensors the method needs from teacher ``teacher_index``'s forward."""
         return self.intermediate.teacher_request(teacher_index) if self.intermediate is not None else FeatureRequest()
 
+    def uses_student_loss(self) -> bool:
+        """Whether a training step reads the student's own task/MLM loss (``Features.loss``).
+
+        The student then runs with labels and the HF model computes that loss, which for an MLM head
+        is a softmax over every position's vocabulary row. ``True`` here; a method whose terms may not
+        need it says when (LogitsDistil without a hard term).
+        """
+        return True
+
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
         """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
         if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
@@ -321,7 +330,8 @@ class DistillationModule(pl.LightningModule):
             vocab_size = (self.teachers[0] if len(self.teachers) else self.student).config.vocab_size
             batch, hard_batch = randomise_batch(batch, self.random_inputs, vocab_size)
         # Labels only shape the student's own loss, so the student reads them from ``hard_batch``.
-        student = capture(self.student, hard_batch, self.student_request(), with_labels=True)
+        with_labels = self.uses_student_loss() or self.multi_teacher.needs_student_loss
+        student = capture(self.student, hard_batch, self.student_request(), with_labels=with_labels)
         terms = self.student_terms(hard_batch, student)
         if len(self.teachers):
             indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)

@@ -42,9 +42,12 @@ class MultiTeacherStrategy(nn.Module):
     Attributes:
         per_sample: when ``True`` the prediction-level soft term arrives per example, shape ``(B,)``,
             so the strategy can weight examples (MT-BERT, Uncertainty); other terms stay scalars.
+        needs_student_loss: the strategy reads the student's own task/MLM loss (RL-KD's reward), so
+            the student runs with labels even when the method has no hard term.
     """
 
     per_sample: bool = False
+    needs_student_loss: bool = False
 
     def select_teachers(self, num_teachers: int, step: int) -> list[int]:
         """Indices of the teachers to run this step (default: all). Teachers not listed never run."""

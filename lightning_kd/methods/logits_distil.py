@@ -224,6 +224,11 @@ class LogitsDistil(DistillationModule):
         self.student_vocab_head = load_mlm_head(student_source, "student").requires_grad_(True)
 
     # ------------------------------------------------------------------ method hooks
+    def uses_student_loss(self) -> bool:
+        # The word-prediction term reads logits only: without a hard term, skip the HF model's own
+        # loss (for an MLM head a softmax over every position's 30k-wide row that nothing would read).
+        return self.prediction is not None and self.prediction.hard_weight > 0
+
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=self.vocab_head is not None)
 

@@ -274,3 +274,31 @@ def test_bad_inputs_fail_fast():
         LogitsDistil(teacher=mlm_t, student=mlm_s, temperature=0)
     with pytest.raises(ValueError, match="vocabulary"):
         LogitsDistil(teacher=mlm_t, student=make_tiny_bert("mlm", seed=2, layers=2, vocab_size=300))
+
+
+def test_student_loss_is_computed_only_when_a_term_reads_it(monkeypatch):
+    """Without a hard term the student runs without labels (no full-vocabulary CE nobody reads);
+    with one, or under RL-KD (its reward is the student's loss), labels are passed."""
+    import lightning_kd.core.module as module_code
+    from lightning_kd.methods.multi_teacher import RLKD
+
+    seen = []
+    real_capture = module_code.capture
+
+    def spy(model, batch, request, **kwargs):
+        seen.append(kwargs.get("with_labels", False))
+        return real_capture(model, batch, request, **kwargs)
+
+    monkeypatch.setattr(module_code, "capture", spy)
+    teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2, hidden=16)
+    batch = make_batch("mlm")
+    LogitsDistil(teacher=teacher, student=copy.deepcopy(student)).compute_losses(batch)
+    hard = LogitsDistil(teacher=teacher, student=copy.deepcopy(student), hard_weight=0.5).compute_losses(batch)
+    assert "hard" in hard and torch.isfinite(hard["hard"])
+    student_calls = seen[::2]  # the student runs first in each step; its one teacher follows without labels
+    assert student_calls == [False, True] and not any(seen[1::2])
+    seen.clear()
+    teachers = [teacher, copy.deepcopy(teacher)]
+    LogitsDistil(teachers=teachers, student=copy.deepcopy(student), multi_teacher=RLKD(stage="average")).compute_losses(batch)
+    assert seen[0] is True
+    assert KD(teacher=teacher, student=copy.deepcopy(student)).uses_student_loss()

@@ -108,6 +108,8 @@ class RLKD(MultiTeacherStrategy):
             it does not apply to them.
     """
 
+    needs_student_loss = True  # the reward is the student's own loss
+
     def __init__(
         self,
         stage: Literal["average", "rl"] = "rl",
