@@ -76,6 +76,7 @@ def load_teacher(stage: str = "finetune"):
     from lightning_kd.data.sources import resolve_source
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected here
+    hf_logging.disable_progress_bar()
     if stage == "pretrain":
         return AutoModelForMaskedLM.from_pretrained(resolve_source(TEACHER))
     return AutoModelForSequenceClassification.from_pretrained(resolve_source(TEACHER), num_labels=2)
@@ -283,10 +284,13 @@ def main() -> None:
     seconds = {name: statistics.median(values) for name, values in rounds.items()}
     teacher, student = seconds[TEACHER_FORWARD], seconds[STUDENT_STEP]
 
-    def ratio(name: str) -> float:
-        """Median over rounds of the step ÷ its baseline measured in the same round."""
+    def ratios(name: str) -> list[float]:
+        """Each round's step ÷ its baseline measured in the same round."""
         bases = rounds[STUDENT_STEP] if name == CACHED_KD else [t + s for t, s in zip(rounds[TEACHER_FORWARD], rounds[STUDENT_STEP])]
-        return statistics.median(step / base for step, base in zip(rounds[name], bases))
+        return [step / base for step, base in zip(rounds[name], bases)]
+
+    def spread(values: list[float], digits: int) -> str:
+        return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     lines = [
@@ -296,17 +300,21 @@ def main() -> None:
         f"{STAGE_TITLES[args.stage]}; "
         + ("glibc malloc keeps freed memory, as `lightning-kd` does on CPU; " if tuned else "system allocator settings; " if device.type == "cpu" else "")
         + f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
-        "after a warm-up: seconds are medians, ratios are medians of each round's step ÷ that round's baseline; "
+        "after a warm-up: seconds and ratios are medians with their min–max over the rounds, a ratio being a round's step ÷ that round's baseline; "
         "peak memory of each workload alone in a fresh process.",
         "",
-        "| workload | seconds | ratio | peak memory (MB) |",
-        "|---|---|---|---|",
-        f"| teacher (MiniLM-L6) forward | {teacher:.3f} | – | {memory[TEACHER_FORWARD]:.0f} |",
-        f"| student (3 layers) training step | {student:.3f} | – | {memory[STUDENT_STEP]:.0f} |",
+        "| workload | seconds (median) | seconds (min–max) | ratio (median) | ratio (min–max) | peak memory (MB) |",
+        "|---|---|---|---|---|---|",
+        f"| teacher (MiniLM-L6) forward | {teacher:.3f} | {spread(rounds[TEACHER_FORWARD], 3)} | – | – | {memory[TEACHER_FORWARD]:.0f} |",
+        f"| student (3 layers) training step | {student:.3f} | {spread(rounds[STUDENT_STEP], 3)} | – | – | {memory[STUDENT_STEP]:.0f} |",
     ]
     for name in args.methods:
         of = "student step" if name == CACHED_KD else "teacher fwd + student step"
-        lines.append(f"| {name} | {seconds[name]:.3f} | {ratio(name):.2f} × ({of}) | {memory[name]:.0f} |")
+        per_round = ratios(name)
+        lines.append(
+            f"| {name} | {seconds[name]:.3f} | {spread(rounds[name], 3)} | {statistics.median(per_round):.2f} × ({of}) "
+            f"| {spread(per_round, 2)} | {memory[name]:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.output:
