@@ -19,6 +19,7 @@ mimalloc), when the user set glibc's own ``MALLOC_*`` / ``GLIBC_TUNABLES`` mallo
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _applied = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

@@ -6,6 +6,7 @@ check its effect there (freed large blocks no longer leave the process) and ever
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -34,8 +35,6 @@ CHILD = textwrap.dedent(
 
 
 def run_child(mode: str, env: dict[str, str] | None = None) -> tuple[bool, int]:
-    import os
-
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != cpu_allocator.OPT_OUT}
     environment.update(env or {})
     out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, env=environment, check=True)

@@ -51,8 +51,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_kd.losses.window_angle import DEGENERATE as _DEGENERATE
-from lightning_kd.losses.window_angle import EPS, at_least_float32, window_angle_gap, window_indices
+from lightning_kd.losses.window_angle import EPS, at_least_float32, inverse_difference_lengths, window_angle_gap, window_indices
 
 RelationReduction = Literal["masked_mean", "gkd"]
 RelationTerm = Literal["word_distance", "word_angle", "layer_distance", "layer_angle"]
@@ -179,13 +178,8 @@ def angles_from_gram(gram: Tensor, vertices: Tensor, ends: Tensor, at_vertex: Te
     g_vv = gram[..., vertices, vertices]  # (..., P)
     g_ve = gram[..., vertices[:, None], ends]  # (..., P, E)
     g_ee_diagonal = gram[..., ends, ends]  # (..., P, E)
-    squared = g_ee_diagonal - 2 * g_ve + g_vv[..., None]  # |x_e − x_v|²
-    degenerate = at_vertex | (squared <= _DEGENERATE * (g_ee_diagonal + g_vv[..., None]))
-    if keep is not None:
-        degenerate = degenerate | ~keep
-    # 1/|x_e − x_v|, zero where dropped: masking by the scale avoids a separate pass over the
-    # (..., P, E, E) result. The clamp keeps rsqrt finite, so the zeroed branch's gradient is 0, not NaN.
-    inverse = torch.where(degenerate, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
+    dropped = at_vertex if keep is None else at_vertex | ~keep
+    inverse = inverse_difference_lengths(g_vv, g_ve, g_ee_diagonal, dropped)
     # ⟨x_e − x_v, x_e' − x_v⟩ = g_ee' − g_ve − (g_ve' − g_vv): two passes over the large tensor.
     block = gram[..., ends[:, :, None], ends[:, None, :]]
     dots = block - g_ve[..., :, None] - (g_ve - g_vv[..., None])[..., None, :]
@@ -280,6 +274,8 @@ def contextual_relations(
     if unknown:
         raise ValueError(f"Unknown relation term(s) {sorted(unknown)}; choose among {list(RELATION_TERMS)}.")
     valid = _check(student, teacher, mask, reduction)
+    if "word_angle" in terms:
+        window_indices(1, window_size)  # validates window_size before any Gram product
     out: dict[str, Tensor] = {}
     if "word_distance" in terms or "word_angle" in terms:
         raw = "word_distance" in terms
@@ -338,7 +334,6 @@ def word_relation_angle(
         reduction: ``"masked_mean"`` or ``"gkd"`` (``K·w²·Σ n_b``, padded neighbours included).
         per_sample: return ``(B,)`` per-sequence losses.
     """
-    window_indices(1, window_size)  # validates window_size before any work
     return contextual_relations(student, teacher, mask, ["word_angle"], window_size, reduction, per_sample)["word_angle"]
 
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_kd.losses.relation import _DEGENERATE, float_gram
+from lightning_kd.losses.relation import float_gram
+from lightning_kd.losses.window_angle import inverse_difference_lengths
 
 EPS = 1e-12
 _FILL = -1e4  # the reference's fill for excluded relation logits before the anchor softmax
@@ -119,10 +120,7 @@ def anchor_angles(x: Tensor, anchor_index: Tensor, neighbour_index: Tensor) -> T
     g_aa = pick(anchor * (length + 1))  # (B, k1, 1)
     g_aq = pick(anchor * length + neighbour_index)  # (B, k1, k2)
     g_qq = pick(neighbour_index * (length + 1))  # (B, k1, k2)
-    squared = g_qq - 2 * g_aq + g_aa  # |x_a − x_q|²
-    degenerate = (neighbour_index == anchor) | (squared <= _DEGENERATE * (g_qq + g_aa))
-    # 1/|x_a − x_q|, zero for a zero difference; the clamp keeps rsqrt (and its gradient) finite.
-    inverse = torch.where(degenerate, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
+    inverse = inverse_difference_lengths(g_aa.squeeze(-1), g_aq, g_qq, neighbour_index == anchor)  # 1/|x_a − x_q|
     g_qq_pairs = pick(neighbour_index[..., :, None] * length + neighbour_index[..., None, :])  # (B, k1, k2, k2)
     dots = g_qq_pairs - g_aq[..., :, None] - (g_aq - g_aa)[..., None, :]
     return dots * inverse[..., :, None] * inverse[..., None, :]

@@ -88,15 +88,24 @@ def fold_window_blocks(blocks: Tensor, radius: int) -> Tensor:
     return folded.view(*shape[:-3], size, size)
 
 
+def inverse_difference_lengths(g_vv: Tensor, g_ve: Tensor, g_ee: Tensor, dropped: Tensor) -> Tensor:
+    """``1/|x_e − x_v|`` from Gram entries, 0 where ``dropped`` or where the difference is (numerically) zero.
+
+    ``g_vv`` ``(…, P)``, ``g_ve`` and ``g_ee`` ``(…, P, E)``. Zeroing the scale instead of the angles
+    avoids a pass over the ``(…, P, E, E)`` result; the clamp keeps ``rsqrt`` finite, so the zeroed
+    branch's gradient is 0, not NaN.
+    """
+    squared = g_ee - 2 * g_ve + g_vv[..., None]  # |x_e − x_v|²
+    dropped = dropped | (squared <= DEGENERATE * (g_ee + g_vv[..., None])) | (squared <= EPS * EPS)
+    return torch.where(dropped, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
+
+
 def _angles(gram: Tensor, index: Tensor, at_centre: Tensor, keep: Tensor, radius: int) -> tuple[Tensor, Tensor]:
     """Window angle matrices ``A`` ``(N, S, w, w)`` and inverse difference lengths ``ι`` ``(N, S, w)``."""
     size, width = gram.shape[-1], index.shape[-1]
     g_vv = gram.diagonal(dim1=-2, dim2=-1)  # (N, S)
     g_ve = gram.gather(-1, index.expand(gram.shape[0], size, width))  # G[v, e_a]
-    g_ee = g_vv[:, index]  # G[e_a, e_a]
-    squared = g_ee - 2 * g_ve + g_vv[..., None]
-    dropped = at_centre | ~keep | (squared <= DEGENERATE * (g_ee + g_vv[..., None])) | (squared <= EPS * EPS)
-    inverse = torch.where(dropped, 0.0, squared.clamp_min(EPS * EPS).rsqrt())
+    inverse = inverse_difference_lengths(g_vv, g_ve, g_vv[:, index], at_centre | ~keep)  # g_ee = G[e_a, e_a]
     # E = G[e_a, e_a'] − G[v, e_a] − (G[v, e_a'] − G[v, v]), then scaled by ι_a ι_a', in place.
     angles = window_blocks(gram, radius) - g_ve[..., :, None]
     angles -= (g_ve - g_vv[..., None])[..., None, :]
