@@ -44,6 +44,20 @@ def check_method(module: Any) -> None:
             "MobileBERT(progressive=True) cannot use a teacher cache: the teacher tensors it requests change with "
             "the stage. Remove teacher_cache, or train with progressive: false."
         )
+    _check_attention(module)
+
+
+def _check_attention(module: Any) -> None:
+    """Cached Q/K rebuild attention with the padding mask and ``d_h^-½``: refuse teachers that do more."""
+    from lightning_kd.core.attention_capture import attention_layout, family_name
+
+    for index, teacher in enumerate(module.teachers):
+        layers = module.teacher_request(index).hooked_layers
+        if layers and not all(attention_layout(teacher).plain(layer) for layer in layers):
+            raise ValueError(
+                f"Teacher {index} ({family_name(teacher)}) uses causal, sliding-window or layer-scaled attention, which "
+                "the teacher cache does not store (it keeps Q/K and rebuilds plain padded attention). Remove teacher_cache."
+            )
 
 
 def check_data(data: Any) -> None:

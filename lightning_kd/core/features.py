@@ -1,23 +1,24 @@
 """What one forward pass captured, and how to capture only that.
 
 Methods declare a :class:`FeatureRequest`; :func:`capture` runs the model with hidden states
-switched on only when asked and forward hooks only on the attention projections of the layers
-asked for. Pre-softmax attention scores and probabilities are rebuilt from the hooked Q and K:
-HF returns probabilities *after* dropout (wrong for a training student) and never returns scores,
-and SDPA kernels return neither.
+switched on only when asked and records the attention calls of the layers asked for (see
+:mod:`lightning_kd.core.attention_capture`): the query, key and value states the attention kernel
+received (rotary embeddings applied, grouped key/value heads repeated), the mask it applied
+(padding, causal, sliding window) and its scale. Pre-softmax scores and probabilities are rebuilt
+from those: HF returns probabilities *after* dropout (wrong for a training student) and never
+returns scores, and SDPA kernels return neither.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-# Attribute names of the Q/K/V projections in the HF encoders we support.
-_PROJECTION_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
+from lightning_kd.core.attention_capture import recording
+
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
 
@@ -55,7 +56,15 @@ class FeatureRequest:
 
 @dataclass
 class Features:
-    """Tensors captured from one forward pass. Teacher tensors are upcast to float32."""
+    """Tensors captured from one forward pass. Teacher tensors are upcast to float32.
+
+    Attributes:
+        queries / keys / values: per captured layer, ``(B, N, h·d_h)`` states as the attention
+            kernel received them (heads side by side; keys and values repeated to the query heads).
+        scalings: per captured layer, the factor the model multiplies ``Q Kᵀ`` by (default ``d_h^-½``).
+        key_masks: per captured layer whose mask is more than key padding (causal, sliding window),
+            the ``(B, 1, N, N)`` boolean (query, key) pairs the model lets attend.
+    """
 
     logits: Tensor
     loss: Tensor | None = None
@@ -63,6 +72,8 @@ class Features:
     queries: dict[int, Tensor] = field(default_factory=dict)
     keys: dict[int, Tensor] = field(default_factory=dict)
     values: dict[int, Tensor] = field(default_factory=dict)
+    scalings: dict[int, float] = field(default_factory=dict)
+    key_masks: dict[int, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     num_heads: int = 1
 
@@ -87,37 +98,28 @@ class Features:
         return tensor.view(batch, length, heads, width // heads).transpose(1, 2)
 
     def attention_scores(self, layer: int) -> Tensor:
-        """Pre-softmax scores ``Q_h K_hᵀ / √d_h`` of a layer, shape ``(B, h, N, N)``, no mask applied."""
+        """Pre-softmax scores ``Q_h K_hᵀ · scale`` of a layer, shape ``(B, h, N, N)``, no mask applied."""
         q, k = self.split_heads(self.queries[layer]), self.split_heads(self.keys[layer])
-        return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        return q @ k.transpose(-1, -2) * self.scaling(layer)
+
+    def scaling(self, layer: int) -> float:
+        """The factor layer ``layer`` multiplies ``Q Kᵀ`` by."""
+        return self.scalings.get(layer) or (self.queries[layer].shape[-1] // self.num_heads) ** -0.5
+
+    def key_mask(self, layer: int) -> Tensor | None:
+        """Boolean mask of the keys each query of ``layer`` attends: ``(B, 1, N, N)`` where the model
+        masks more than padding, else ``(B, 1, 1, N)`` from the padding mask, or ``None``."""
+        if layer in self.key_masks:
+            return self.key_masks[layer]
+        return self.attention_mask.bool()[:, None, None, :] if self.attention_mask is not None else None
 
     def attention_probs(self, layer: int) -> Tensor:
-        """Attention probabilities of a layer (padding keys masked out, no dropout), ``(B, h, N, N)``."""
+        """Attention probabilities of a layer (the model's mask applied, no dropout), ``(B, h, N, N)``."""
         scores = self.attention_scores(layer)
-        if self.attention_mask is not None:
-            keep = self.attention_mask[:, None, None, :].bool()
+        keep = self.key_mask(layer)
+        if keep is not None:
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         return scores.softmax(dim=-1)
-
-
-def attention_projections(model: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
-    """The ``(query, key, value)`` projection modules of each encoder layer, in layer order.
-
-    Raises:
-        ValueError: the model has no recognisable self-attention projections.
-    """
-    found = []
-    for module in model.modules():
-        for names in _PROJECTION_NAMES:
-            if all(isinstance(getattr(module, n, None), nn.Linear) for n in names):
-                found.append(tuple(getattr(module, n) for n in names))
-                break
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__} has no self-attention projections named query/key/value, q_lin/k_lin/v_lin "
-            "or q_proj/k_proj/v_proj; attention-level methods cannot capture its Q/K/V. Use a logit-level method."
-        )
-    return found
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -142,40 +144,76 @@ def capture(
         with_labels: pass ``labels`` so the model computes its own task/MLM loss.
         upcast: cast captured floating tensors to float32 (used for low-precision teachers).
     """
-    projections = attention_projections(model) if request.hooked_layers else []
-    if request.hooked_layers and max(request.hooked_layers) >= len(projections):
-        raise ValueError(
-            f"A method asked for attention layer {max(request.hooked_layers)} but {type(model).__name__} "
-            f"has {len(projections)} layers (0-based indices 0..{len(projections) - 1})."
-        )
-    store: dict[str, dict[int, Tensor]] = {"q": {}, "k": {}, "v": {}}
-    handles = []
-    for layer in sorted(request.hooked_layers):
-        for slot, module in zip("qkv", projections[layer]):
-            def hook(_m, _inp, out, slot=slot, layer=layer):
-                store[slot][layer] = out
-            handles.append(module.register_forward_hook(hook))
+    layers = request.hooked_layers
     inputs = model_inputs(batch)
     if with_labels and "labels" in batch:
         inputs["labels"] = batch["labels"]
-    try:
+    with recording(layers) as recorder:
         outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
-    finally:
-        for handle in handles:
-            handle.remove()
+    if layers and max(layers) >= recorder.count:
+        raise ValueError(
+            f"A method asked for attention layer {max(layers)} but {type(model).__name__} has {recorder.count} layers "
+            f"that call attention (0-based indices 0..{recorder.count - 1})."
+        )
 
     def cast(t: Tensor) -> Tensor:
         return t.float() if upcast and t.is_floating_point() else t
 
     hidden = tuple(cast(h) for h in outputs.hidden_states) if request.hidden_states else None
+    padding = batch.get("attention_mask")
+    calls = recorder.calls
     config = getattr(model, "config", None)
     return Features(
         logits=cast(outputs.logits),
         loss=outputs.loss if with_labels else None,
         hidden_states=hidden,
-        queries={k: cast(v) for k, v in store["q"].items()},
-        keys={k: cast(v) for k, v in store["k"].items()},
-        values={k: cast(v) for k, v in store["v"].items()},
-        attention_mask=batch.get("attention_mask"),
-        num_heads=getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 1),
+        queries={i: cast(_merge_heads(c.queries)) for i, c in calls.items()},
+        keys={i: cast(_merge_heads(c.keys)) for i, c in calls.items()},
+        values={i: cast(_merge_heads(c.values)) for i, c in calls.items() if i in request.qkv_layers},
+        scalings={i: c.scaling for i, c in calls.items()},
+        key_masks={i: m for i, c in calls.items() if (m := _structural_mask(c.allowed, padding)) is not None},
+        attention_mask=padding,
+        num_heads=next(iter(calls.values())).queries.shape[1] if calls else _config_heads(config),
     )
+
+
+def _merge_heads(states: Tensor) -> Tensor:
+    """``(B, h, N, d_h)`` → ``(B, N, h·d_h)``: heads side by side, as the output projection reads them."""
+    batch, heads, length, width = states.shape
+    return states.transpose(1, 2).reshape(batch, length, heads * width)
+
+
+def _structural_mask(allowed: Tensor | None, padding: Tensor | None) -> Tensor | None:
+    """The ``(B, 1, N, N)`` pairs a model lets attend when it masks more than padded keys (causal,
+    sliding window), padded keys included; ``None`` when the padding mask says it all."""
+    if allowed is None:
+        return None
+    allowed = allowed.bool()
+    if padding is None:
+        return None if bool(allowed.all()) else allowed
+    keys = padding.bool()[:, None, None, :]
+    full = (allowed & keys).expand(keys.shape[0], 1, allowed.shape[-2], keys.shape[-1])
+    return None if torch.equal(full, keys.expand_as(full)) else full
+
+
+def _config_heads(config) -> int:
+    return getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 1
+
+
+def shared_key_mask(student: Features, student_layer: int, teacher: Features, teacher_layer: int) -> Tensor | None:
+    """The model-applied key mask that a student and a teacher attention layer share, for the loss.
+
+    ``None`` when both mask padded keys only (the losses then use the padding mask). Attention terms
+    compare distributions over the same keys, so a pair whose masks differ (a causal layer against a
+    bidirectional one, different sliding windows) is an error naming the layers.
+    """
+    ours, theirs = student.key_masks.get(student_layer), teacher.key_masks.get(teacher_layer)
+    if ours is None and theirs is None:
+        return None
+    if ours is None or theirs is None or ours.shape != theirs.shape or not torch.equal(ours, theirs):
+        raise ValueError(
+            f"Student attention layer {student_layer} and teacher layer {teacher_layer} attend different keys "
+            "(causal vs bidirectional attention, or different sliding windows); attention terms compare the two "
+            "distributions key by key. Pair layers of the same attention type (layer_map / student_layers)."
+        )
+    return ours

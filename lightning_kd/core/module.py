@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from lightning_kd.cache import TeacherCache
 from lightning_kd.core.export import export_model, load_tokenizer
+from lightning_kd.core.attention_capture import check_attention_layers
 from lightning_kd.core.features import Features, FeatureRequest, capture
 from lightning_kd.core.optim import Schedule, build_optimizer
 from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
@@ -42,7 +43,17 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_layers"]
 
 
-class DistillationModule(pl.LightningModule):
+class _ChecksAfterConstruction(type):
+    """Runs :meth:`DistillationModule.check_construction` once the *whole* constructor chain is done,
+    so a subclass's requests (set after ``super().__init__``) are known before any training step."""
+
+    def __call__(cls, *args, **kwargs):
+        module = super().__call__(*args, **kwargs)
+        module.check_construction()
+        return module
+
+
+class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction):
     """Base of every method: a trainable student distilled from frozen teachers.
 
     Args:
@@ -168,9 +179,7 @@ class DistillationModule(pl.LightningModule):
             enable_activation_checkpointing(self.student)
         self._check_vocabularies()
         self._val_metrics = self._test_metrics = None
-        self.teacher_cache = teacher_cache
-        if teacher_cache is not None:
-            teacher_cache.check_module(self)
+        self.teacher_cache = teacher_cache  # checked in check_construction, once the method's requests are known
 
     # ------------------------------------------------------------------ construction
     def _build_student(
@@ -221,6 +230,36 @@ class DistillationModule(pl.LightningModule):
         # classes there too, or resuming from a checkpoint with weights_only loading fails.
         super().__setstate__(state)
         _allow_in_checkpoints(dict(self.hparams))
+
+    def check_construction(self) -> None:
+        """Refuse, at construction, models whose attention this method cannot read exactly.
+
+        Runs after the subclass's constructor (see :class:`_ChecksAfterConstruction`). Attention is
+        read from transformers' attention interface (:mod:`lightning_kd.core.attention_capture`): a
+        family that computes attention elsewhere, an attention layer out of range, or a student and
+        teacher whose compared layers attend differently (causal vs bidirectional, other windows) is
+        an error naming the family and the fix. A teacher cache checks the finished method here too.
+        """
+        if self.teacher_cache is not None:
+            self.teacher_cache.check_module(self)
+        name = type(self).__name__
+        student_layers = self.student_request().hooked_layers
+        student = check_attention_layers(self.student, student_layers, "student", name) if student_layers else None
+        for index, teacher in enumerate(self.teachers):
+            layers = self.teacher_request(index).hooked_layers
+            if not layers:
+                continue
+            layout = check_attention_layers(teacher, layers, f"teacher {index}", name)
+            if student is None:
+                continue
+            ours, theirs = {student.kind(l) for l in student_layers}, {layout.kind(l) for l in layers}
+            if ours != theirs:
+                raise ValueError(
+                    f"{name} compares attention of student layers {sorted(student_layers)} with teacher {index} layers "
+                    f"{sorted(layers)}, but they attend differently (causal, sliding window): student {sorted(ours, key=str)} "
+                    f"vs teacher {sorted(theirs, key=str)}. Use a student and teacher of one attention type, or pair "
+                    "layers of the same type."
+                )
 
     # ------------------------------------------------------------------ method hooks
     @property

@@ -5,7 +5,11 @@ Shapes:
 
 * attention scores / probabilities: ``(B, h, N, N)``, query ``i`` on dim −2, key ``j`` on dim −1;
 * per-head vectors (values, relation heads): ``(B, A, N, d_a)``;
-* ``attention_mask``: ``(B, N)``, 1 (or True) for real tokens, 0 for padding.
+* ``attention_mask``: ``(B, N)``, 1 (or True) for real tokens, 0 for padding;
+* ``key_mask`` (optional): ``(B, 1, N, N)`` boolean (query, key) pairs the model lets attend, for
+  models that mask more than padded keys (causal, sliding window; see
+  :meth:`~lightning_kd.core.features.Features.key_mask`). It replaces the key-padding mask built from
+  ``attention_mask``; query rows are still selected with ``attention_mask``.
 
 Every function computes in float32, reduces with :mod:`lightning_kd.losses.masking`
 (``"masked_mean"`` library default, ``"gkd"`` reference parity) and can return one value per
@@ -48,6 +52,13 @@ def key_padding_mask(attention_mask: Tensor) -> Tensor:
     return attention_mask.bool()[:, None, None, :]
 
 
+def _keys(attention_mask: Tensor | None, key_mask: Tensor | None) -> Tensor | None:
+    """The boolean mask of attended keys: the model's own ``key_mask`` when given, else key padding."""
+    if key_mask is not None:
+        return key_mask.bool()
+    return key_padding_mask(attention_mask) if attention_mask is not None else None
+
+
 def query_padding_mask(attention_mask: Tensor) -> Tensor:
     """``(B, N)`` token mask → ``(B, 1, N)`` boolean mask of real *query rows* (broadcasts over heads)."""
     return attention_mask.bool()[:, None, :]
@@ -59,6 +70,7 @@ def attention_score_mse(
     attention_mask: Tensor | None = None,
     reduction: Reduction = "masked_mean",
     per_sample: bool = False,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """TinyBERT's attention loss: mean squared difference between pre-softmax scores ``QKᵀ/√d_h``.
 
@@ -73,6 +85,8 @@ def attention_score_mse(
             ``"gkd"``: sum over all entries divided by ``B·h·N·N`` (the reference: padded query
             rows still count, zeroed padded-key entries stay in the denominator).
         per_sample: return ``(B,)`` instead of a scalar.
+        key_mask: the model's ``(B, 1, N, N)`` attended pairs (causal, windowed models); entries it
+            excludes are treated as padded keys.
     """
     _check_reduction(reduction)
     if student_scores.shape != teacher_scores.shape:
@@ -81,10 +95,10 @@ def attention_score_mse(
             f"{tuple(teacher_scores.shape)}; score matching needs equal head counts."
         )
     student, teacher = student_scores.float(), teacher_scores.float()
-    if attention_mask is None:
+    keys = _keys(attention_mask, key_mask)
+    if keys is None:
         return _reduce((student - teacher).pow(2), None, reduction, per_sample)
-    keys = key_padding_mask(attention_mask)
-    entries = keys & attention_mask.bool()[:, None, :, None]  # (B, 1, N, N): real query and real key
+    entries = keys & attention_mask.bool()[:, None, :, None] if attention_mask is not None else keys  # (B, 1, N, N): real query and real key
     if reduction == "masked_mean" and not per_sample:
         # The fast path of the default (the scores are the largest tensors of a TinyBERT step): zero
         # every excluded entry in both models, one fused squared-error sum, and the count from the
@@ -98,16 +112,18 @@ def attention_score_mse(
     return _reduce(squared, entries, reduction, per_sample)
 
 
-def masked_log_softmax(scores: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+def masked_log_softmax(scores: Tensor, attention_mask: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
     """``log_softmax`` over keys with padded keys excluded (their log-probability is a huge negative).
 
     Args:
         scores: ``(B, h, N, N)`` (or ``(B, A, N, N)`` relation logits).
         attention_mask: ``(B, N)`` token mask, or ``None`` for no masking.
+        key_mask: the model's ``(B, 1, N, N)`` attended pairs, replacing the key-padding mask.
     """
     scores = scores.float()
-    if attention_mask is not None:
-        scores = scores.masked_fill(~key_padding_mask(attention_mask), torch.finfo(scores.dtype).min)
+    keys = _keys(attention_mask, key_mask)
+    if keys is not None:
+        scores = scores.masked_fill(~keys, torch.finfo(scores.dtype).min)
     return scores.log_softmax(dim=-1)
 
 
@@ -118,6 +134,7 @@ def attention_kl(
     mask_queries: bool = False,
     reduction: Reduction = "masked_mean",
     per_sample: bool = False,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """Row-wise ``KL(softmax(teacher) ‖ softmax(student))`` between attention distributions.
 
@@ -132,6 +149,8 @@ def attention_kl(
         mask_queries: also leave padded query rows out of the mean (needs ``attention_mask``).
         reduction: how the ``(B, h, N)`` row values are averaged when query rows are masked.
         per_sample: return ``(B,)`` instead of a scalar.
+        key_mask: the model's ``(B, 1, N, N)`` attended pairs (causal, windowed models), replacing
+            the key-padding mask; both distributions are over these keys.
 
     Returns:
         The mean over query rows (``B·h·N`` rows, or the real ones with ``mask_queries``).
@@ -143,11 +162,12 @@ def attention_kl(
         )
     if mask_queries and attention_mask is None:
         raise ValueError("mask_queries=True needs attention_mask.")
-    log_s = masked_log_softmax(student_scores, attention_mask)
-    log_t = masked_log_softmax(teacher_scores, attention_mask)
+    keys = _keys(attention_mask, key_mask)
+    log_s = masked_log_softmax(student_scores, key_mask=keys)
+    log_t = masked_log_softmax(teacher_scores, key_mask=keys)
     pointwise = log_t.exp() * (log_t - log_s)
-    if attention_mask is not None:
-        pointwise = pointwise.masked_fill(~key_padding_mask(attention_mask), 0.0)
+    if keys is not None:
+        pointwise = pointwise.masked_fill(~keys, 0.0)
     rows = pointwise.sum(dim=-1)
     row_mask = query_padding_mask(attention_mask) if mask_queries else None
     return _reduce(rows, row_mask, reduction, per_sample)
@@ -218,6 +238,7 @@ def relation_kl(
     mask_padding: bool = False,
     reduction: Reduction = "masked_mean",
     per_sample: bool = False,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
     """``KL(softmax(T Tᵀ/√d_T) ‖ softmax(S Sᵀ/√d_S))`` per query row: MiniLM's value relation and
     MiniLMv2's Q-Q / K-K / V-V relations.
@@ -232,6 +253,9 @@ def relation_kl(
             (the GKD reference masks nothing).
         reduction: how rows are averaged when ``mask_padding`` is on.
         per_sample: return ``(B,)`` instead of a scalar.
+        key_mask: the models' ``(B, 1, N, N)`` attended pairs (causal, windowed models): the
+            relations follow the attention the models compute, so these keys are always the ones
+            related (padded keys included or not by this mask); ``mask_padding`` still selects rows.
     """
     if student_vectors.shape[:3] != teacher_vectors.shape[:3]:
         raise ValueError(
@@ -242,5 +266,11 @@ def relation_kl(
         raise ValueError("mask_padding=True needs attention_mask.")
     mask = attention_mask if mask_padding else None
     return attention_kl(
-        self_relation_logits(student_vectors), self_relation_logits(teacher_vectors), mask, mask_padding, reduction, per_sample
+        self_relation_logits(student_vectors),
+        self_relation_logits(teacher_vectors),
+        mask,
+        mask_padding,
+        reduction,
+        per_sample,
+        key_mask=key_mask,
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import (
     attention_kl,
@@ -87,14 +87,21 @@ class MiniLMIntermediate(nn.Module):
         mask, mask_padding = batch.get("attention_mask"), self.settings.mask_padding
         if mask_padding and mask is None:
             raise ValueError("MiniLM mask_padding=True needs an attention_mask in the batch.")
+        keys = shared_key_mask(student, s, teacher, t)
         if self.settings.gkd_double_softmax:
             attention = attention_probs_double_softmax_kl(
                 student.attention_probs(s), teacher.attention_probs(t), mask, mask_queries=mask_padding
             )
         else:
-            attention = attention_kl(student.attention_scores(s), teacher.attention_scores(t), mask, mask_queries=mask_padding)
+            attention = attention_kl(
+                student.attention_scores(s), teacher.attention_scores(t), mask, mask_queries=mask_padding, key_mask=keys
+            )
         values = relation_kl(
-            student.split_heads(student.values[s]), teacher.split_heads(teacher.values[t]), mask, mask_padding=mask_padding
+            student.split_heads(student.values[s]),
+            teacher.split_heads(teacher.values[t]),
+            mask,
+            mask_padding=mask_padding,
+            key_mask=keys,
         )
         return {"attention": attention, "value_relation": values}
 

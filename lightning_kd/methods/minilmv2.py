@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import relation_kl, split_relation_heads
 from lightning_kd.losses.prediction import PredictionLoss
@@ -124,12 +124,14 @@ class MiniLMv2Intermediate(nn.Module):
         mask = batch.get("attention_mask")
         if mask_padding and mask is None:
             raise ValueError("MiniLMv2 mask_padding=True needs an attention_mask in the batch.")
+        keys = shared_key_mask(student, s, teacher, t)
         return {
             name: relation_kl(
                 split_relation_heads(getattr(student, field)[s], heads),
                 split_relation_heads(getattr(teacher, field)[t], heads),
                 mask,
                 mask_padding=mask_padding,
+                key_mask=keys,
             )
             for name, field in _RELATIONS
         }

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from lightning_kd.callbacks.compatibility import require_callback
 from lightning_kd.callbacks.mobilebert_stages import MobileBERTStages
-from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.layer_map import uniform_boundaries
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import attention_kl
@@ -201,6 +201,14 @@ class MobileBERT(DistillationModule):
             )
 
     # ------------------------------------------------------------------ features
+    def check_construction(self) -> None:
+        """As the base, with the last stage's requests (every layer a progressive run will read)."""
+        stage, self.stage = self.stage, self.num_stages if self.progressive else self.stage
+        try:
+            super().check_construction()
+        finally:
+            self.stage = stage
+
     def student_request(self) -> FeatureRequest:
         layers = frozenset(self.attention_layer_weights()) if "attention" in self.terms else frozenset()
         return FeatureRequest(hidden_states="hidden" in self.terms, score_layers=layers)
@@ -249,6 +257,7 @@ class MobileBERT(DistillationModule):
                     mask_queries=mask is not None,
                     reduction=self.reduction,
                     per_sample=per_sample,
+                    key_mask=shared_key_mask(student, k, teacher, g[k + 1] - 1),
                 )
                 total = total + weight * kl
             terms["attention"] = self.intermediate_weight * self.attention_weight * total

@@ -37,7 +37,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.layer_map import (
     LayerMap,
     attention_pairs,
@@ -164,7 +164,11 @@ class TinyBERTIntermediate(nn.Module):
             if term == "attention":
                 out[term] = sum(
                     attention_score_mse(
-                        student.attention_scores(s), teacher.attention_scores(t), batch.get("attention_mask"), reduction
+                        student.attention_scores(s),
+                        teacher.attention_scores(t),
+                        batch.get("attention_mask"),
+                        reduction,
+                        key_mask=shared_key_mask(student, s, teacher, t),
                     )
                     for s, t in pairs["attention"]
                 )

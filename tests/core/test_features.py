@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_kd.core.features import FeatureRequest, attention_projections, capture
+from lightning_kd.core.attention_capture import attention_layout
+from lightning_kd.core.features import FeatureRequest, capture
 from tests.conftest import make_batch, make_tiny_bert
 
 
@@ -40,4 +41,4 @@ def test_layer_out_of_range_is_a_clear_error():
 
 
 def test_projection_discovery_counts_layers():
-    assert len(attention_projections(make_tiny_bert(layers=3))) == 3
+    assert attention_layout(make_tiny_bert(layers=3)).calls == 3

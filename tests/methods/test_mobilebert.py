@@ -12,7 +12,8 @@ import yaml
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from transformers import MobileBertConfig, MobileBertForMaskedLM, MobileBertForSequenceClassification
 
-from lightning_kd.core.features import FeatureRequest, attention_projections, capture
+from lightning_kd.core.attention_capture import attention_layout
+from lightning_kd.core.features import FeatureRequest, capture
 from lightning_kd.methods import MobileBERT
 from tests.cli_fixtures import quick_trainer_section, write_corpus
 from tests.conftest import make_batch, make_tiny_bert, write_tiny_tokenizer
@@ -57,7 +58,7 @@ def method(kind="mlm", t_layers=4, s_layers=2, **knobs):
 def test_attention_projections_find_mobilebert_qkv_and_match_eager_attention():
     model = tiny_mobilebert(layers=2, dropout=0.0).eval()
     model.config._attn_implementation = "eager"
-    assert len(attention_projections(model)) == 2
+    assert attention_layout(model).calls == 2
     batch = make_batch("mlm")
     features = capture(model, batch, FeatureRequest(prob_layers=frozenset({0, 1})))
     with torch.no_grad():
