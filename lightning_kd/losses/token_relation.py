@@ -7,7 +7,8 @@ Both compare representations *within* each model, so student and teacher widths 
   row distributions ``softmax(G/√n)`` with ``KL(teacher ‖ student)`` per query row.
 * **Global** — each model's states projected onto its *own* input word-embedding matrix,
   ``P = X Eᵀ`` of shape ``(B, N, V)`` (no bias, no temperature), compared with ``mse`` (mean over
-  the vocabulary) or row-wise ``kl``. This needs a shared vocabulary.
+  the vocabulary) or row-wise ``kl``. This needs a shared vocabulary, and states as wide as the
+  rows (factorised families pass states already mapped to the embedding width).
 
 Masking: with a ``(B, N)`` token mask, padded tokens leave both the rows and (for the Gram matrix)
 the columns, and ``n`` is each example's number of kept tokens. Without a mask every position
@@ -98,6 +99,12 @@ def vocabulary_projection_loss(
             f"The vocabulary projection needs one vocabulary: the student has {student_embeddings.shape[0]} "
             f"embedding rows, the teacher {teacher_embeddings.shape[0]}."
         )
+    for role, states, rows in (("student", student, student_embeddings), ("teacher", teacher, teacher_embeddings)):
+        if states.shape[-1] != rows.shape[-1]:
+            raise ValueError(
+                f"The {role}'s states are {states.shape[-1]} wide but its embedding rows {rows.shape[-1]} (factorised "
+                "embeddings): map the states first with lightning_kd.models.embedding_projection.states_in_embedding_space."
+            )
     projected_s = student.float() @ student_embeddings.float().t()
     projected_t = teacher.float() @ teacher_embeddings.float().t()
     if loss == "mse":

@@ -38,6 +38,13 @@ Where we differ from the GKD reference, and why:
   each example's real length; ``positions="all_positions"`` reproduces the reference.
 * For BERT the global term uses the word-embedding matrix only (not the MLM transform or bias), as
   the spec recommends.
+* Factorised embeddings (ALBERT; ELECTRA and DeBERTa-v2 with ``embedding_size != hidden_size``): the
+  rows are narrower than the states, so each model's states are first mapped by the transpose of
+  its *own* embedding → hidden projection, ``P = (X W) Eᵀ = X (E Wᵀ)ᵀ``: the states scored against
+  each row as the encoder receives it in its hidden space (the projection's bias, the same shift
+  for every column of a row, is left out). This projection exists in every model of those families
+  (classifier or MLM), so both stages and every layer pair are covered; the MLM head's hidden →
+  embedding map is not used, as for BERT (see :mod:`lightning_kd.models.embedding_projection`).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from lightning_kd.core.layer_map import uniform_boundaries
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.token_relation import RelationLoss, token_relation_loss, vocabulary_projection_loss
+from lightning_kd.models.embedding_projection import check_vocabulary_scoring, states_in_embedding_space
 
 LayerChoice = Literal["all", "last_two", "final", "final_plus_previous", "none"]
 Term = Literal["local", "global"]
@@ -128,6 +136,10 @@ class ERDistill(DistillationModule):
         self.layers, self.terms = layers, [t for t in _DEFAULT_TERMS if t in terms]
         self.relation_loss, self.positions = relation_loss, positions
         self.layer_pairs = [erdistill_pairs(layers, t.config.num_hidden_layers, student_depth) for t in self.teachers]
+        if layers != "none" and "global" in self.terms:
+            check_vocabulary_scoring(self.student, "student", "ERDistill's global term")
+            for index, teacher in enumerate(self.teachers):
+                check_vocabulary_scoring(teacher, f"teacher {index}", "ERDistill's global term")
 
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=self.layers != "none")
@@ -140,8 +152,9 @@ class ERDistill(DistillationModule):
     ) -> dict[str, Tensor]:
         """Unweighted ``{"local": …, "global": …}`` (for the chosen terms) with one teacher, summed over pairs."""
         mask = batch.get("attention_mask") if self.positions == "all_tokens" else None
+        teacher_model = self.teachers[teacher_index]
         student_embeddings = self.student.get_input_embeddings().weight
-        teacher_embeddings = self.teachers[teacher_index].get_input_embeddings().weight
+        teacher_embeddings = teacher_model.get_input_embeddings().weight
         out: dict[str, Tensor] = {}
         for s_index, t_index, weight in self.layer_pairs[teacher_index]:
             s_state, t_state = student.hidden_states[s_index], teacher.hidden_states[t_index]
@@ -149,8 +162,15 @@ class ERDistill(DistillationModule):
                 value = token_relation_loss(s_state, t_state, mask, self.relation_loss, per_sample=per_sample)
                 out["local"] = out.get("local", 0.0) + weight * value
             if "global" in self.terms:
+                # Factorised families: states mapped onto the narrower embedding rows by the model's own projection.
                 value = vocabulary_projection_loss(
-                    s_state, t_state, student_embeddings, teacher_embeddings, mask, self.relation_loss, per_sample=per_sample
+                    states_in_embedding_space(self.student, s_state),
+                    states_in_embedding_space(teacher_model, t_state),
+                    student_embeddings,
+                    teacher_embeddings,
+                    mask,
+                    self.relation_loss,
+                    per_sample=per_sample,
                 )
                 out["global"] = out.get("global", 0.0) + weight * value
         return out

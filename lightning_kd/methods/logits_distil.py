@@ -9,11 +9,14 @@ distribution, read from the last hidden state through an LM head kept beside the
 (``vocabulary_weight: 0``, ``soft_weight: 1``).
 
 Design decision (fine-tuning): GLM ties its LM head to the input embeddings, so every GLM
-classifier still has one. A BERT sequence classifier has none; ``vocab_head="mlm"`` (default)
-rebuilds BERT's ``cls.predictions`` head (transform + bias, decoder tied to the model's *current*
-word embeddings) from each model's own checkpoint, or from a checkpoint named by
-``teacher_mlm_heads`` / ``student_mlm_head``; ``vocab_head="tied"`` is GLM's head ``H·Eᵀ``, which
-every model has. The student's head is trained with it but is not part of the exported classifier.
+classifier still has one. A ``…ForSequenceClassification`` model has none; ``vocab_head="mlm"``
+(default) copies the family's own vocabulary head — the ``…ForMaskedLM`` head (transform, the
+hidden → embedding map of factorised families, bias; decoder tied to the model's *current* word
+embeddings), or a decoder LM's ``lm_head`` — from each model's own checkpoint, or from a checkpoint
+named by ``teacher_mlm_heads`` / ``student_mlm_head`` (:mod:`lightning_kd.models.vocab_head`).
+``vocab_head="tied"`` is GLM's head ``H·Eᵀ``; it is refused for factorised embeddings (ALBERT,
+ELECTRA/DeBERTa-v2 with ``embedding_size != hidden_size``), whose rows are not in the hidden space.
+The student's head is trained with it but is not part of the exported classifier.
 
 Where we differ from the GKD reference:
 
@@ -27,17 +30,13 @@ Where we differ from the GKD reference:
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModelForMaskedLM, PreTrainedModel
 
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.module import DistillationModule
-from lightning_kd.data.sources import resolve_source
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 from lightning_kd.losses.prediction import PredictionLoss, SoftLoss, SoftPositions
 from lightning_kd.losses.vocabulary import (
@@ -47,58 +46,13 @@ from lightning_kd.losses.vocabulary import (
     word_prediction_loss,
 )
 from lightning_kd.models.loading import ModelSource
+from lightning_kd.models.vocab_head import VocabularyHead, check_tied_head, load_vocab_head
+
+#: The name earlier releases exported (a head of any family now, not only BERT's).
+load_mlm_head = load_vocab_head
 
 Positions = Literal["all", "tokens", "targets"]
 VocabHead = Literal["mlm", "tied"]
-
-
-class VocabularyHead(nn.Module):
-    """Vocabulary logits ``transform(h)·Eᵀ + b`` from a last hidden state, ``E`` given at call time.
-
-    With no transform and no bias this is GLM's tied LM head; with BERT's ``cls.predictions``
-    transform and bias it is BERT's MLM head, the decoder tied to whatever embeddings are passed.
-    """
-
-    def __init__(self, transform: nn.Module | None = None, bias: Tensor | None = None) -> None:
-        super().__init__()
-        self.transform = transform
-        self.bias = nn.Parameter(bias.detach().clone().float()) if bias is not None else None
-
-    def forward(self, hidden: Tensor, embeddings: Tensor) -> Tensor:
-        """``hidden`` ``(B, N, d)``, ``embeddings`` ``(V, d)`` → ``(B, N, V)``."""
-        if self.transform is not None:
-            hidden = self.transform(hidden.to(next(self.transform.parameters()).dtype))
-        bias = self.bias.to(hidden.dtype) if self.bias is not None else None
-        return F.linear(hidden, embeddings.to(hidden.dtype), bias)
-
-
-def load_mlm_head(source: ModelSource, role: str) -> VocabularyHead:
-    """A copy of the BERT-style MLM head (``cls.predictions``: transform and bias) stored in ``source``.
-
-    Raises:
-        ValueError: ``source`` holds no such head (e.g. a fine-tuned classifier's own directory).
-    """
-    fix = (
-        f"give a checkpoint that has one (e.g. the one it was fine-tuned from) as `{'student_mlm_head' if role == 'student' else 'teacher_mlm_heads'}`, "
-        "or set vocab_head: tied (H·Eᵀ, GLM's head)"
-    )
-    missing: list[str] = []
-    if isinstance(source, PreTrainedModel):
-        model = source
-    else:
-        model, info = AutoModelForMaskedLM.from_pretrained(resolve_source(source), output_loading_info=True)
-        missing = list(info.get("missing_keys", []))
-    predictions = getattr(getattr(model, "cls", None), "predictions", None)
-    if predictions is None or not hasattr(predictions, "transform") or getattr(predictions, "bias", None) is None:
-        raise ValueError(f"The {role} head source {_name(source)} has no BERT-style MLM head (cls.predictions); {fix}.")
-    absent = [k for k in missing if k.startswith("cls.predictions.") and not k.startswith("cls.predictions.decoder")]
-    if absent:
-        raise ValueError(f"The {role} checkpoint {_name(source)} stores no MLM head ({', '.join(sorted(absent)[:3])} missing); {fix}.")
-    return VocabularyHead(copy.deepcopy(predictions.transform).float(), predictions.bias)
-
-
-def _name(source: ModelSource) -> str:
-    return repr(source) if isinstance(source, str) else f"<{type(source).__name__}>"
 
 
 class LogitsDistil(DistillationModule):
@@ -118,11 +72,12 @@ class LogitsDistil(DistillationModule):
             ``"teacher_min"`` (lower the teacher's other logits to its minimum; GKD ``--logitsdistil_teacher_min``).
         reduction: ``"masked_mean"`` (divide by the covered positions) or ``"gkd"`` (by all positions).
         vocab_head: fine-tuning only: how a classifier yields vocabulary logits: ``"mlm"`` (default;
-            BERT's MLM head from the checkpoint) or ``"tied"`` (``H·Eᵀ``, GLM's head).
-        student_mlm_head: where the student's MLM head comes from (a directory, name or BERT MLM
-            model); default: the student's own checkpoint, or the first teacher's head when the
-            student copies teacher layers.
-        teacher_mlm_heads: one MLM-head source per teacher; default: each teacher's own checkpoint.
+            the family's masked-LM head, or a decoder LM's ``lm_head``, from a checkpoint) or
+            ``"tied"`` (``H·Eᵀ``, GLM's head; refused for factorised embeddings).
+        student_mlm_head: where the student's head comes from (a directory, name, or a built
+            ``…ForMaskedLM`` / ``…ForCausalLM`` model of the student's family); default: the student's
+            own checkpoint, or the first teacher's head when the student copies teacher layers.
+        teacher_mlm_heads: one head source per teacher; default: each teacher's own checkpoint.
         soft_weight: weight of the prediction-level soft term on the model's own logits (task
             logits when fine-tuning; GKD ``--distill_ft_soft``/``--distill_pt_soft``).
         hard_weight: weight of the student's own task/MLM loss (GKD's GLMD uses none).
@@ -204,9 +159,13 @@ class LogitsDistil(DistillationModule):
 
     # ------------------------------------------------------------------ fine-tuning LM heads
     def _build_vocab_heads(self, kwargs: dict, student_source: ModelSource | None, teacher_sources: list[ModelSource] | None) -> None:
+        """The LM heads beside the task heads; every family/option that cannot be computed is refused here."""
         if self.vocab_head == "tied":
             if student_source is not None or teacher_sources is not None:
                 raise ValueError("student_mlm_head/teacher_mlm_heads only apply with vocab_head='mlm'.")
+            for index, teacher in enumerate(self.teachers):
+                check_tied_head(teacher, f"teacher {index}")
+            check_tied_head(self.student, "student")
             self.student_vocab_head = VocabularyHead()
             self.teacher_vocab_heads = nn.ModuleList(VocabularyHead() for _ in self.teachers)
             return
@@ -214,14 +173,23 @@ class LogitsDistil(DistillationModule):
         teacher_sources = teacher_sources if teacher_sources is not None else own
         if len(teacher_sources) != len(self.teachers):
             raise ValueError(f"teacher_mlm_heads lists {len(teacher_sources)} sources for {len(self.teachers)} teachers; give one per teacher.")
-        heads = [load_mlm_head(source, f"teacher {index}") for index, source in enumerate(teacher_sources)]
-        for head in heads:
+        heads = [
+            load_vocab_head(source, f"teacher {index}", target=self.teachers[index]) for index, source in enumerate(teacher_sources)
+        ]
+        vocab = self.teachers[0].config.vocab_size
+        for index, head in enumerate(heads):
+            if head.rows not in (None, vocab):
+                raise ValueError(f"The teacher {index} head has {head.rows} vocabulary rows for a {vocab}-token vocabulary; give the teacher's own head.")
             head.requires_grad_(False).eval()
         self.teacher_vocab_heads = nn.ModuleList(heads)
         if student_source is None:
             student = kwargs.get("student")
             student_source = student if student is not None else teacher_sources[0]
-        self.student_vocab_head = load_mlm_head(student_source, "student").requires_grad_(True)
+        head = load_vocab_head(student_source, "student", target=self.student).requires_grad_(True)
+        # The teacher's rows, or the student's own (VocabDistil gathers the former down to the latter).
+        if head.rows not in (None, vocab, self.student.config.vocab_size):
+            raise ValueError(f"The student head has {head.rows} vocabulary rows; the student has {self.student.config.vocab_size}.")
+        self.student_vocab_head = head
 
     # ------------------------------------------------------------------ method hooks
     def uses_student_loss(self) -> bool:

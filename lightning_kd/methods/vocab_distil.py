@@ -139,8 +139,7 @@ class VocabDistil(LogitsDistil):
             )
         if map_source is not None:
             self.vocab_map.load(map_source)
-            if student_vocab == vocab:
-                self._compress_student()
+            self._compress_student()  # the student's rows, and its LM head's when that came from the teacher's vocabulary
         elif student_vocab == rows:
             raise ValueError(
                 f"The student already has {rows} rows but no vocabulary map: use the directory VocabDistil exported it to "
@@ -181,14 +180,13 @@ class VocabDistil(LogitsDistil):
         return self.vocab_map
 
     def _compress_student(self) -> None:
-        """Shrink the student (and its fine-tuning LM head's bias) to the map's rows."""
-        if self.student.config.vocab_size == self.vocab_map.student_vocab_size:
-            return
+        """Shrink the student, and its fine-tuning LM head's bias (and untied decoder), to the map's rows."""
         rows, ids = self.vocab_map.row_token, self.vocab_map.student_row
-        compress_model_vocabulary(self.student, rows, ids)
+        if self.student.config.vocab_size != rows.numel():
+            compress_model_vocabulary(self.student, rows, ids)
         head = self.student_vocab_head
-        if head is not None and head.bias is not None and head.bias.numel() != rows.numel():
-            head.bias = torch.nn.Parameter(head.bias.detach()[rows.to(head.bias.device)].clone())
+        if head is not None and head.rows is not None and head.rows != rows.numel():
+            head.keep_rows(rows)
 
     def setup(self, stage: str) -> None:
         """Build the map when fitting starts, from the training data's token counts, if there is none yet."""
