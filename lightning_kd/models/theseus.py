@@ -11,6 +11,11 @@ by a plain Python list holding the chosen modules. Nothing is registered as a su
 student's parameters, state dict and export never contain a teacher module. Teacher layers run in
 eval mode (the module keeps teachers in eval) and have ``requires_grad=False``; gradients still flow
 *through* their activations into the student layers and embeddings below them.
+
+A teacher block is called exactly as the student's encoder calls its own layer at that position
+(:class:`~lightning_kd.models.theseus_block.TeacherBlock`), for every family in
+:data:`~lightning_kd.models.theseus_families.HYBRID_FAMILIES`; what cannot be swapped correctly is
+refused when the method is built (:func:`check_hybrid_compatible`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedModel
 
 from lightning_kd.core.layer_map import uniform_boundaries
-from lightning_kd.models.student_init import layer_list_prefix
+from lightning_kd.models.layer_stack import LayerStack, LayerStackNotFound, family_of, find_layer_stack
+from lightning_kd.models.theseus_block import TeacherBlock
+from lightning_kd.models.theseus_families import check_family
 
 LayoutGuard = Literal["at_least_one_student", "reference"]
 Layout = list[int | None]
@@ -66,17 +73,26 @@ def sample_student_positions(rate: float, positions: int, generator: torch.Gener
     return [j == first or (j > first and tail[j]) for j in range(positions)]
 
 
-def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
-    """``(owner, attribute, layers)`` of a model's encoder layer list (e.g. ``bert.encoder``, ``"layer"``)."""
-    prefix = layer_list_prefix(model)
-    owner_name, _, attribute = prefix.rpartition(".")
-    owner = model.get_submodule(owner_name) if owner_name else model
-    return owner, attribute, getattr(owner, attribute)
+def _stack(model: nn.Module, role: str) -> LayerStack:
+    try:
+        return find_layer_stack(model)
+    except LayerStackNotFound as error:
+        raise LayerStackNotFound(
+            f"{error} Theseus swaps entries of that list, so the {role} cannot take part; distil with a method that "
+            "does not swap layers (KD, TinyBERT, MiniLM, …)."
+        ) from None
 
 
 def check_hybrid_compatible(student: PreTrainedModel, teachers: Sequence[PreTrainedModel]) -> None:
-    """Raise ``ValueError`` unless every teacher's blocks can be chained into the student."""
+    """Raise ``ValueError`` unless every teacher's blocks can be chained into the student.
+
+    Width, depth and attention implementation are checked for every family; what a family's
+    encoder loop needs besides (same family, matching rotary/relative-position settings, per-layer
+    attention types of each block, unshared student layers) is checked by
+    :func:`~lightning_kd.models.theseus_families.check_family`.
+    """
     s_config = student.config
+    s_stack = _stack(student, "student")
     for index, teacher in enumerate(teachers):
         t_config = teacher.config
         if t_config.hidden_size != s_config.hidden_size:
@@ -98,42 +114,28 @@ def check_hybrid_compatible(student: PreTrainedModel, teachers: Sequence[PreTrai
                 "run on the student's attention mask, so both must use the same one (load them alike, or set "
                 "config._attn_implementation on the built models)."
             )
-        encoder_layers(teacher)
-    encoder_layers(student)
-
-
-class _TeacherBlock:
-    """Runs a teacher block where a student layer would run (same call signature as an encoder layer)."""
-
-    def __init__(self, layers: Sequence[nn.Module], dtype: torch.dtype) -> None:
-        self.layers, self.dtype = layers, dtype
-
-    def __call__(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args, **kwargs):
-        outer = hidden_states.dtype
-        hidden = hidden_states.to(self.dtype)
-        if attention_mask is not None and attention_mask.is_floating_point():
-            attention_mask = attention_mask.to(self.dtype)
-        for layer in self.layers:
-            hidden = layer(hidden, attention_mask, *args, **kwargs)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return hidden.to(outer)
+        t_stack = _stack(teacher, f"teacher {index}")
+        check_family(student, teacher, index, s_stack, teacher_blocks(t_stack.depth, s_stack.depth))
 
 
 def layout_modules(student: nn.Module, teachers: Sequence[nn.Module], layout: Layout) -> list:
-    """The callable that runs at each student position for ``layout``."""
-    _, _, student_layers = encoder_layers(student)
-    depth = len(student_layers)
+    """The student's layer list with teacher blocks in place of the positions ``layout`` replaces."""
+    s_stack = find_layer_stack(student)
+    depth = s_stack.depth
     if len(layout) != depth:
         raise ValueError(f"A layout needs one entry per student layer ({depth}), got {len(layout)}.")
-    modules = []
+    if s_stack.shared and any(choice is not None for choice in layout):
+        raise ValueError(f"{family_of(student)} shares layer modules between positions; Theseus cannot swap one of them.")
+    modules: list = list(s_stack.modules)
     for position, choice in enumerate(layout):
         if choice is None:
-            modules.append(student_layers[position])
             continue
         teacher = teachers[choice]
-        _, _, layers = encoder_layers(teacher)
-        block = teacher_blocks(len(layers), depth)[position]
-        modules.append(_TeacherBlock([layers[j] for j in block], next(teacher.parameters()).dtype))
+        t_stack = find_layer_stack(teacher)
+        block = teacher_blocks(t_stack.depth, depth)[position]
+        modules[s_stack.slots[position]] = TeacherBlock(
+            [t_stack.module_at(j) for j in block], next(teacher.parameters()).dtype, s_stack.module_at(position)
+        )
     return modules
 
 
@@ -148,9 +150,9 @@ def hybrid_layers(student: nn.Module, teachers: Sequence[nn.Module], layout: Lay
     if all(choice is None for choice in layout):
         yield  # the pure student
         return
-    owner, attribute, _ = encoder_layers(student)
-    owner.__dict__[attribute] = layout_modules(student, teachers, layout)
+    stack = find_layer_stack(student)
+    stack.owner.__dict__[stack.attribute] = layout_modules(student, teachers, layout)
     try:
         yield
     finally:
-        owner.__dict__.pop(attribute, None)
+        stack.owner.__dict__.pop(stack.attribute, None)
