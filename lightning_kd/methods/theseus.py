@@ -54,6 +54,13 @@ class Theseus(DistillationModule):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`. The seed
             initialises the student from the teacher's first layers (``student_init: teacher_first``).
             ``multi_teacher``, ``forward_repeats`` and ``random_inputs`` do not apply.
+
+    Raises:
+        ValueError: at construction, when a teacher's blocks cannot run in the student's encoder loop
+            as the teacher's own layers would: another width, depth or attention implementation,
+            another family, different rotary/relative-position settings, a block whose layers'
+            attention types differ from its position's, a shared-layer (ALBERT) student, or a family
+            whose loop has not been checked (``docs/methods/theseus.md`` lists them).
     """
 
     #: The hybrid stack runs teacher layers inside the student forward.
