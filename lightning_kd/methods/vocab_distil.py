@@ -53,6 +53,7 @@ from lightning_kd.models.vocab_map import (
     compressed_vocab_size,
     count_token_ids,
     map_file,
+    pinned_token_ids,
     protected_token_ids,
     read_map_file,
     remap_tokenizer_files,
@@ -137,8 +138,22 @@ class VocabDistil(LogitsDistil):
                 f"The student has {student_vocab} vocabulary rows; VocabDistil needs the teacher's {vocab} (to compress) "
                 f"or the compressed {rows}."
             )
+        # RoBERTa, XLM-R, MPNet: position ids count from one token id, which must stay that token's row.
+        self.pinned_ids = pinned_token_ids(self.student)
+        family = f"{type(self.student).__name__} ({self.student.config.model_type})"
+        if any(index >= rows for index in self.pinned_ids):
+            raise ValueError(
+                f"{family} derives position ids from token id {self.pinned_ids}, which must keep that row, but the "
+                f"compressed vocabulary has {rows} rows; choose a larger compressed_size."
+            )
         if map_source is not None:
             self.vocab_map.load(map_source)
+            moved = [index for index in self.pinned_ids if int(self.vocab_map.student_row[index]) != index]
+            if moved:
+                raise ValueError(
+                    f"The vocabulary map {map_source} moves token {moved[0]} to row {int(self.vocab_map.student_row[moved[0]])}, "
+                    f"but {family} derives position ids from that id; build a new map (token_counts) for this student."
+                )
             self._compress_student()  # the student's rows, and its LM head's when that came from the teacher's vocabulary
         elif student_vocab == rows:
             raise ValueError(
@@ -175,6 +190,7 @@ class VocabDistil(LogitsDistil):
             embeddings=embeddings,
             similarity=self.similarity,
             unk_id=tokenizer.unk_token_id,
+            pinned=self.pinned_ids,
         )
         self._compress_student()
         return self.vocab_map

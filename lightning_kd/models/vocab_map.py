@@ -178,6 +178,7 @@ class VocabularyMap(nn.Module):
         embeddings: Tensor | None = None,
         similarity: Similarity = "decoder",
         unk_id: int | None = None,
+        pinned: Iterable[int] = (),
     ) -> VocabularyMap:
         """Fill the map from corpus counts (see the module docstring).
 
@@ -189,19 +190,28 @@ class VocabularyMap(nn.Module):
                 replaces every dropped token by ``unk_id``.
             similarity: ``"decoder"``, ``"cosine"`` or ``"euclidean"``.
             unk_id: the ``[UNK]`` id (needed when ``embeddings`` is ``None``).
+            pinned: ids that must be kept *at their own row* (see :func:`pinned_token_ids`); they are
+                protected, and swapped into that row after ranking (the kept set does not change).
 
         Raises:
-            ValueError: sizes disagree, the protected tokens do not fit in ``M`` rows, or no ``unk_id``.
+            ValueError: sizes disagree, the protected tokens do not fit in ``M`` rows, a pinned id is
+                not below ``M``, or no ``unk_id``.
         """
         vocab_size, rows = self.teacher_vocab_size, self.student_vocab_size
         if counts.numel() != vocab_size:
             raise ValueError(f"counts cover {counts.numel()} ids but the vocabulary has {vocab_size}.")
         if rows > tokenizer_size:
             raise ValueError(f"{rows} student rows exceed the tokenizer's {tokenizer_size} tokens.")
-        protected = sorted({i for i in protected if 0 <= i < vocab_size})
+        pinned = sorted(set(pinned))
+        if any(not 0 <= i < rows for i in pinned):
+            raise ValueError(f"Token ids {pinned} must keep their own row, but the student has {rows} rows; compress less.")
+        protected = sorted({i for i in protected if 0 <= i < vocab_size} | set(pinned))
         if len(protected) > rows:
             raise ValueError(f"{len(protected)} protected tokens do not fit in {rows} student rows; compress less.")
         order = rank_tokens(counts.cpu(), protected, tokenizer_size)
+        for token in pinned:  # both positions are below M: the swap reorders rows, the kept set stays
+            at = int((order == token).nonzero())
+            order[[at, token]] = order[[token, at]]
         rank = torch.empty_like(order)
         rank[order] = torch.arange(vocab_size)
         kept = rank < rows
@@ -307,6 +317,23 @@ def read_map_file(source: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------- the student model
+def pinned_token_ids(model: nn.Module) -> list[int]:
+    """Token ids a compressed ``model`` must keep at their own row.
+
+    RoBERTa and XLM-R (``config.pad_token_id``) and MPNet (always id 1) derive position ids from the
+    input ids: positions count from ``padding_idx + 1`` and skip every token equal to ``padding_idx``,
+    one number that the embeddings module keeps, its position table is indexed from, and a saved
+    config restores. That number must then stay the same token's row in the compressed vocabulary.
+    Found as an embeddings module whose ``position_embeddings`` table pads at its own ``padding_idx``.
+    """
+    pinned = set()
+    for module in model.modules():
+        index, positions = getattr(module, "padding_idx", None), getattr(module, "position_embeddings", None)
+        if isinstance(index, int) and isinstance(positions, nn.Embedding) and positions.padding_idx == index:
+            pinned.add(index)
+    return sorted(pinned)
+
+
 def compress_model_vocabulary(model: PreTrainedModel, row_token: Tensor, student_row: Tensor) -> PreTrainedModel:
     """Shrink ``model``'s vocabulary in place to the rows ``row_token`` (``(M,)`` original ids).
 
@@ -336,12 +363,29 @@ def compress_model_vocabulary(model: PreTrainedModel, row_token: Tensor, student
             if old_out.bias is not None:
                 new_out.bias.copy_(old_out.bias[rows])
         model.set_output_embeddings(new_out)
+        stale = {id(old_in.weight): new_in.weight, id(old_out.weight): new_out.weight}
+        if old_out.bias is not None:
+            stale[id(old_out.bias)] = new_out.bias
+        _repoint_parameters(model, stale)
     model.config.vocab_size = rows.numel()
     for name in _CONFIG_TOKEN_IDS:
         value = getattr(model.config, name, None)
         if isinstance(value, int) and 0 <= value < student_row.numel():
             setattr(model.config, name, int(student_row[value]))
     return model
+
+
+def _repoint_parameters(model: nn.Module, replacements: dict[int, nn.Parameter]) -> None:
+    """Point every module attribute still holding a replaced parameter at its replacement.
+
+    ``set_output_embeddings`` swaps the decoder but some families keep a second reference to its
+    bias (RoBERTa's and XLM-R's ``lm_head.bias``, tied to ``lm_head.decoder.bias`` on load); left at
+    the old size, the saved model would not load again.
+    """
+    for module in model.modules():
+        for name, parameter in list(module._parameters.items()):
+            if parameter is not None and id(parameter) in replacements and replacements[id(parameter)] is not parameter:
+                module._parameters[name] = replacements[id(parameter)]
 
 
 # ---------------------------------------------------------------------- the tokenizer

@@ -192,3 +192,28 @@ def test_bad_inputs_fail_fast(tiny_teacher, tiny_student):
         ERDistill(teacher=tiny_teacher, student=tiny_student, terms=["local", "attention"])
     with pytest.raises(ValueError, match="between 1 and the teacher"):
         ERDistill(teacher=tiny_teacher, student=make_tiny_bert(seed=2, layers=6, hidden=16))
+
+
+@pytest.mark.parametrize("family", ["electra", "albert"])
+@pytest.mark.parametrize("stage", ["classification", "mlm"])
+def test_factorised_global_term_scores_states_against_rows_projected_into_the_hidden_space(family, stage):
+    """ELECTRA/ALBERT: 16-wide rows under 32-wide states. The global term is P = X (E Wᵀ)ᵀ with W each
+    model's own embedding → hidden projection (bias left out), written out here from the rows' side."""
+    from lightning_kd.models.embedding_projection import input_projection
+    from tests.families import make_family_model
+
+    teacher = make_family_model(family, stage, layers=4, seed=1)
+    student = make_family_model(family, stage, layers=2, seed=2)
+    batch = make_batch(stage)
+    method = ERDistill(teacher=teacher, student=student, layers="final", terms=["global"], prediction=None).eval()
+    terms = method.compute_losses(batch)
+
+    def rows(model):  # (V, 32): every embedding row as the encoder receives it, before the bias
+        return model.get_input_embeddings().weight.detach() @ input_projection(model).weight.detach().T
+
+    xs, xt = _hidden(student, batch)[2], _hidden(teacher, batch)[4]
+    keep = batch["attention_mask"].bool()
+    expected = ((xs @ rows(student).T - xt @ rows(teacher).T) ** 2).mean(-1)[keep].mean()
+    assert terms["global"].item() == pytest.approx(expected.item(), rel=1e-4)
+    method.train().compute_losses(batch)["loss"].backward()
+    assert input_projection(student).weight.grad is not None and student.get_input_embeddings().weight.grad is not None

@@ -11,6 +11,7 @@ from lightning_kd.models.vocab_map import (
     compress_model_vocabulary,
     compressed_vocab_size,
     count_token_ids,
+    pinned_token_ids,
     protected_token_ids,
     rank_tokens,
     remap_tokenizer_files,
@@ -167,3 +168,47 @@ def test_a_tokenizer_without_an_id_table_is_moved_aside(tmp_path):
     with pytest.warns(UserWarning, match="teacher_tokenizer"):
         assert not remap_tokenizer_files(tmp_path, [0])
     assert not (tmp_path / "tokenizer.json").exists() and (tmp_path / "teacher_tokenizer" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra", "albert", "deberta_v2", "mpnet", "xlm_roberta", "modernbert", "gpt2", "llama", "qwen2"])
+def test_every_family_compresses_and_reloads(family, tmp_path):
+    """Each family's LM keeps its kept columns and reloads with the same logits: RoBERTa/XLM-R keep a
+    second reference to the decoder bias (``lm_head.bias``) that must shrink with it, and RoBERTa/XLM-R/
+    MPNet count positions from one token id, which must keep its own row."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.families import DECODERS
+    from tests.models.test_vocab_head import make_lm
+
+    model = make_lm(family, layers=2, seed=1).eval()
+    pinned = pinned_token_ids(model)
+    assert pinned == {"roberta": [0], "xlm_roberta": [0], "mpnet": [1]}.get(family, [])  # pad id 0; MPNet's is always 1
+    counts = torch.randint(0, 50, (220,), generator=torch.Generator().manual_seed(3))
+    vmap = VocabularyMap(220, 64).build(counts, [2, 3, 4], tokenizer_size=200, unk_id=1, pinned=pinned)
+    assert all(vmap.student_row[i] == i for i in pinned)
+    kept_ids = vmap.row_token[torch.tensor([[2, 5, 9, 20, 3, 7]])]
+    with torch.no_grad():
+        before = model(input_ids=kept_ids).logits
+    compress_model_vocabulary(model, vmap.row_token, vmap.student_row)
+    sizes = {name: p.shape[0] for name, p in model.named_parameters(remove_duplicate=False) if p.dim() == 1 and p.shape[0] in (64, 220)}
+    assert set(sizes.values()) <= {64}, sizes  # no vocabulary-sized parameter left at the old size
+    with torch.no_grad():
+        after = model(input_ids=vmap.student_ids(kept_ids)).logits
+    torch.testing.assert_close(after, before[..., vmap.row_token])
+    model.save_pretrained(tmp_path)
+    auto = AutoModelForCausalLM if family in DECODERS else AutoModelForMaskedLM
+    reloaded = auto.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=vmap.student_ids(kept_ids)).logits, after)
+
+
+def test_pinned_ids_keep_their_own_row_and_the_kept_set():
+    counts = torch.tensor([0, 0, 10, 9, 8, 1, 7, 2, 6, 0])
+    free = VocabularyMap(10, 5).build(counts, [0, 1], tokenizer_size=9, unk_id=1)
+    pinned = VocabularyMap(10, 5).build(counts, [0, 1], tokenizer_size=9, unk_id=1, pinned=[3])
+    assert pinned.row_token[3] == 3 and pinned.student_row[3] == 3
+    assert torch.equal(pinned.kept, free.kept)
+    low = VocabularyMap(10, 6).build(counts, [0, 1], tokenizer_size=9, unk_id=1, pinned=[5])  # a rare id is kept for it
+    assert low.student_row[5] == 5 and low.kept[5] and not low.kept[6]
+    with pytest.raises(ValueError, match="own row"):
+        VocabularyMap(10, 5).build(counts, [0, 1], tokenizer_size=9, unk_id=1, pinned=[7])
