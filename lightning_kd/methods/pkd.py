@@ -16,6 +16,9 @@ Where we differ from the GKD reference (``--student_model=pkd``), and why:
   not PKD as published; ours are the published method, which is also what the logged GKD runs used
   (``--pkd_normalized_patience --pkd_only_cls --pkd_wo_final``). ``positions="all_tokens"`` masks
   padding; ``"all_positions"`` keeps it, as the reference does.
+* Pooling: ``positions="cls"`` compares one pooled vector per sequence, chosen per model by
+  ``pooling`` (:mod:`lightning_kd.core.pooling`): ``auto`` is the [CLS] token on encoders (the
+  reference's numbers) and the last real token on decoder LMs, whose first position sees only itself.
 * Non-divisible depths use the shared GKD segmentation (12→5: teacher 3,6,9,11) instead of the
   reference's zipped stride lists, which pair the wrong layers.
 * Width: the reference requires equal widths. ``projection`` adds one learnable linear map (with
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.layer_map import LayerMap, resolve_layer_map
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.pooling import Pooling, check_pooling, pool, resolve_pair
 from lightning_kd.losses.patience import FeatureReduction, patience_distance
 from lightning_kd.losses.prediction import PredictionLoss
 
@@ -71,9 +75,13 @@ class PKD(DistillationModule):
         pairs: which hidden-state pairs are matched: ``"intermediate"`` (student layers
             ``1…L_S−1``), ``"final"`` (the last layer; GKD matches it unless ``--pkd_wo_final``),
             ``"embedding"`` (``H_0``; GKD ``--pkd_use_embed``).
-        positions: ``"cls"`` (the [CLS] vector only, as in the paper; GKD ``--pkd_only_cls``),
-            ``"all_tokens"`` (every non-padding token) or ``"all_positions"`` (padding included,
-            the GKD default).
+        positions: ``"cls"`` (one pooled vector per sequence, see ``pooling``: the [CLS] vector on
+            encoders, as in the paper; GKD ``--pkd_only_cls``), ``"all_tokens"`` (every non-padding
+            token) or ``"all_positions"`` (padding included, the GKD default).
+        pooling: how ``positions="cls"`` reduces a sequence, per model: ``"auto"`` (the first token
+            on encoders, the last real token on causal LMs), ``"first"``, ``"last"`` or ``"mean"``
+            (over real tokens); see :mod:`lightning_kd.core.pooling`. Refused with the other
+            ``positions``, which compare every token and never pool.
         normalize: L2-normalise the vectors before the distance (GKD ``--pkd_normalized_patience``).
         feature_reduction: ``"sum"`` the squared differences over the hidden dimension (paper) or
             take their ``"mean"`` (GKD reference, ``1/d`` of the paper's value).
@@ -95,6 +103,7 @@ class PKD(DistillationModule):
         beta: float = 100.0,
         pairs: list[PairKind] = ["intermediate"],  # noqa: B006 - never mutated; a list keeps --help readable
         positions: Positions = "cls",
+        pooling: Pooling = "auto",
         normalize: bool = True,
         feature_reduction: FeatureReduction = "sum",
         layer_map: LayerMap = "uniform",
@@ -122,6 +131,11 @@ class PKD(DistillationModule):
             raise ValueError(f"pairs must be a non-empty list of 'embedding', 'intermediate', 'final'; got {pairs}.")
         if positions not in ("cls", "all_tokens", "all_positions"):
             raise ValueError(f"positions must be 'cls', 'all_tokens' or 'all_positions', got {positions!r}.")
+        if positions != "cls" and pooling != "auto":
+            raise ValueError(
+                f"pooling={pooling!r} reduces a sequence to one vector, but positions={positions!r} compares every "
+                "token; use positions='cls' with it, or leave pooling at 'auto'."
+            )
         if feature_reduction not in ("sum", "mean"):
             raise ValueError(f"feature_reduction must be 'sum' (paper) or 'mean' (GKD reference), got {feature_reduction!r}.")
         if projection not in ("none", "student_to_teacher", "teacher_to_student"):
@@ -130,6 +144,8 @@ class PKD(DistillationModule):
         self.pairs, self.positions = list(dict.fromkeys(pairs)), positions
         self.normalize, self.feature_reduction = normalize, feature_reduction
         self.projection = projection
+        self.pooling = pooling
+        check_pooling(pooling, self.student, self.teachers)
 
         student_depth = self.student.config.num_hidden_layers
         student_width = self.student.config.hidden_size
@@ -164,11 +180,13 @@ class PKD(DistillationModule):
         multi-teacher strategies).
         """
         mask = batch["attention_mask"] if self.positions == "all_tokens" else None
+        tokens = batch.get("attention_mask")
+        s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
         total = 0.0
         for s_index, t_index in self.layer_pairs[teacher_index]:
             s_state, t_state = student.hidden_states[s_index], teacher.hidden_states[t_index]
             if self.positions == "cls":
-                s_state, t_state = s_state[:, 0], t_state[:, 0]
+                s_state, t_state = pool(s_state, tokens, s_mode), pool(t_state, tokens, t_mode)
             if self.projection == "student_to_teacher":
                 s_state = self.projections[teacher_index](s_state)
             elif self.projection == "teacher_to_student":
