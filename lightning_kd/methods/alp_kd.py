@@ -15,6 +15,9 @@ Where we differ from the GKD reference (``--student_model=alp_kd``), and why:
   cross-entropy without T².
 * ``scale_scores`` optionally divides the dot products by ``√d`` (off by default for parity: raw dot
   products give nearly one-hot attention on real models).
+* Pooling: the "[CLS] vector" of each layer is chosen per model by ``pooling``
+  (:mod:`lightning_kd.core.pooling`): ``auto`` is the first token on encoders (the reference's
+  numbers) and the last real token on decoder LMs, whose first position sees only itself.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.pooling import Pooling, PoolingMode, check_pooling, pool, resolve_pair
 from lightning_kd.losses.layer_attention import attended_mse
 from lightning_kd.losses.prediction import PredictionLoss
 
@@ -37,6 +41,9 @@ class ALPKD(DistillationModule):
         alp_weight: weight ``λ`` of the ALP term (GKD ``--alp_kd_lambda``, which the reference ignores;
             1.0 reproduces the reference).
         scale_scores: divide the [CLS] dot products by ``√d`` before the softmax over teacher layers.
+        pooling: how each layer's sequence becomes the vector that attends and is matched, per model:
+            ``"auto"`` (the first token — [CLS] — on encoders, the last real token on causal LMs),
+            ``"first"``, ``"last"`` or ``"mean"`` (over real tokens); see :mod:`lightning_kd.core.pooling`.
         prediction: the soft/hard prediction loss (the seed: soft 0.7, hard 0.1, ``T = 20``); ``None``
             for the ALP term alone.
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`. The seed
@@ -48,6 +55,7 @@ class ALPKD(DistillationModule):
         *,
         alp_weight: float = 0.2,
         scale_scores: bool = False,
+        pooling: Pooling = "auto",
         prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.7, hard_weight=0.1, temperature=20.0),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
@@ -62,7 +70,8 @@ class ALPKD(DistillationModule):
                     f"({width}) must equal teacher {index}'s ({teacher.config.hidden_size}); use a teacher and "
                     "student of equal hidden size (or Universal-KD, which projects both sides)."
                 )
-        self.alp_weight = alp_weight
+        self.alp_weight, self.pooling = alp_weight, pooling
+        check_pooling(pooling, self.student, self.teachers)
         self.scale = 1.0 / math.sqrt(width) if scale_scores else 1.0
 
     def student_request(self) -> FeatureRequest:
@@ -72,17 +81,19 @@ class ALPKD(DistillationModule):
         return FeatureRequest(hidden_states=True)
 
     @staticmethod
-    def cls_vectors(features: Features) -> Tensor:
-        """``(B, L, d)``: the [CLS] vector of every layer output ``H_1 … H_L`` (embeddings excluded)."""
-        return torch.stack([h[:, 0] for h in features.hidden_states[1:]], dim=1)
+    def layer_vectors(features: Features, mode: PoolingMode) -> Tensor:
+        """``(B, L, d)``: the pooled vector (``mode``, a resolved pooling) of every layer output
+        ``H_1 … H_L`` (embeddings excluded), over the real tokens of the features' own mask."""
+        return torch.stack([pool(h, features.attention_mask, mode) for h in features.hidden_states[1:]], dim=1)
 
-    def alp(self, student: Features, teacher: Features, per_sample: bool = False) -> Tensor:
-        """Unweighted ALP loss with one teacher (scalar, or ``(B,)`` with ``per_sample``)."""
-        return attended_mse(self.cls_vectors(student), self.cls_vectors(teacher), self.scale, per_sample)
+    def alp(self, student: Features, teacher: Features, per_sample: bool = False, teacher_index: int = 0) -> Tensor:
+        """Unweighted ALP loss with teacher ``teacher_index`` (scalar, or ``(B,)`` with ``per_sample``)."""
+        s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
+        return attended_mse(self.layer_vectors(student, s_mode), self.layer_vectors(teacher, t_mode), self.scale, per_sample)
 
     def teacher_terms(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
     ) -> dict[str, Tensor]:
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
-        terms["alp"] = self.alp_weight * self.alp(student, teacher)
+        terms["alp"] = self.alp_weight * self.alp(student, teacher, teacher_index=teacher_index)
         return terms

@@ -83,9 +83,9 @@ def test_every_student_layer_attends_over_every_teacher_layer(teacher_depth, stu
     s = capture(method.student, batch, method.student_request())
     t = method.run_teacher(0, batch)
     # student [CLS] of H_1..H_{L_S} (final included, no embeddings) against teacher H_1..H_{L_T}
-    assert method.cls_vectors(s).shape == (4, student_depth, 8)
-    assert method.cls_vectors(t).shape == (4, teacher_depth, 8)
-    torch.testing.assert_close(method.cls_vectors(t)[:, -1], t.hidden_states[teacher_depth][:, 0])
+    assert method.layer_vectors(s, "first").shape == (4, student_depth, 8)
+    assert method.layer_vectors(t, "first").shape == (4, teacher_depth, 8)
+    torch.testing.assert_close(method.layer_vectors(t, "first")[:, -1], t.hidden_states[teacher_depth][:, 0])
 
 
 def test_padding_cannot_matter_and_gradients_reach_the_student_only():
