@@ -12,7 +12,9 @@ exported student). The prediction loss is added; the seed uses soft KL (``T = 1`
 
 By default the intermediate layers are used (student ``H_1…H_{L_S−1}``, teacher ``H_1…H_{L_T−1}``;
 no embeddings, no final layer); ``layers="final"`` uses only each model's last layer (GKD
-``--universal_kd_cg``, where ``α = 1``). Pooling is the [CLS] vector or a mean over tokens.
+``--universal_kd_cg``, where ``α = 1``). Pooling (:mod:`lightning_kd.core.pooling`) is per model:
+``auto`` is the [CLS] vector on encoders (the reference's ``cls``) and the last real token on decoder
+LMs, whose first position sees only itself; or a mean over tokens.
 
 Where we differ from the GKD reference, and why:
 
@@ -34,11 +36,13 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.pooling import check_pooling, pool, resolve_pair
 from lightning_kd.losses.layer_attention import attended_kl
 from lightning_kd.losses.prediction import PredictionLoss
 
 Layers = Literal["intermediate", "final"]
-Pooling = Literal["cls", "mean", "mean_with_padding"]
+#: The shared pooling modes plus GKD's names: ``cls`` (= ``first``) and ``mean_with_padding``.
+Pooling = Literal["auto", "first", "last", "mean", "mean_with_padding", "cls"]
 
 
 class UniversalKD(DistillationModule):
@@ -50,9 +54,11 @@ class UniversalKD(DistillationModule):
             the student's hidden size (GKD ``--universal_kd_size``).
         layers: ``"intermediate"`` (every layer but embeddings and the last, in both models) or
             ``"final"`` (only the last layer of each; GKD ``--universal_kd_cg``).
-        pooling: how a layer's token states become one vector: ``"cls"`` (first token), ``"mean"``
-            (mean over non-padding tokens) or ``"mean_with_padding"`` (mean over all positions; GKD
-            ``--universal_kd_avg``).
+        pooling: how a layer's token states become one vector, per model: ``"auto"`` (the first
+            token — [CLS] — on encoders, the last real token on causal LMs), ``"first"`` (``"cls"`` is
+            its GKD name; refused on causal LMs), ``"last"`` (last real token), ``"mean"`` (mean over
+            non-padding tokens) or ``"mean_with_padding"`` (mean over all positions; GKD
+            ``--universal_kd_avg``). See :mod:`lightning_kd.core.pooling`.
         prediction: the soft/hard prediction loss (seed: soft KL at ``T = 1`` weighted 0.5, no hard
             term); ``None`` for the intermediate term alone.
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`. The seed
@@ -65,7 +71,7 @@ class UniversalKD(DistillationModule):
         gamma: float = 0.5,
         projection_size: int = 0,
         layers: Layers = "intermediate",
-        pooling: Pooling = "cls",
+        pooling: Pooling = "auto",
         prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.5, hard_weight=0.0, temperature=1.0),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
@@ -76,9 +82,8 @@ class UniversalKD(DistillationModule):
             raise ValueError(f"projection_size must be >= 0 (0 = the student's hidden size), got {projection_size}.")
         if layers not in ("intermediate", "final"):
             raise ValueError(f"layers must be 'intermediate' or 'final', got {layers!r}.")
-        if pooling not in ("cls", "mean", "mean_with_padding"):
-            raise ValueError(f"pooling must be 'cls', 'mean' or 'mean_with_padding', got {pooling!r}.")
         self.gamma, self.layers, self.pooling = gamma, layers, pooling
+        check_pooling(_shared_name(pooling), self.student, self.teachers)
 
         student_config = self.student.config
         size = projection_size or student_config.hidden_size
@@ -110,28 +115,20 @@ class UniversalKD(DistillationModule):
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         return FeatureRequest(hidden_states=True)
 
-    def pool(self, state: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """``(B, N, D)`` → ``(B, D)`` according to ``pooling``."""
-        if self.pooling == "cls":
-            return state[:, 0]
-        if self.pooling == "mean_with_padding" or attention_mask is None:
-            return state.mean(dim=1)
-        weights = attention_mask.to(state.dtype)[:, :, None]
-        return (state * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-
     def intermediate_kl(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> Tensor:
         """Unweighted intermediate KL with one teacher (scalar, or ``(B,)`` with ``per_sample``)."""
         mask = batch.get("attention_mask")
+        s_mode, t_mode = resolve_pair(_shared_name(self.pooling), self.student, self.teachers[teacher_index], teacher_index)
         u = torch.stack(
-            [proj(self.pool(student.hidden_states[i], mask)) for proj, i in zip(self.student_projections, self.student_indices)],
+            [proj(pool(student.hidden_states[i], mask, s_mode)) for proj, i in zip(self.student_projections, self.student_indices)],
             dim=1,
         )
         projections = self.teacher_projections[teacher_index]
         v = torch.stack(
             [
-                proj(self.pool(teacher.hidden_states[j], mask))
+                proj(pool(teacher.hidden_states[j], mask, t_mode))
                 for proj, j in zip(projections, self.teacher_indices[teacher_index])
             ],
             dim=1,
@@ -144,3 +141,8 @@ class UniversalKD(DistillationModule):
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
         terms["intermediate"] = self.gamma * self.intermediate_kl(batch, student, teacher, teacher_index)
         return terms
+
+
+def _shared_name(pooling: str) -> str:
+    """GKD's ``cls`` is the shared ``first``; unknown names are left for :func:`resolve_pooling` to refuse."""
+    return "first" if pooling == "cls" else pooling
