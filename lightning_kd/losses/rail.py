@@ -1,9 +1,9 @@
 """RAIL-KD's loss — Haidar et al. (2022), "RAIL-KD: RAndom Intermediate Layer Mapping for Knowledge
-Distillation" (Findings of NAACL): distances between L2-normalised projections of mean-pooled
-layer states.
+Distillation" (Findings of NAACL): distances between L2-normalised projections of pooled layer
+states (pooling: :mod:`lightning_kd.core.pooling`).
 
-Shapes: hidden states ``(B, N, D)``; pooled vectors ``(B, D)``; projected vectors ``(B, u)`` in the
-concatenated variant or ``(B, m, u)`` (one row per paired layer) in the layer-wise variant.
+Shapes: projected vectors ``(B, u)`` in the concatenated variant or ``(B, m, u)`` (one row per
+paired layer) in the layer-wise variant.
 """
 
 from __future__ import annotations
@@ -14,14 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BatchReduction = Literal["sum", "mean"]
-
-
-def mean_pool(states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """``(B, N, D)`` → ``(B, D)``: the mean over real tokens, or over every position when ``attention_mask`` is ``None``."""
-    if attention_mask is None:
-        return states.float().mean(dim=1)
-    weights = attention_mask.float()[:, :, None]
-    return (states.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def rail_distance(

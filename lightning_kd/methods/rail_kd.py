@@ -20,7 +20,8 @@ the layer-wise variant), plus the prediction loss. Teachers of another width, an
 Where we differ from the GKD reference, and why:
 
 * Pooling averages over real tokens (library policy: padding never dilutes a loss);
-  ``pooling="mean_with_padding"`` reproduces the reference's plain mean over all positions.
+  ``pooling="mean_with_padding"`` reproduces the reference's plain mean over all positions. Other
+  modes of :mod:`lightning_kd.core.pooling` (``auto``, ``first``, ``last``) pool one token per model.
 * ``layer_weights`` (GKD ``--rail_kd_layer_wise_alpha``, which the reference never reads) is applied
   in the layer-wise variant; with the default 1 this is the reference. In the concatenated variant
   per-layer weights have no meaning and any value other than 1 is refused.
@@ -45,13 +46,15 @@ from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.layer_map import uniform_boundaries
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.pooling import PoolingMode, check_pooling, pool, resolve_pair
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.losses.rail import BatchReduction, mean_pool, rail_distance
+from lightning_kd.losses.rail import BatchReduction, rail_distance
 
 LayerKind = Literal["embedding", "intermediate", "final"]
 Variant = Literal["concatenated", "layer_wise"]
 LayerSelection = Literal["random", "uniform"]
-Pooling = Literal["mean", "mean_with_padding"]
+#: The shared pooling modes plus GKD's ``mean_with_padding``.
+Pooling = Literal["mean", "mean_with_padding", "auto", "first", "last"]
 
 
 class RAILKD(DistillationModule):
@@ -72,7 +75,10 @@ class RAILKD(DistillationModule):
             segment ends; GKD ``--rail_kd_no_random``).
         layer_weights: per-pair weights ``α_j`` in the layer-wise variant: one number for every pair or
             one per pair, in the order embedding, intermediate, final (GKD ``--rail_kd_layer_wise_alpha``).
-        pooling: ``"mean"`` over real tokens or ``"mean_with_padding"`` over all positions (GKD).
+        pooling: how a layer's sequence becomes one vector, per model: ``"mean"`` over real tokens (the
+            paper), ``"mean_with_padding"`` over all positions (GKD), or one token: ``"auto"`` (the
+            first on encoders, the last real one on causal LMs), ``"first"`` or ``"last"``. See
+            :mod:`lightning_kd.core.pooling`.
         batch_reduction: ``"sum"`` the per-example distances over the batch (GKD) or take their ``"mean"``.
         prediction: the soft/hard prediction loss (seed: ⅓ soft at ``T = 10``, ⅓ hard); ``None`` for
             the RAIL loss alone.
@@ -107,13 +113,12 @@ class RAILKD(DistillationModule):
             )
         if layer_selection not in ("random", "uniform"):
             raise ValueError(f"layer_selection must be 'random' or 'uniform', got {layer_selection!r}.")
-        if pooling not in ("mean", "mean_with_padding"):
-            raise ValueError(f"pooling must be 'mean' or 'mean_with_padding', got {pooling!r}.")
         if batch_reduction not in ("sum", "mean"):
             raise ValueError(f"batch_reduction must be 'sum' or 'mean', got {batch_reduction!r}.")
         self.inter_weight, self.variant, self.layer_selection = inter_weight, variant, layer_selection
         self.pooling, self.batch_reduction = pooling, batch_reduction
         self.include_embedding, self.include_final = "embedding" in layers, "final" in layers
+        check_pooling(pooling, self.student, self.teachers)
 
         depth = self.student.config.num_hidden_layers
         if depth < 2:
@@ -190,9 +195,10 @@ class RAILKD(DistillationModule):
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         return FeatureRequest(hidden_states=True)
 
-    def project(self, states: list[Tensor], projection: nn.Linear, mask: Tensor | None) -> Tensor:
-        """Pool each ``(B, N, D)`` state and project: ``(B, u)`` concatenated or ``(B, m, u)`` layer-wise."""
-        pooled = torch.stack([mean_pool(h, mask) for h in states], dim=1)  # (B, m, D)
+    def project(self, states: list[Tensor], projection: nn.Linear, mask: Tensor | None, mode: PoolingMode) -> Tensor:
+        """Pool each ``(B, N, D)`` state (``mode``, resolved for the model; in float32) and project:
+        ``(B, u)`` concatenated or ``(B, m, u)`` layer-wise."""
+        pooled = torch.stack([pool(h.float(), mask, mode) for h in states], dim=1)  # (B, m, D)
         if self.variant == "concatenated":
             return projection(pooled.flatten(1))
         return projection(pooled)
@@ -201,10 +207,14 @@ class RAILKD(DistillationModule):
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> Tensor:
         """Unweighted RAIL distance with one teacher (scalar, or ``(B,)`` with ``per_sample``)."""
-        mask = batch.get("attention_mask") if self.pooling == "mean" else None
-        z_s = self.project([student.hidden_states[i] for i in self.student_indices], self.student_projection, mask)
+        mask = batch.get("attention_mask")
+        s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
+        z_s = self.project([student.hidden_states[i] for i in self.student_indices], self.student_projection, mask, s_mode)
         z_t = self.project(
-            [teacher.hidden_states[j] for j in self.teacher_indices(teacher_index)], self.teacher_projections[teacher_index], mask
+            [teacher.hidden_states[j] for j in self.teacher_indices(teacher_index)],
+            self.teacher_projections[teacher_index],
+            mask,
+            t_mode,
         )
         weights = self.layer_weights if self.variant == "layer_wise" else None
         return rail_distance(z_s, z_t, weights, self.batch_reduction, per_sample=per_sample)
