@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_kd.core.pooling import pool
 from lightning_kd.losses.relation import float_gram
 from lightning_kd.losses.window_angle import inverse_difference_lengths
 
@@ -165,12 +166,6 @@ def token_structure_loss(
     return pair, anchor_angle_loss(student, teacher, mask, anchor_index, neighbour_index)
 
 
-def _masked_pool(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of the real tokens of each row, ``(B, N, D)`` → ``(B, D)`` (0 for an all-padding row)."""
-    weights = mask.float()
-    return (x.float() * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-
-
 def sample_angles(pooled: Tensor, heads: int) -> Tensor:
     """``Ψ[r, i, j, k] = ⟨n(p_j − p_i), n(p_k − p_i)⟩`` per head: ``(B, D)`` → ``(R, B, B, B)``."""
     split = _heads(pooled, heads)  # (B, R, d)
@@ -179,11 +174,8 @@ def sample_angles(pooled: Tensor, heads: int) -> Tensor:
 
 
 def sample_structure_loss(student: Tensor, teacher: Tensor, mask: Tensor, heads: int) -> Tensor:
-    """MGSKD's sample-level loss: smooth-L1 between the per-head angles of every triplet of pooled sequences.
-
-    Sequences are mean-pooled over their real tokens. Triplets involving an all-padding row are
-    left out; otherwise this is the mean over all ``R·B³`` entries, as in the reference (entries
-    with ``j = i`` or ``k = i`` are 0 and counted). A batch of one gives 0.
+    """MGSKD's sample-level loss on sequences mean-pooled over their real tokens (the paper's pooling);
+    see :func:`pooled_sample_structure_loss`.
 
     Args:
         student: ``(B, N, D_s)`` student hidden states.
@@ -192,8 +184,24 @@ def sample_structure_loss(student: Tensor, teacher: Tensor, mask: Tensor, heads:
         heads: relation heads ``R``.
     """
     rows = mask.bool().any(dim=1)
-    psi_s = sample_angles(_masked_pool(student, mask), heads)
-    psi_t = sample_angles(_masked_pool(teacher, mask), heads)
+    return pooled_sample_structure_loss(pool(student.float(), mask, "mean"), pool(teacher.float(), mask, "mean"), rows, heads)
+
+
+def pooled_sample_structure_loss(student: Tensor, teacher: Tensor, rows: Tensor, heads: int) -> Tensor:
+    """MGSKD's sample-level loss: smooth-L1 between the per-head angles of every triplet of pooled sequences.
+
+    Triplets involving a row without real tokens are left out; otherwise this is the mean over all
+    ``R·B³`` entries, as in the reference (entries with ``j = i`` or ``k = i`` are 0 and counted). A
+    batch of one gives 0.
+
+    Args:
+        student: ``(B, D_s)`` pooled student vectors (see :mod:`lightning_kd.core.pooling`).
+        teacher: ``(B, D_t)`` pooled teacher vectors.
+        rows: ``(B,)`` true for rows holding at least one real token.
+        heads: relation heads ``R``.
+    """
+    psi_s = sample_angles(student, heads)
+    psi_t = sample_angles(teacher, heads)
     keep = rows[:, None, None] & rows[None, :, None] & rows[None, None, :]
     loss = F.smooth_l1_loss(psi_s, psi_t, reduction="none", beta=1.0)
     count = heads * rows.sum().float() ** 3

@@ -9,7 +9,8 @@ model (so widths may differ; each must be divisible by ``relation_heads``):
   (smooth-L1);
 * ``span``: the same loss on span vectors — the sequence is cut into random consecutive spans
   (the reference's stand-in for phrases) and each span is mean-pooled;
-* ``sample``: per-head angles between every triplet of mean-pooled sequences of the batch.
+* ``sample``: per-head angles between every triplet of pooled sequences of the batch (mean over
+  real tokens by default, as in the paper; ``sample_pooling``, :mod:`lightning_kd.core.pooling`).
 
 Student hidden state ``i = 0…L_S`` (0 = embeddings) is paired with teacher hidden state ``g(i)``
 (uniform map; ``g(i) = i·L_T/L_S`` when divisible). Pairs with ``i < sample_level_from`` get the
@@ -49,9 +50,10 @@ from torch import Tensor
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.layer_map import LayerMap, resolve_layer_map
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.pooling import Pooling, check_pooling, pool, resolve_pair
 from lightning_kd.losses.masking import zero_like_loss
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.losses.structure import random_span_lengths, sample_structure_loss, span_pool, token_structure_loss
+from lightning_kd.losses.structure import pooled_sample_structure_loss, random_span_lengths, span_pool, token_structure_loss
 
 Term = Literal["sample", "token", "span", "prediction"]
 SpanPooling = Literal["valid_tokens", "all_tokens"]
@@ -68,6 +70,7 @@ DEFAULTS = {
     "relation_heads": 64,
     "span_rate": 0.4,
     "span_pooling": "valid_tokens",
+    "sample_pooling": "mean",
     "layer_map": "uniform",
 }
 
@@ -91,6 +94,10 @@ class MGSKD(DistillationModule):
         span_rate: number of random spans per position, in ``(0, 1]`` (``--mgskd_span_max_rate``).
         span_pooling: ``"valid_tokens"`` (a span averages its real tokens) or ``"all_tokens"``
             (padding included, as the reference).
+        sample_pooling: how the sample level reduces each sequence to one vector, per model:
+            ``"mean"`` over real tokens (the paper and the reference), or one token: ``"auto"`` (the
+            first on encoders, the last real one on causal LMs), ``"first"`` or ``"last"``. See
+            :mod:`lightning_kd.core.pooling`.
         layer_map: teacher hidden states paired with student layers ``1…L_S`` (embeddings are
             always paired): ``"uniform"``, ``"first"``, ``"last"`` or a list of 1-based teacher indices.
         prediction: settings of the ``"prediction"`` term; default when ``"prediction"`` is in
@@ -111,6 +118,7 @@ class MGSKD(DistillationModule):
         relation_heads: int = DEFAULTS["relation_heads"],
         span_rate: float = DEFAULTS["span_rate"],
         span_pooling: SpanPooling = DEFAULTS["span_pooling"],
+        sample_pooling: Pooling = DEFAULTS["sample_pooling"],
         layer_map: LayerMap = DEFAULTS["layer_map"],
         prediction: PredictionLoss | None = None,
         **kwargs,
@@ -131,6 +139,7 @@ class MGSKD(DistillationModule):
         self.sample_level_from = sample_level_from
         self.triplet_anchors, self.triplet_neighbours = triplet_anchors, triplet_neighbours
         self.relation_heads, self.span_rate, self.span_pooling = relation_heads, span_rate, span_pooling
+        self.sample_pooling = sample_pooling
         self._check_unused(locals())
         self._validate()
         depth = self.student.config.num_hidden_layers
@@ -155,6 +164,7 @@ class MGSKD(DistillationModule):
             "relation_heads": bool(levels),
             "span_rate": "span" in levels,
             "span_pooling": "span" in levels,
+            "sample_pooling": "sample" in levels,
             "layer_map": bool(levels),
         }
         unused = [name for name, used in applies.items() if not used and given[name] != DEFAULTS[name]]
@@ -187,6 +197,8 @@ class MGSKD(DistillationModule):
             raise ValueError(
                 "sample_level_from=0 leaves no layer pair for the token/span losses; raise it or remove them from terms."
             )
+        if "sample" in self.levels:
+            check_pooling(self.sample_pooling, self.student, self.teachers)
         if self.levels:
             if self.relation_heads < 1:
                 raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}.")
@@ -218,11 +230,15 @@ class MGSKD(DistillationModule):
         mask = torch.ones(batch_size, length, dtype=torch.bool, device=hs[0].device) if mask is None else mask.bool()
         spans = random_span_lengths(length, self.span_rate) if "span" in self.levels else []
         sums = {name: zero_like_loss(hs[0]) for name in self.levels}
+        if "sample" in sums:
+            s_mode, t_mode = resolve_pair(self.sample_pooling, self.student, self.teachers[teacher_index], teacher_index)
+            rows = mask.any(dim=1)
         for i, t_index in enumerate(self.teacher_layers[teacher_index]):
             s_x, t_x = hs[i], ht[t_index]
             if i >= self.sample_level_from:
                 if "sample" in sums:
-                    sums["sample"] = sums["sample"] + sample_structure_loss(s_x, t_x, mask, self.relation_heads)
+                    s_vec, t_vec = pool(s_x.float(), mask, s_mode), pool(t_x.float(), mask, t_mode)
+                    sums["sample"] = sums["sample"] + pooled_sample_structure_loss(s_vec, t_vec, rows, self.relation_heads)
                 continue
             if "token" in sums:
                 sums["token"] = sums["token"] + sum(self._token_level(s_x, t_x, mask))
