@@ -39,6 +39,9 @@ Where we differ from the GKD reference (``--multi_teacher_model=rl_kd``), and wh
   ``agent_weight = alpha``. ``--rl_kd_wo_hard`` is ``hard_weight: 0``.
 * Multiple-choice inputs ``(B, K, N)`` concatenate the ``K`` [CLS] vectors; ``semantic_dim`` pads or
   truncates to a fixed width as the reference does (``--rl_kd_semantic_model_dim``).
+* The "[CLS] vector" is chosen by ``semantic_pooling`` (:mod:`lightning_kd.core.pooling`): ``auto`` is
+  the first token of an encoder (the reference) and the last real token of a decoder LM, whose first
+  position sees only itself.
 * The stored state is not checkpointed: after a resume the first step trains no agent (as in the
   reference). The agent gets a zero-valued term on such steps so DDP still sees its parameters used.
 """
@@ -52,6 +55,7 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import model_inputs
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
+from lightning_kd.core.pooling import Pooling, pool, resolve_pooling
 from lightning_kd.core.teachers import freeze
 from lightning_kd.methods.multi_teacher.mt_bert import teacher_gold_loss
 from lightning_kd.methods.multi_teacher.uncertainty import Positions, position_mask
@@ -89,12 +93,17 @@ class RLKD(MultiTeacherStrategy):
         num_teachers: number of teachers (``rl`` stage; sizes the agent).
         num_classes: width of the teachers' logits: the task's label count (vocabulary size for MLM
             logits); ``rl`` stage.
-        semantic_model: frozen encoder whose final [CLS] vector is the agent's semantic state (GKD
-            ``--rl_kd_semantic_model``: the teachers' pre-trained, not fine-tuned, base). It reads
-            the same token ids, so it must share the student's tokenizer. ``None``: no semantic state.
+        semantic_model: frozen encoder whose final pooled vector (``semantic_pooling``: [CLS] on
+            encoders) is the agent's semantic state (GKD ``--rl_kd_semantic_model``: the teachers'
+            pre-trained, not fine-tuned, base). It reads the same token ids, so it must share the
+            student's tokenizer. ``None``: no semantic state.
         semantic_dim: pad/truncate the semantic state to this width (GKD ``--rl_kd_semantic_model_dim``);
             default: the encoder's width (for multiple-choice inputs give width × choices, else the
             concatenated vectors are truncated to one width).
+        semantic_pooling: which vector of the semantic encoder's last layer is the state: ``"auto"``
+            (the first token — [CLS] — of an encoder, the last real token of a causal LM), ``"first"``,
+            ``"last"`` or ``"mean"`` (over real tokens); see :mod:`lightning_kd.core.pooling`. Needs
+            ``semantic_model``.
         objective: agent objective: ``"reference_prob"`` (GKD) or ``"reinforce_logprob"`` (paper).
         reward: ``"student"`` (``R = −L_hard``, GKD ``--rl_kd_reward=1``), ``"student_and_teachers"``
             (also minus the mean gold loss of the selected teachers) or ``"student_and_last_teacher"``
@@ -117,6 +126,7 @@ class RLKD(MultiTeacherStrategy):
         num_classes: int | None = None,
         semantic_model: ModelSource | None = None,
         semantic_dim: int | None = None,
+        semantic_pooling: Pooling = "auto",
         objective: Objective = "reference_prob",
         reward: Reward = "student",
         baseline_momentum: float | None = None,
@@ -135,7 +145,7 @@ class RLKD(MultiTeacherStrategy):
             unset = {"num_teachers": num_teachers, "num_classes": num_classes, "semantic_model": semantic_model,
                      "semantic_dim": semantic_dim, "baseline_momentum": baseline_momentum}
             defaults = {"objective": (objective, "reference_prob"), "reward": (reward, "student"), "agent_weight": (agent_weight, 1.0),
-                        "positions": (positions, "masked_tokens")}
+                        "positions": (positions, "masked_tokens"), "semantic_pooling": (semantic_pooling, "auto")}
             unused = [name for name, value in unset.items() if value is not None]
             unused += [name for name, (value, default) in defaults.items() if value != default]
             if unused:
@@ -159,13 +169,19 @@ class RLKD(MultiTeacherStrategy):
             raise ValueError(f"positions must be 'masked_tokens', 'all_tokens' or 'all_positions', got {positions!r}.")
         if semantic_model is None and semantic_dim is not None:
             raise ValueError("semantic_dim sizes the semantic state, which needs semantic_model; set it or remove semantic_dim.")
+        if semantic_model is None and semantic_pooling != "auto":
+            raise ValueError(
+                "semantic_pooling pools the semantic encoder, which needs semantic_model; set it or remove semantic_pooling."
+            )
         if semantic_dim is not None and semantic_dim < 1:
             raise ValueError(f"semantic_dim must be >= 1, got {semantic_dim}.")
         self.num_teachers, self.num_classes = num_teachers, num_classes
         self.objective, self.reward, self.agent_weight = objective, reward, agent_weight
         self.baseline_momentum, self.positions = baseline_momentum, positions
+        self.semantic_pooling = semantic_pooling
         if semantic_model is not None:
             encoder = _load_encoder(semantic_model)
+            resolve_pooling(semantic_pooling, encoder, "the semantic encoder")  # a refused mode fails now
             self._semantic.append(encoder)
             semantic_dim = semantic_dim or encoder.config.hidden_size
         self.semantic_dim = semantic_dim or 0
@@ -193,7 +209,8 @@ class RLKD(MultiTeacherStrategy):
         return semantic, losses, torch.cat(logits, dim=1)
 
     def semantic_state(self, batch: dict[str, Tensor]) -> Tensor:
-        """The semantic encoder's final [CLS] vector per example, padded/truncated to ``semantic_dim``."""
+        """The semantic encoder's final pooled (``semantic_pooling``) vector per example, padded/truncated
+        to ``semantic_dim``."""
         encoder = self._semantic[0]
         inputs = model_inputs(batch)
         ids = inputs["input_ids"]
@@ -207,7 +224,9 @@ class RLKD(MultiTeacherStrategy):
         batch_size = ids.shape[0]
         if ids.dim() == 3:  # multiple choice: (B, K, N) → (B·K, N), then the K vectors side by side
             inputs = {k: v.flatten(0, 1) for k, v in inputs.items()}
-        cls = encoder(**inputs, output_hidden_states=True, return_dict=True).hidden_states[-1][:, 0].float()
+        last = encoder(**inputs, output_hidden_states=True, return_dict=True).hidden_states[-1]
+        mode = resolve_pooling(self.semantic_pooling, encoder, "the semantic encoder")
+        cls = pool(last, inputs.get("attention_mask"), mode).float()
         cls = cls.reshape(batch_size, -1)
         if cls.shape[1] >= self.semantic_dim:
             return cls[:, : self.semantic_dim]
