@@ -44,8 +44,8 @@ def attended_mse(student: Tensor, teacher: Tensor, scale: float = 1.0, per_sampl
     """ALP-KD's loss: ``Σ_i mean_{b,d} (s_i − t̂_i)²`` with ``t̂_i`` from :func:`layer_attention`.
 
     Args:
-        student: ``(B, I, d)`` student [CLS] vectors, one per student layer.
-        teacher: ``(B, J, d)`` teacher [CLS] vectors, one per teacher layer.
+        student: ``(B, I, d)`` pooled student vectors ([CLS] on encoders), one per student layer.
+        teacher: ``(B, J, d)`` pooled teacher vectors, one per teacher layer.
         scale: dot-product multiplier inside the attention softmax.
         per_sample: return ``(B,)`` per-example values (``Σ_i mean_d``) instead of a scalar.
     """

@@ -1,7 +1,7 @@
 """PKD's patience distance between one student and one teacher hidden state (Sun et al. 2019).
 
-Inputs are ``(B, d)`` pooled vectors (the [CLS] token) or ``(B, N, d)`` token states with an optional
-``(B, N)`` mask. The distance is the squared Euclidean distance between (optionally L2-normalised)
+Inputs are ``(B, d)`` pooled vectors (:mod:`lightning_kd.core.pooling`) or ``(B, N, d)`` token states
+with an optional ``(B, N)`` mask. The distance is the squared Euclidean distance between (optionally L2-normalised)
 vectors, summed over the features (the paper's ``‖s/‖s‖ − t/‖t‖‖²``) or averaged over them (the GKD
 reference's element-wise MSE, which is the sum divided by ``d``). Rows are then reduced with
 :mod:`lightning_kd.losses.masking`.
