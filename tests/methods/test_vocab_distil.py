@@ -224,3 +224,35 @@ def test_bad_inputs_fail_fast(tiny_tokenizer_dir, counts_file, tmp_path):
     with pytest.raises(ValueError, match="tokenizer"):
         VocabDistil(teacher=teacher, student=student, size_multiple=16, token_counts=counts_file)
     assert math.isfinite(VocabDistil(vocab_map=str(map_path), size_multiple=16, **common).compute_losses(make_batch("mlm"))["loss"].item())
+
+
+def test_the_token_position_ids_count_from_keeps_its_row_or_the_student_is_refused(tiny_tokenizer_dir, counts_file, tmp_path):
+    """RoBERTa counts positions from its pad id: the map keeps that token at its own row; a map that moves
+    it, or a vocabulary too small to hold it there, is refused at construction."""
+    from transformers import AutoModelForMaskedLM
+
+    from lightning_kd.models.vocab_map import VocabularyMap
+    from tests.families import family_config
+
+    def roberta(layers, seed, **changes):
+        config = family_config("roberta", layers)
+        for name, value in changes.items():
+            setattr(config, name, value)
+        torch.manual_seed(seed)
+        return AutoModelForMaskedLM.from_config(config)
+
+    common = {"export_tokenizer": str(tiny_tokenizer_dir), "size_multiple": 16}
+    method = VocabDistil(teacher=roberta(4, 1), student=roberta(2, 2), token_counts=counts_file, **common)
+    assert method.pinned_ids == [0] and method.vocab_map.student_row[0] == 0
+    counts = torch.arange(220, 0, -1)
+    counts[0] = 0  # [PAD] ranks last among the special tokens: row 4 when nothing pins it
+    moved = VocabularyMap(220, ROWS).build(counts, [0, 1, 2, 3, 4], tokenizer_size=172, unk_id=1)
+    assert moved.student_row[0] == 4
+    moved.save(tmp_path / MAP_FILE)
+    with pytest.raises(ValueError, match=r"moves token 0 to row 4, but RobertaForMaskedLM \(roberta\) derives position ids"):
+        VocabDistil(teacher=roberta(4, 1), student=roberta(2, 2), vocab_map=str(tmp_path / MAP_FILE), **common)
+    with pytest.raises(ValueError, match=r"\(roberta\) derives position ids from token id \[150\].*larger compressed_size"):
+        VocabDistil(teacher=roberta(4, 1), student=roberta(2, 2, pad_token_id=150, max_position_embeddings=216), token_counts=counts_file, **common)
+    assert VocabDistil(
+        teacher=make_tiny_bert("mlm", seed=1), student=make_tiny_bert("mlm", seed=2, layers=2), token_counts=counts_file, **common
+    ).pinned_ids == []
