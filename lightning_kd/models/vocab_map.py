@@ -11,7 +11,9 @@ which row every other token reads, is a :class:`VocabularyMap`:
 * **replacement** ``rep(v)`` — ``v`` itself when kept, otherwise the kept token most similar to ``v``
   under a teacher's input embeddings (``decoder``: dot product, ``cosine``, ``euclidean``: minus the
   squared distance), or ``[UNK]`` when no teacher is used;
-* **student row** ``student_row[v] = rank(rep(v))`` — the row token ``v`` reads (the reference's π).
+* **student row** ``student_row[v] = rank(rep(v))`` — the row token ``v`` reads (the reference's π);
+  a *pinned* id (the token RoBERTa, XLM-R and MPNet count position ids from, :func:`pinned_token_ids`)
+  is kept and swapped into its own row.
 
 The student itself stays a plain HF model whose vocabulary *is* the ``M`` rows
 (:func:`compress_model_vocabulary`); its tokenizer is the teacher's with every id sent through
