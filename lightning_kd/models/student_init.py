@@ -61,7 +61,7 @@ def _stack(model: nn.Module) -> LayerStack:
         raise LayerStackNotFound(f"{error} Layers cannot be copied from or into it; {_NO_COPY_FIX}.") from None
 
 
-def _head_free(model: PreTrainedModel) -> str:
+def _base_prefix(model: PreTrainedModel) -> str:
     """State-dict prefix of the base model (``"bert."``); names outside it are the task head."""
     prefix = getattr(model, "base_model_prefix", "")
     return f"{prefix}." if prefix and getattr(model, "base_model", model) is not model else ""
@@ -76,7 +76,7 @@ def _check_layer_fields(teacher: PreTrainedModel, student: PreTrainedModel, laye
                 wanted = [per_layer_fields(teacher.config)[name][i] for i in layers]
                 raise ValueError(
                     f"{family_of(student)}: student layer {position} has {name} {mine[name]!r} but the teacher layer it "
-                    f"copies ({layer}) has {theirs[name]!r}, so the copy would run with the wrong attention. Omit "
+                    f"copies ({layer}) has {theirs[name]!r}, so the copied weights would run as another kind of layer. Omit "
                     f"`student` to build the student from the teacher (it keeps each layer's type), or give the student "
                     f"{name}={wanted}."
                 )
@@ -135,7 +135,7 @@ def copy_teacher_weights(
     slot_source = _slot_sources(t_stack, s_stack, layers, who)
     pattern = re.compile(rf"^{re.escape(s_stack.prefix)}\.(\d+)\.(.*)$")
     teacher_state = teacher.state_dict()
-    base = _head_free(student)
+    base = _base_prefix(student)
 
     plan: list[tuple[str, str]] = []  # (student name, teacher name)
     counted = matched = layer_count = layer_matched = 0
