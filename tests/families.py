@@ -27,63 +27,63 @@ PAD = 0
 def _bert(layers: int, **kw):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
-                      intermediate_size=2 * WIDTH, max_position_embeddings=64, **kw)
+    return BertConfig(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+                      intermediate_size=2 * WIDTH, max_position_embeddings=64), **kw})
 
 
 def _roberta(layers: int, **kw):
     from transformers import RobertaConfig
 
     # RoBERTa positions start after the padding index: 64 usable positions need 64 + pad + 1.
-    return RobertaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
-                         intermediate_size=2 * WIDTH, max_position_embeddings=66, pad_token_id=PAD, **kw)
+    return RobertaConfig(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+                         intermediate_size=2 * WIDTH, max_position_embeddings=66, pad_token_id=PAD), **kw})
 
 
 def _xlm_roberta(layers: int, **kw):
     from transformers import XLMRobertaConfig
 
-    return XLMRobertaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
-                            intermediate_size=2 * WIDTH, max_position_embeddings=66, pad_token_id=PAD, **kw)
+    return XLMRobertaConfig(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+                            intermediate_size=2 * WIDTH, max_position_embeddings=66, pad_token_id=PAD), **kw})
 
 
 def _distilbert(layers: int, **kw):
     from transformers import DistilBertConfig
 
-    return DistilBertConfig(vocab_size=VOCAB, dim=WIDTH, n_layers=layers, n_heads=HEADS, hidden_dim=2 * WIDTH,
-                            max_position_embeddings=64, pad_token_id=PAD, **kw)
+    return DistilBertConfig(**{**dict(vocab_size=VOCAB, dim=WIDTH, n_layers=layers, n_heads=HEADS, hidden_dim=2 * WIDTH,
+                            max_position_embeddings=64, pad_token_id=PAD), **kw})
 
 
 def _electra(layers: int, **kw):
     from transformers import ElectraConfig
 
     # Factorised embeddings: 16-wide token embeddings projected up to the 32-wide encoder.
-    return ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=WIDTH, num_hidden_layers=layers,
-                         num_attention_heads=HEADS, intermediate_size=2 * WIDTH, max_position_embeddings=64, **kw)
+    return ElectraConfig(**{**dict(vocab_size=VOCAB, embedding_size=16, hidden_size=WIDTH, num_hidden_layers=layers,
+                         num_attention_heads=HEADS, intermediate_size=2 * WIDTH, max_position_embeddings=64), **kw})
 
 
 def _albert(layers: int, **kw):
     from transformers import AlbertConfig
 
     # One shared layer applied `layers` times, on factorised 16-wide embeddings.
-    return AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=WIDTH, num_hidden_layers=layers,
+    return AlbertConfig(**{**dict(vocab_size=VOCAB, embedding_size=16, hidden_size=WIDTH, num_hidden_layers=layers,
                         num_attention_heads=HEADS, intermediate_size=2 * WIDTH, max_position_embeddings=64,
-                        num_hidden_groups=1, inner_group_num=1, pad_token_id=PAD, **kw)
+                        num_hidden_groups=1, inner_group_num=1, pad_token_id=PAD), **kw})
 
 
 def _deberta_v2(layers: int, **kw):
     from transformers import DebertaV2Config
 
-    return DebertaV2Config(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+    return DebertaV2Config(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
                            intermediate_size=2 * WIDTH, max_position_embeddings=64, relative_attention=True,
                            position_buckets=16, max_relative_positions=64, pos_att_type=["p2c", "c2p"],
-                           pad_token_id=PAD, **kw)
+                           pad_token_id=PAD), **kw})
 
 
 def _mpnet(layers: int, **kw):
     from transformers import MPNetConfig
 
-    return MPNetConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
-                       intermediate_size=2 * WIDTH, max_position_embeddings=66, pad_token_id=PAD, **kw)
+    return MPNetConfig(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+                       intermediate_size=2 * WIDTH, max_position_embeddings=66, pad_token_id=PAD), **kw})
 
 
 def _modernbert(layers: int, **kw):
@@ -91,34 +91,34 @@ def _modernbert(layers: int, **kw):
 
     # Every second layer is global; the others see a window of 8 tokens, so a 12-token batch
     # exercises the sliding-window mask.
-    return ModernBertConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+    return ModernBertConfig(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
                             intermediate_size=2 * WIDTH, max_position_embeddings=64, global_attn_every_n_layers=2,
                             local_attention=8, pad_token_id=PAD, bos_token_id=2, eos_token_id=3, cls_token_id=2,
-                            sep_token_id=3, **kw)
+                            sep_token_id=3), **kw})
 
 
 def _gpt2(layers: int, **kw):
     from transformers import GPT2Config
 
-    return GPT2Config(vocab_size=VOCAB, n_embd=WIDTH, n_layer=layers, n_head=HEADS, n_inner=2 * WIDTH, n_positions=64,
-                      pad_token_id=PAD, bos_token_id=2, eos_token_id=3, **kw)
+    return GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=WIDTH, n_layer=layers, n_head=HEADS, n_inner=2 * WIDTH, n_positions=64,
+                      pad_token_id=PAD, bos_token_id=2, eos_token_id=3), **kw})
 
 
 def _llama(layers: int, **kw):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+    return LlamaConfig(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
                        num_key_value_heads=HEADS, intermediate_size=2 * WIDTH, max_position_embeddings=64,
-                       pad_token_id=PAD, bos_token_id=2, eos_token_id=3, **kw)
+                       pad_token_id=PAD, bos_token_id=2, eos_token_id=3), **kw})
 
 
 def _qwen2(layers: int, **kw):
     from transformers import Qwen2Config
 
     # Grouped-query attention: 4 query heads share 2 key/value heads.
-    return Qwen2Config(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
+    return Qwen2Config(**{**dict(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=layers, num_attention_heads=HEADS,
                        num_key_value_heads=2, intermediate_size=2 * WIDTH, max_position_embeddings=64,
-                       pad_token_id=PAD, bos_token_id=2, eos_token_id=3, **kw)
+                       pad_token_id=PAD, bos_token_id=2, eos_token_id=3), **kw})
 
 
 #: family name → config builder ``(layers, **overrides) -> PretrainedConfig``.
