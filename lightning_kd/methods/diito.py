@@ -59,6 +59,7 @@ from lightning_kd.losses.interchange import (
 )
 from lightning_kd.losses.masking import Reduction
 from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.models.layer_stack import find_layer_stack
 from lightning_kd.models.loading import is_activation_checkpointing
 
 Alignment = Literal["full", "middle", "late"]
@@ -148,10 +149,10 @@ class DIITO(DistillationModule):
         self.cosine_weight, self.causal_cosine_weight = cosine_weight, causal_cosine_weight
         self.reduction = reduction
         student_depth, student_width = self.student.config.num_hidden_layers, self.student.config.hidden_size
-        _encoder_layers(self.student)
+        find_layer_stack(self.student)  # a model whose layers cannot be hooked is refused here, not at a step
         for index, teacher in enumerate(self.teachers):
             depth, width = teacher.config.num_hidden_layers, teacher.config.hidden_size
-            _encoder_layers(teacher)
+            find_layer_stack(teacher)
             if alignment == "full" and depth % student_depth:
                 raise ValueError(
                     f"alignment='full' aligns each student layer with a block of L_T/L_S teacher layers, but teacher {index} "
@@ -199,14 +200,22 @@ class DIITO(DistillationModule):
     def intervened(self, model: nn.Module, batch: dict[str, Tensor], sites: list[int], values: dict[int, Tensor],
                    swap: Interchange, request: FeatureRequest, **kwargs) -> Features:
         """``model``'s features when hidden state ``site`` gets ``values[site]`` at the swap's base positions."""
-        layers = _encoder_layers(model)
+        stack = find_layer_stack(model)
         handles = []
         for site in sites:
-            def hook(_module, _inputs, output, site=site):
+            # Hidden state `site` is the output of layer application site − 1. A shared module (ALBERT)
+            # runs several applications, so the hook counts its calls and intervenes at the right one.
+            slot = stack.slots[site - 1]
+            wanted, calls = stack.slots[: site - 1].count(slot), [0]
+
+            def hook(_module, _inputs, output, site=site, wanted=wanted, calls=calls):
+                calls[0] += 1
+                if calls[0] - 1 != wanted:
+                    return None
                 if isinstance(output, tuple):
                     return (apply_interchange(output[0], swap, values[site]), *output[1:])
                 return apply_interchange(output, swap, values[site])
-            handles.append(layers[site - 1].register_forward_hook(hook))
+            handles.append(stack.modules[slot].register_forward_hook(hook))
         try:
             return capture(model, batch, request, **kwargs)
         finally:
@@ -262,16 +271,3 @@ class DIITO(DistillationModule):
                 student1.hidden_states[-1], teacher1.hidden_states[-1], mask, parity
             )
         return terms
-
-
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The encoder's layer stack (``base_model.encoder.layer`` or ``base_model.transformer.layer``)."""
-    base = getattr(model, "base_model", model)
-    for path in ("encoder", "transformer"):
-        layers = getattr(getattr(base, path, None), "layer", None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise ValueError(
-        f"{type(model).__name__} has no encoder.layer / transformer.layer stack, so DIITO cannot hook its layers; "
-        "use a BERT-like encoder."
-    )
