@@ -1,4 +1,7 @@
-"""Writing the student as a plain Hugging Face directory, atomically."""
+"""Writing the student as a plain Hugging Face directory, atomically, replacing nothing but an earlier export.
+
+Which directories an export may replace is decided in :mod:`lightning_kd.core.export_target`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedModel
 
+from lightning_kd.core.export_target import LIBRARY, MARKER, check_export_target, write_file_list
 from lightning_kd.data.sources import resolve_source
 
 
@@ -24,10 +28,14 @@ def load_tokenizer(source: str | None):
 
 
 def atomic_replace_directory(staging: Path, target: Path) -> None:
-    """Move a fully written ``staging`` directory to ``target``, never leaving a half-written target.
+    """Publish a fully written export in ``staging`` as ``target``, never leaving a half-written target.
 
-    An existing ``target`` is moved aside first and deleted only once the new one is in place.
+    ``staging``'s marker gets the list of its files (so a later export recognises it), ``target`` is
+    checked to be new, empty or an earlier export (:func:`check_export_target`), then moved aside; it
+    is deleted only once the new directory is in place.
     """
+    write_file_list(staging)
+    check_export_target(target)  # again, just before replacing: something may have appeared since
     backup = None
     if target.exists():
         backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -46,9 +54,11 @@ def export_model(model: PreTrainedModel, directory: str | os.PathLike, tokenizer
     """Save ``model`` (float32 safetensors) and ``tokenizer`` to ``directory`` atomically.
 
     The result loads with ``AutoModel…from_pretrained(directory)`` and no lightning_kd import.
-    ``metadata`` (how the model was distilled) goes to ``distillation.json`` beside it.
+    ``distillation.json`` beside it records ``metadata`` (how the model was distilled) and the files
+    written. ``directory`` must be new, empty or an earlier export; anything else raises
+    :class:`~lightning_kd.core.export_target.ExportTargetError` before a file is written.
     """
-    target = Path(directory).resolve()
+    target = check_export_target(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -57,8 +67,7 @@ def export_model(model: PreTrainedModel, directory: str | os.PathLike, tokenizer
         model.to(dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if metadata:
-            (staging / "distillation.json").write_text(json.dumps(metadata, indent=2, default=str))
+        (staging / MARKER).write_text(json.dumps({"library": LIBRARY, **(metadata or {})}, indent=2, default=str))
         atomic_replace_directory(staging, target)
     finally:
         if staging.exists():

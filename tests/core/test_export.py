@@ -1,12 +1,16 @@
-"""Student export: plain HF directory, atomic replacement, nothing half-written on failure."""
+"""Student export: plain HF directory, atomic replacement, nothing half-written on failure, and it replaces
+nothing but an earlier export (never a user's files, never the run's own directories)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lightning_kd.core.export import export_model
+from lightning_kd.core.export_target import ExportTargetError, check_export_target, check_writable
 from lightning_kd.methods import KD
 from lightning_kd.models.student_init import copy_teacher_weights, truncated_copy
 from tests.conftest import make_batch, make_tiny_bert
@@ -62,3 +66,83 @@ def test_width_mismatch_needs_explicit_truncation():
         student.bert.encoder.layer[1].attention.self.query.weight, teacher.bert.encoder.layer[1].attention.self.query.weight[:16, :16]
     )
     assert torch.isfinite(student(**{k: v for k, v in make_batch().items() if k != "labels"}).logits).all()
+
+
+# ---------------------------------------------------------------------- what an export may replace
+
+
+def _user_directory(path):
+    """A directory a user filled by hand: a saved model plus their own notes and a folder."""
+    make_tiny_bert(seed=4, layers=2).save_pretrained(path)
+    (path / "NOTES.txt").write_text("my notes")
+    (path / "sub").mkdir()
+    (path / "sub" / "data.csv").write_text("a,b\n")
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
+
+
+def test_export_refuses_a_directory_it_did_not_write_and_deletes_nothing(tmp_path):
+    target = tmp_path / "mine"
+    before = _user_directory(target)
+    with pytest.raises(ExportTargetError, match=r"did not write \(NOTES.txt, config.json, model.safetensors, sub/\).*new or empty"):
+        export_model(make_tiny_bert(seed=1, layers=2), target)
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"], "nothing staged either: the check comes first"
+
+
+def test_an_earlier_export_is_replaced_but_not_once_a_user_added_files(tmp_path):
+    target = tmp_path / "student"
+    export_model(make_tiny_bert(seed=1, layers=2), target, metadata={"method": "KD"})
+    marker = json.loads((target / "distillation.json").read_text())
+    assert marker["library"] == "lightning_kd" and marker["method"] == "KD"
+    assert marker["files"] == sorted(p.name for p in target.iterdir() if p.name != "distillation.json")
+    export_model(make_tiny_bert(seed=2, layers=2), target)  # its own earlier export: replaced
+    (target / "NOTES.txt").write_text("mine")
+    with pytest.raises(ExportTargetError, match=r"\(NOTES.txt\)"):
+        export_model(make_tiny_bert(seed=3, layers=2), target)
+    assert (target / "NOTES.txt").read_text() == "mine"
+
+
+def test_an_empty_directory_and_an_export_from_before_the_file_list_are_replaced(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_model(make_tiny_bert(seed=1, layers=2), empty)
+    legacy = tmp_path / "legacy"
+    make_tiny_bert(seed=1, layers=2).save_pretrained(legacy)
+    (legacy / "distillation.json").write_text(json.dumps({"method": "KD", "library": "lightning_kd"}))
+    export_model(make_tiny_bert(seed=2, layers=2), legacy)
+    assert "files" in json.loads((legacy / "distillation.json").read_text())
+    foreign_marker = tmp_path / "foreign"
+    make_tiny_bert(seed=1, layers=2).save_pretrained(foreign_marker)
+    (foreign_marker / "distillation.json").write_text(json.dumps({"library": "other"}))
+    with pytest.raises(ExportTargetError, match="did not write"):
+        export_model(make_tiny_bert(seed=2, layers=2), foreign_marker)
+
+
+def test_a_run_directory_or_one_above_it_is_refused_one_inside_is_not(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    run = [("checkpoint directory", checkpoints)]
+    with pytest.raises(ExportTargetError, match=r"is this run's checkpoint directory .*e\.g\. .*checkpoints/student"):
+        check_export_target(checkpoints, run)
+    with pytest.raises(ExportTargetError, match=r"run holds this run's checkpoint directory"):
+        check_export_target(tmp_path / "run", run)
+    with pytest.raises(ExportTargetError, match="holds this run's"):
+        check_export_target(tmp_path, run)
+    assert check_export_target(tmp_path / "run" / "student", run) == (tmp_path / "run" / "student").resolve()
+
+
+def test_an_unwritable_place_is_reported_before_anything_is_written(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ExportTargetError, match="is a file, not a directory"):
+        check_writable(blocker / "deeper" / "student")
+    check_writable(tmp_path / "new" / "deeper" / "student")  # missing parents are created at export time
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"], "the probe creates nothing that stays"
+
+    import lightning_kd.core.export_target as export_target
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(export_target.tempfile, "mkstemp", refuse)
+    with pytest.raises(ExportTargetError, match=r"is not writable \(Permission denied\)"):
+        check_writable(tmp_path / "student")
