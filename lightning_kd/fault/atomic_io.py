@@ -31,6 +31,16 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.strategies import DeepSpeedStrategy, Strategy
 
+from lightning_kd.fault.checkpoint_files import intact_checkpoints, readable_archive
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that is truncated or corrupt; the message names the intact ones beside it.
+
+    A ``ValueError`` (a bad input, not a bug), so ``lightning-kd`` reports it in one sentence.
+    """
+
+
 #: Suffix of the temporary files :func:`atomic_write` creates (``.<target name>.<random>.incomplete``).
 TEMPORARY_SUFFIX = ".incomplete"
 
@@ -143,6 +153,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             remove_stale_temporaries(directory)
             self._cleaned.add(directory)
         atomic_write(target, lambda handle: torch.save(checkpoint, handle))
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
+        """``TorchCheckpointIO.load_checkpoint``; a truncated or corrupt local file raises :class:`CorruptCheckpointError`
+        naming the intact checkpoints in the same directory instead of torch's zip-reader error."""
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise
+        except Exception as error:
+            # Only a file that is not a complete archive is called corrupt; other load errors (an
+            # unpickling restriction, a missing class) pass through unchanged.
+            if isinstance(get_filesystem(path), LocalFileSystem) and Path(path).is_file() and not readable_archive(path):
+                raise CorruptCheckpointError(describe_corrupt_checkpoint(path)) from error
+            raise
+
+
+def describe_corrupt_checkpoint(path: str | os.PathLike) -> str:
+    """One or two sentences: ``path`` is unreadable, the intact checkpoints beside it (newest first) and how to resume."""
+    path = Path(path)
+    intact = intact_checkpoints(path.parent, exclude=path)
+    text = f"Checkpoint {path} is truncated or corrupt (not a complete torch.save archive), probably from a write that was cut off."
+    if not intact:
+        return text + f" No intact checkpoint is left in {path.parent}; start the run again without --ckpt_path."
+    shown = ", ".join(p.name for p in intact[:5]) + (f" and {len(intact) - 5} older" if len(intact) > 5 else "")
+    return text + f" Intact checkpoints in {path.parent}, newest first: {shown}; use one instead, e.g. --ckpt_path {intact[0]}"
 
 
 def install_atomic_checkpoint_io(trainer: pl.Trainer) -> bool:

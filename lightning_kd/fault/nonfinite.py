@@ -14,10 +14,13 @@ the loss scaler (Lightning's or DeepSpeed's), which is normal and not an error.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+
+from lightning_kd.fault.periodic_checkpoint import PeriodicCheckpoint
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,8 +60,8 @@ def describe_nonfinite_loss(trainer: pl.Trainer | None, terms: dict[str, Tensor]
         lines.append(f"Loss terms of this step: {values}." + (f" Non-finite: {', '.join(culprits)}." if culprits else ""))
     else:
         lines.append(f"Another rank's loss was non-finite (see its message); this rank's terms: {values}.")
-    lines.append(_checkpoint_hint(trainer))
     lines.append("Likely fixes: " + "; ".join(_fixes(trainer)) + ".")
+    lines.append(_checkpoint_hint(trainer))  # last: it ends with the arguments to resume with
     return "\n".join(lines)
 
 
@@ -88,7 +91,28 @@ def _checkpoint_hint(trainer: pl.Trainer | None) -> str:
     # ModelCheckpoint remembers the step of its latest save in this launch (0 before the first one).
     saved_steps = [getattr(c, "_last_global_step_saved", 0) for c in callbacks]
     step = f" (step {max(saved_steps)})" if max(saved_steps, default=0) > 0 else ""
-    return f"Last good checkpoint: {newest}{step}; after fixing the cause, resume with --ckpt_path {newest}."
+    hint = f"Last good checkpoint: {newest}{step}; after fixing the cause, resume with --ckpt_path {newest}."
+    peak = _peak_learning_rate(trainer)
+    if peak is None:
+        return hint
+    # A plain --ckpt_path restores the optimizer state, and with it the old learning rate: a lower
+    # model.learning_rate on the resumed command needs the optimizer rebuilt (lightning_kd.fault.reset_optimizer).
+    # `last` rather than the file: given a file, LightningCLI 2.6 puts the checkpoint's model arguments
+    # (the old rate) over the command line's (Lightning issue 20801).
+    resume_from = "last" if _is_periodic_last(trainer, newest) else newest
+    return (
+        f"{hint}\nTo resume with a lower learning rate, rerun the same command with these arguments added:\n"
+        f"  --ckpt_path {resume_from} --trainer.callbacks+=lightning_kd.fault.ResetOptimizerOnResume "
+        f"--model.init_args.learning_rate={peak / 4:.3g}"
+    )
+
+
+def _is_periodic_last(trainer: pl.Trainer, path: str) -> bool:
+    """Whether ``--ckpt_path last`` finds ``path``: the ``last.ckpt`` of a PeriodicCheckpoint (a directory kept across launches)."""
+    directory = Path(path).parent.resolve()
+    return Path(path).name == "last.ckpt" and any(
+        isinstance(c, PeriodicCheckpoint) and c.dirpath and Path(c.dirpath).resolve() == directory for c in trainer.checkpoint_callbacks
+    )
 
 
 def _fixes(trainer: pl.Trainer | None) -> list[str]:
@@ -105,6 +129,15 @@ def _fixes(trainer: pl.Trainer | None) -> list[str]:
     fixes.append("clip gradients (trainer.gradient_clip_val=1.0)")
     fixes.append("check this batch's inputs and labels (labels outside [0, num_labels), NaN regression targets, empty rows)")
     return fixes
+
+
+def _peak_learning_rate(trainer: pl.Trainer | None) -> float | None:
+    """The schedule's peak rate (what ``model.learning_rate`` sets), for the suggested lower one."""
+    try:
+        group = trainer.optimizers[0].param_groups[0]
+        return float(group.get("initial_lr", group["lr"]))
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
 
 
 def _learning_rate(trainer: pl.Trainer | None) -> float | None:

@@ -9,6 +9,7 @@ import io
 import os
 import signal
 import sys
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -83,3 +84,68 @@ class PoisonLossAt(pl.Callback):
         if trainer.global_step == self.step and self._hook is None:
             embeddings = pl_module.student.get_input_embeddings()
             self._hook = embeddings.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+
+
+class PauseAfterStep(pl.Callback):
+    """After optimizer step ``step``, write ``marker`` and wait (up to ``timeout`` s) for a signal from outside.
+
+    Lightning's SIGTERM handler only sets a flag, so the wait ends when it is set; SIGINT raises
+    KeyboardInterrupt inside the wait. Either way the signal arrives mid-training, at a known step.
+
+    Args:
+        step: the ``trainer.global_step`` after which to pause.
+        marker: a file created when the pause starts (the test sends its signal then).
+        timeout: seconds to wait before carrying on unsignalled.
+    """
+
+    def __init__(self, step: int, marker: str, timeout: float = 60.0) -> None:
+        self.step, self.marker, self.timeout = step, marker, timeout
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        with open(self.marker, "w") as handle:
+            handle.write(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class SignalAfterStep(pl.Callback):
+    """Send this process SIGTERM after optimizer step ``step``, as a cluster pre-empting the job would.
+
+    Args:
+        step: the ``trainer.global_step`` after which the signal is sent.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            # Lightning installs its SIGTERM handler during fit; without it the default action would end the test run.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class RecordTraining(pl.Callback):
+    """Record, for the tests, the optimizer as the first training batch of a fit sees it, and every step's loss."""
+
+    def __init__(self) -> None:
+        self.first: dict | None = None
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self.first is None:
+            optimizer = trainer.optimizers[0]
+            self.first = {
+                "global_step": trainer.global_step,
+                "batch_idx": batch_idx,
+                "lr": [group["lr"] for group in optimizer.param_groups],
+                "initial_lr": [group["initial_lr"] for group in optimizer.param_groups],
+                "adam_steps": sorted({float(state["step"]) for state in optimizer.state.values()}),
+                "weights": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+            }
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.losses.append(float(outputs["loss"]))
