@@ -46,7 +46,15 @@ EXPORT_KEY = "export.dirpath"
 
 
 class PipelineError(ValueError):
-    """A pipeline file that cannot run (raised before any stage starts), or a stage that failed."""
+    """A pipeline file that cannot run (raised before any stage starts), or a stage that failed.
+
+    Attributes:
+        status: the exit status ``python -m lightning_kd.pipeline`` ends with (2, or the stage's own).
+    """
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -153,6 +161,7 @@ def run_pipeline(
         Each stage's export directory, by stage name.
     """
     from lightning_kd.cli import run_cli
+    from lightning_kd.fault.interrupted import exit_status, interruption_signal
 
     extra_args = list(extra_args or [])
     if any(a.startswith(f"--{EXPORT_KEY}") for a in extra_args):
@@ -176,8 +185,18 @@ def run_pipeline(
         try:
             run_cli(args)
         except SystemExit as exit_info:
+            # SIGTERM ends a fit with a SystemExit whose code is None: not a success (lightning_kd.fault.interrupted).
+            received = interruption_signal(exit_info)
+            if received is not None:
+                raise PipelineError(
+                    f"Stage {stage.name!r} was interrupted by {received.name}; the later stages did not run.", exit_status(received)
+                ) from exit_info
             if exit_info.code not in (0, None):
-                raise PipelineError(f"Stage {stage.name!r} failed (exit status {exit_info.code}).") from exit_info
+                status = exit_info.code if isinstance(exit_info.code, int) else 1
+                raise PipelineError(f"Stage {stage.name!r} failed (exit status {exit_info.code}); the later stages did not run.", status) from exit_info
+        except Exception:
+            print(f"[lightning_kd.pipeline] stage {stage.name} failed; the later stages did not run.", file=sys.stderr, flush=True)
+            raise
         finally:
             sys.argv = saved_argv
         if not Path(stage.export).is_dir():
@@ -198,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_pipeline(options.pipeline, extra, options.start_at, options.dry_run)
     except PipelineError as error:
-        parser.exit(2, f"error: {error}\n")
+        parser.exit(error.status, f"error: {error}\n")
 
 
 # ---------------------------------------------------------------------- helpers

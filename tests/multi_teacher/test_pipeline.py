@@ -130,3 +130,47 @@ def test_start_at_needs_the_earlier_exports(tmp_path):
         run_pipeline(pipeline, start_at="nope")
     with pytest.raises(PipelineError, match="every stage"):
         run_pipeline(pipeline, extra_args=["--export.dirpath=x"])
+
+
+def test_an_interrupted_stage_stops_the_pipeline_with_its_exit_status(assets, tmp_path, monkeypatch, capsys):
+    import lightning_kd.cli
+
+    teacher = assets["teacher_classification"]
+    pipeline = write(tmp_path / "chain.yaml", {
+        "output_dir": str(tmp_path / "out"),
+        "defaults": tiny_defaults(tmp_path, teacher, assets),
+        "stages": [
+            {"name": "ta", "config": TAKD_TA, "overrides": {
+                "model.init_args.teacher": str(teacher),
+                # Pre-empted after its first step: SIGTERM, which Lightning alone turns into exit status 0.
+                "trainer.callbacks": [{"class_path": "tests.fault.helpers.SignalAfterStep", "init_args": {"step": 1}}],
+            }},
+            {"name": "student", "config": TAKD_STUDENT, "overrides": {"model.init_args.teacher": "${stages.ta.export}"}},
+        ],
+    })
+    stages_run = []
+    real_run_cli = lightning_kd.cli.run_cli
+    monkeypatch.setattr(lightning_kd.cli, "run_cli", lambda args: stages_run.append(args) or real_run_cli(args))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(pipeline)])
+    assert exit_info.value.code == 143
+    assert "Stage 'ta' was interrupted by SIGTERM; the later stages did not run." in capsys.readouterr().err
+    assert len(stages_run) == 1, "the student stage must not run"
+    assert not (tmp_path / "out" / "ta").exists() and not (tmp_path / "out" / "student").exists()
+
+
+def test_a_failing_stage_stops_the_pipeline_and_is_named(assets, tmp_path, capsys):
+    teacher = assets["teacher_classification"]
+    pipeline = write(tmp_path / "chain.yaml", {
+        "output_dir": str(tmp_path / "out"),
+        "defaults": tiny_defaults(tmp_path, teacher, assets),
+        "stages": [
+            {"name": "ta", "config": TAKD_TA, "overrides": {"model.init_args.teacher": str(tmp_path / "no_such_teacher")}},
+            {"name": "student", "config": TAKD_STUDENT, "overrides": {"model.init_args.teacher": "${stages.ta.export}"}},
+        ],
+    })
+    with pytest.raises(Exception) as error:  # the stage's own error, with its traceback: exit status 1
+        main([str(pipeline)])
+    assert "no_such_teacher" in str(error.value)
+    assert "stage ta failed; the later stages did not run" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "student").exists()
