@@ -13,12 +13,15 @@ hygiene, export) lives here once.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.core.mixins import HyperparametersMixin
+from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
@@ -141,7 +144,11 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         adam_epsilon: float = 1e-8,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher", "teacher_cache"])
+        frame = inspect.currentframe()
+        # Models given as objects (a student, a teacher, a method's head source) are never hyper-parameters:
+        # checkpoints would pickle them. Their sources are recorded by on_save_checkpoint instead.
+        objects = [name for name, value in _init_args(frame).items() if _holds_module(value)]
+        self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher", "teacher_cache", *objects], frame=frame)
         _allow_in_checkpoints(dict(self.hparams))
         if teacher is not None and teachers:
             raise ValueError("Give either `teacher` or `teachers`, not both.")
@@ -549,3 +556,17 @@ def _infer_head(teachers: list[ModelSource], student: ModelSource | None) -> Tas
         "Cannot tell whether this is fine-tuning or pre-training: set task_head to 'sequence_classification' "
         "or 'masked_lm' (the CLI links it from the data module)."
     )
+def _init_args(frame) -> dict:
+    """The constructor arguments Lightning's ``save_hyperparameters`` would collect from ``frame``."""
+    found: dict = {}
+    for local in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+        found.update(local)
+    return found
+
+
+def _holds_module(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_module(item) for item in value)
+    return isinstance(value, nn.Module)
+
+
