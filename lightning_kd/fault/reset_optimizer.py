@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.strategies import DeepSpeedStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
@@ -134,8 +135,13 @@ def optimizer_settings(trainer: pl.Trainer, pl_module: pl.LightningModule) -> di
     """What decides the freshly built optimizer and schedule: the method's optimizer hyper-parameters and each
     parameter group's hyper-parameters (learning rate, weight decay, betas, …)."""
     hparams = getattr(pl_module, "hparams", {}) or {}
+    # Plain values (a fused or capturable optimizer keeps its rate as a tensor), so settings compare with ==.
     groups = [
-        [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+        [{key: _plain(value) for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
         for optimizer in trainer.optimizers
     ]
     return {"hparams": {key: hparams[key] for key in OPTIMIZER_HPARAMS if key in hparams}, "param_groups": groups}
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, torch.Tensor) else value
