@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets.arrow_writer import SchemaInferenceError
+from datasets.exceptions import DatasetGenerationError
 
-from lightning_kd.data.readers.lines import data_suffix
+from lightning_kd.data.readers.lines import DataFileError, data_suffix, first_undecodable, not_utf8, open_binary
 from lightning_kd.data.sources import resolve_source
 
 Corpus = Dataset | IterableDataset
@@ -66,8 +68,43 @@ def load_files(
         suffixes = sorted({data_suffix(path) for paths in data_files.values() for path in paths})
         raise ValueError(f"corpus files must share one type among {sorted(_BUILDERS)}; found {suffixes}")
     builder, options = kinds.pop()
-    loaded = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, streaming=streaming, **dict(options))
+    try:
+        loaded = load_dataset(builder, data_files=data_files, cache_dir=cache_dir, streaming=streaming, **dict(options))
+    except DatasetGenerationError as error:
+        # ``datasets`` says only "An error occurred while generating the dataset"; name the file instead.
+        located = _located(error, data_files)
+        if located is None:
+            raise
+        raise located from error
     return dict(loaded)
+
+
+def _located(error: DatasetGenerationError, data_files: dict[str, list[str]]) -> DataFileError | None:
+    """The file-level error behind a failed build (bytes that are not UTF-8, a split without text), if it is one."""
+    cause = error.__cause__
+    data_files = {split: [p for entry in paths for p in (sorted(glob.glob(entry)) if glob.has_magic(entry) else [entry])]
+                  for split, paths in data_files.items()}
+    if isinstance(cause, UnicodeDecodeError):
+        for paths in data_files.values():
+            for path in paths:
+                if first_undecodable(path) is not None:
+                    return not_utf8(path)
+    if isinstance(cause, SchemaInferenceError):
+        for split, paths in data_files.items():
+            if not any(_has_rows(path) for path in paths):
+                return DataFileError(
+                    ", ".join(paths), None,
+                    f"no text for the {split} split: the file(s) are empty (or only blank lines / a header). "
+                    f"Add text, or pass other {split}_files.",
+                )
+    return None
+
+
+def _has_rows(path: str) -> bool:
+    """Whether a corpus file has a data row (a non-blank line; after the header for CSV/TSV)."""
+    with open_binary(path) as handle:
+        lines = sum(1 for raw in handle if raw.strip())
+    return lines > (1 if data_suffix(path) in (".csv", ".tsv") else 0)
 
 
 def load_hf_corpus(name_or_dir: str, config: str | None, cache_dir: str | None, streaming: bool) -> dict[str, Corpus]:

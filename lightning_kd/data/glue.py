@@ -12,11 +12,11 @@ from datasets import Dataset
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lightning_kd.data.collators import IndexedRows, PaddingCollator
 from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
-from lightning_kd.data.sources import resolve_source
+from lightning_kd.data.sources import load_tokenizer
 from lightning_kd.data.task_source import TaskSource
 from lightning_kd.data.tasks import SPLITS, TaskSpec, get_task
 from lightning_kd.data.tokenize import tokenize_examples
@@ -126,7 +126,7 @@ class GlueDataModule(LightningDataModule):
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer, loaded on first use."""
         if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_source(self.tokenizer_name))
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 
     @property

@@ -9,14 +9,14 @@ from datasets.distributed import split_dataset_by_node
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lightning_kd.data.collators import IndexedRows, MaskingCollator
 from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
 from lightning_kd.data.masking import continuation_table
 from lightning_kd.data.packing import TokenizeAndPack
 from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
-from lightning_kd.data.sources import resolve_source
+from lightning_kd.data.sources import load_tokenizer
 from lightning_kd.metrics import build_mlm_metrics
 
 # int32 ids halve the cached corpus on disk versus the int64 that ``map`` would infer.
@@ -139,7 +139,7 @@ class PretrainDataModule(LightningDataModule):
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer, loaded on first use."""
         if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_source(self.tokenizer_name))
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
             if self.whole_word_mask:
                 continuation_table(self._tokenizer)  # fail now, not in the first batch, if not WordPiece
         return self._tokenizer

@@ -47,12 +47,13 @@ def locate_embedded(name: str) -> Path:
         name: a key of :data:`EMBEDDED`, with or without the ``embedded:`` prefix.
 
     Raises:
-        KeyError: the name is not an embedded artefact.
+        ValueError: the name is not an embedded artefact.
         FileNotFoundError: the package that ships it is not installed.
     """
     key = name.removeprefix(EMBEDDED_PREFIX)
     if key not in EMBEDDED:
-        raise KeyError(f"Unknown embedded artefact {name!r}; available: {', '.join(sorted(EMBEDDED))}.")
+        # A ValueError (not KeyError): it is a mistake in the user's config, reported as one sentence.
+        raise ValueError(f"Unknown embedded artefact {name!r}; available: {', '.join(sorted(EMBEDDED))}.")
     artefact = EMBEDDED[key]
     try:
         path = Path(importlib.metadata.distribution(artefact.distribution).locate_file(artefact.relative_path))
@@ -64,6 +65,24 @@ def locate_embedded(name: str) -> Path:
             f"{artefact.distribution!r}, which is not installed. Install it with: {artefact.install_command}"
         )
     return path
+
+
+def load_tokenizer(source: str):
+    """``AutoTokenizer`` of a model name, directory or ``embedded:`` name, with an error that says what to pass.
+
+    Raises:
+        FileNotFoundError: nothing loadable there (transformers' own message is about hub repo ids).
+    """
+    from transformers import AutoTokenizer  # here, so the data table and readers import without transformers
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_source(source))
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"Cannot load a tokenizer from {source!r} ({error.__class__.__name__}). Give a local directory holding "
+            "the tokenizer files (e.g. a lightning_kd export or the teacher's directory), 'embedded:all-MiniLM-L6-v2', "
+            "or a hub name that is cached locally."
+        ) from error
 
 
 def resolve_source(source: str) -> str:

