@@ -72,7 +72,8 @@ def load_model(
         random_init: build from the config with random weights instead of loading them.
 
     Raises:
-        ValueError: a teacher without the right head or label count.
+        ValueError: a teacher without the right head or label count, or (from a checkpoint) one whose
+            weights lack tensors that ``from_pretrained`` would have to initialise at random.
     """
     if isinstance(source, PreTrainedModel):
         model = source
@@ -104,7 +105,36 @@ def load_model(
     auto = _AUTO_CLASSES[head]
     if random_init:
         return auto.from_config(config, dtype=DTYPES[dtype])
-    return auto.from_pretrained(resolve_source(source), config=config, dtype=DTYPES[dtype], **kwargs)
+    model, loading_info = auto.from_pretrained(
+        resolve_source(source), config=config, dtype=DTYPES[dtype], output_loading_info=True, **kwargs
+    )
+    if role == "teacher":
+        _check_teacher_weights(source, head, config, loading_info)
+    return model
+
+
+def _check_teacher_weights(source: str, head: TaskHead, config, loading_info: dict) -> None:
+    """Refuse a teacher whose checkpoint lacks tensors its model needs.
+
+    ``config.json``'s ``architectures`` may claim a head the weights do not have (a config copied or
+    edited by hand, a base encoder saved under a task class); ``from_pretrained`` then initialises
+    the head at random and a distillation from that random teacher would still run. A student may
+    start with such a fresh head; a teacher may not.
+    """
+    missing = sorted(loading_info.get("missing_keys") or ())
+    missing += sorted(str(entry[0] if isinstance(entry, tuple) else entry) for entry in loading_info.get("mismatched_keys") or ())
+    if not missing:
+        return
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    hint = (
+        "fine-tune it on the task first (e.g. configs/quickstart/1_finetune_teacher.yaml) and use the export"
+        if head == "sequence_classification"
+        else "use a checkpoint saved with its masked-LM head (e.g. from AutoModelForMaskedLM.save_pretrained)"
+    )
+    raise ValueError(
+        f"The teacher {source!r} lacks trained weights for {shown}: config.json says {config.architectures}, but "
+        f"from_pretrained would initialise these tensors at random, so the teacher's {head} outputs would be noise; {hint}."
+    )
 
 
 def _check_labels(config, head: TaskHead, num_labels: int | None, role: str, name) -> None:
