@@ -3,6 +3,7 @@
 from lightning_kd.callbacks.continuation_weight import ContinuationWeight
 from lightning_kd.callbacks.export_student import ExportStudent
 from lightning_kd.callbacks.mobilebert_stages import MobileBERTStages
+from lightning_kd.callbacks.progress_log import ProgressLog
 from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
 from lightning_kd.callbacks.sid_stages import SIDStages
 from lightning_kd.callbacks.step_schedule import StepSchedule
@@ -13,6 +14,7 @@ __all__ = [
     "ContinuationWeight",
     "ExportStudent",
     "MobileBERTStages",
+    "ProgressLog",
     "RailKDResampling",
     "SIDStages",
     "StepSchedule",
