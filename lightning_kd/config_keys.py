@@ -1,0 +1,122 @@
+"""A parse error of the ``lightning-kd`` command as one sentence: the offending key, and for a
+misspelt key the closest valid ones (``Unknown key model.init_args.temprature; did you mean temperature?``).
+
+jsonargparse reports a bad value inside nested errors, one per level ('Parser key "model"' →
+"Problem with given class_path 'lightning_kd.methods.KD'" → "Option 'temprature' is not accepted"),
+each raised from the next. :func:`describe_parse_error` walks that cause chain to rebuild the full
+key and the class it belongs to, then asks jsonargparse for that class's keys to suggest from.
+The phrases matched are jsonargparse's (4.x); tests/test_cli_errors.py fails if an upgrade rewords
+them, and a message no pattern matches is still shown, only without suggestions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from collections.abc import Callable, Iterable
+
+from jsonargparse import ArgumentError, ArgumentParser
+
+from lightning_kd.errors import UserInputError, exception_chain
+
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_SUBCOMMAND_OPTION = re.compile(r"Subcommand '[^']+' does not accept option '([^']+)'")
+_GROUP_OPTION = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
+_NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
+_MAX_LISTED = 12
+
+
+def describe_parse_error(error: ArgumentError, top_level_keys: Callable[[], Iterable[str]]) -> UserInputError:
+    """One sentence for a jsonargparse parse error.
+
+    Args:
+        error: what the parser raised (``exit_on_error=False``).
+        top_level_keys: the subcommand's own keys (``trainer.max_epochs``, ``model``, …), asked
+            for only when a key outside any class is unknown.
+    """
+    parts: list[str] = []
+    class_path: str | None = None
+    chain = list(exception_chain(error))
+    previous = None
+    for link in chain:
+        message = str(link).strip()
+        if message == previous:  # jsonargparse re-raises a level's message unchanged (TypeError → ArgumentError)
+            continue
+        previous = message
+        if match := _PARSER_KEY.match(message):
+            parts.append(match[1])
+        elif match := _CLASS_PATH.match(message):
+            parts.append("init_args")
+            class_path = match[1]
+        elif match := _NOT_ACCEPTED.match(message):
+            key = ".".join([*parts, match[1]])
+            if class_path:  # an init argument of that class: compare with its argument names
+                return _unknown_key(key, match[1], class_keys(class_path))
+            return _unknown_key(key, key, list(top_level_keys()))
+        elif match := _SUBCOMMAND_OPTION.match(message):
+            return _unknown_key(match[1], match[1], list(top_level_keys()))
+        elif match := _GROUP_OPTION.match(message):
+            key = f"{match[1]}.{match[2]}"
+            return _unknown_key(key, key, list(top_level_keys()))
+        elif match := _UNRECOGNIZED.match(message):
+            flags = [word for word in match[1].split() if word.startswith("--")]
+            if flags:
+                key = flags[0][2:].split("=", 1)[0]
+                return _unknown_key(key, key, list(top_level_keys()))
+    leaf = str(chain[-1]).strip()
+    if match := _NO_ATTRIBUTE.search(leaf):
+        leaf += _class_hint(match[1], match[2])
+    if parts and parts[-1] == "init_args":  # the class itself was wrong, not one of its arguments
+        parts.pop()
+    return UserInputError(leaf, where=".".join(parts) or None)
+
+
+def class_keys(class_path: str) -> list[str]:
+    """The init-argument names of ``class_path`` as jsonargparse sees them (``[]`` if it cannot be imported)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, fail_untyped=False)
+        return list(parser.get_defaults().keys())
+    except Exception:  # only a hint: a class jsonargparse cannot describe gets the message without it
+        return []
+
+
+def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` candidates that look like ``word`` (difflib ratio ≥ 0.6), best first."""
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+
+
+def _unknown_key(key: str, word: str, valid: list[str]) -> UserInputError:
+    """``key`` is unknown; suggest the entries of ``valid`` closest to ``word`` (the part the user may have misspelt)."""
+    section, _, rest = key.partition(".")
+    sections = {k.split(".", 1)[0] for k in valid}
+    if word == key and rest and section not in sections:  # a misspelt section (``trainr.max_epochs``)
+        matches = [f"{root}.{rest}" for root in closest(section, sections)]
+    else:
+        matches = closest(word, valid)
+    if matches:
+        return UserInputError(f"Unknown key {key}; did you mean {_or(matches)}?")
+    if not valid:
+        return UserInputError(f"Unknown key {key}.")
+    listed = sorted(valid)
+    more = f", … ({len(listed) - _MAX_LISTED} more; see --help)" if len(listed) > _MAX_LISTED else ""
+    return UserInputError(f"Unknown key {key}; valid keys here: {', '.join(listed[:_MAX_LISTED])}{more}.")
+
+
+def _class_hint(module: str, name: str) -> str:
+    try:
+        names = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+    except Exception:  # only a hint
+        return ""
+    matches = closest(name, names)
+    return f"; did you mean {_or([f'{module}.{m}' for m in matches])}?" if matches else ""
+
+
+def _or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
