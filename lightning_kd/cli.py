@@ -6,35 +6,62 @@ Example::
 
 The data module names the tokenizer once; it is linked to the method (saved with the exported
 student), and the data's head and label count are linked to the method, so a config never repeats
-them. Unknown keys are rejected by the parser with the list of valid ones.
+them. Unknown keys are rejected by the parser with the closest valid ones, and a mistake in the input
+(a bad value, a missing file, a malformed data row) is reported as one sentence without a traceback
+(``lightning_kd.errors``; ``--debug`` shows it). ``trainer.precision: auto`` picks what the hardware
+runs natively (``lightning_kd.precision``), and ``progress:`` prints progress lines into logs.
 """
 
 from __future__ import annotations
 
 import os
 
+from jsonargparse import ArgumentError
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_kd.callbacks.export_student import ExportStudent
+from lightning_kd.callbacks.progress_log import ProgressLog
+from lightning_kd.config_keys import describe_parse_error
 from lightning_kd.cpu_allocator import keep_freed_memory
+from lightning_kd.errors import input_errors, reporting_errors, user_errors
 from lightning_kd.fault.atomic_io import install_atomic_checkpoint_io
+from lightning_kd.trainer import AutoPrecisionTrainer
 
 
 class DistillationCLI(LightningCLI):
     """LightningCLI with lightning_kd's argument links, the student export, periodic checkpoints
-    (``checkpoint:``), atomic checkpoint files and, on CPU, an allocator that keeps freed memory."""
+    (``checkpoint:``), progress lines (``progress:``), atomic checkpoint files and, on CPU, an
+    allocator that keeps freed memory. Inside ``lightning_kd.errors.user_errors`` (the
+    ``lightning-kd`` command) parse and construction errors become one-sentence ``UserInputError``s."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ExportStudent, "export")
         # Its own key, not an entry of trainer.callbacks: YAML lists replace each other, so a method
         # config listing its schedule callbacks would silently drop a preset's checkpoint callback.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(ProgressLog, "progress")
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.export_tokenizer")
         parser.link_arguments("data.task_head", "model.init_args.task_head", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # Raised only inside user_errors (exit_on_error=False there); otherwise jsonargparse prints and exits.
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise describe_parse_error(error, lambda: self._subcommand_keys(parser)) from error
+
+    def _subcommand_keys(self, parser: LightningArgumentParser) -> list[str]:
+        """Every key a subcommand accepts (``trainer.max_epochs``, ``model``, …), to suggest from."""
+        parsers = getattr(self, "_subcommand_parsers", None) or {None: parser}
+        return sorted({key for each in parsers.values() for key in each.get_defaults().keys()})
+
+    def instantiate_classes(self) -> None:
+        with input_errors():  # a constructor's ValueError, unwrapped from jsonargparse's errors
+            super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -65,9 +92,23 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> DistillationCLI:
         run=run,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        trainer_class=AutoPrecisionTrainer,
+        parser_kwargs=_parser_kwargs(),
     )
 
 
+def _parser_kwargs() -> dict:
+    # Under user_errors a parse error is raised (and reported in one sentence) instead of printing the usage.
+    if not reporting_errors():
+        return {}
+    return {"exit_on_error": False, **{name: {"exit_on_error": False} for name in DistillationCLI.subcommands()}}
+
+
 def main() -> None:
-    """Entry point of ``lightning-kd`` and ``python -m lightning_kd`` (exit status 0 on success)."""
-    run_cli()
+    """Entry point of ``lightning-kd`` and ``python -m lightning_kd``.
+
+    Exit status 0 on success. A mistake in the input exits 2 with one sentence (lightning_kd.errors;
+    ``--debug`` shows the traceback).
+    """
+    with user_errors():
+        run_cli()
