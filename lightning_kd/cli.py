@@ -28,6 +28,7 @@ from lightning_kd.config_keys import describe_parse_error
 from lightning_kd.cpu_allocator import keep_freed_memory
 from lightning_kd.errors import input_errors, reporting_errors, user_errors
 from lightning_kd.fault.atomic_io import install_atomic_checkpoint_io
+from lightning_kd.fault.interrupted import exit_if_interrupted
 from lightning_kd.trainer import AutoPrecisionTrainer
 
 
@@ -107,8 +108,9 @@ def _parser_kwargs() -> dict:
 def main() -> None:
     """Entry point of ``lightning-kd`` and ``python -m lightning_kd``.
 
-    Exit status 0 on success. A mistake in the input exits 2 with one sentence (lightning_kd.errors;
-    ``--debug`` shows the traceback).
+    Exit status 0 on success; an interrupted run exits 143 (SIGTERM) or 130 (Ctrl-C) after saying which
+    checkpoint to resume from (Lightning itself would exit 0 after SIGTERM: see lightning_kd.fault.interrupted).
+    A mistake in the input exits 2 with one sentence (lightning_kd.errors; ``--debug`` shows the traceback).
     """
-    with user_errors():
+    with user_errors(), exit_if_interrupted():
         run_cli()
