@@ -71,6 +71,13 @@ class DistillationCLI(LightningCLI):
             keep_freed_memory()  # CPU steps stop re-faulting their memory (lightning_kd/cpu_allocator.py)
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (2.6) re-parses the model's hyper-parameters stored in a --ckpt_path *file* over
+        # the command line, so `--model.init_args.learning_rate` (a resume after a NaN) or any other
+        # changed model argument would be silently dropped. The command line is what the user asked
+        # for: a resume is "the same command plus --ckpt_path", and `--ckpt_path last` never did this.
+        return
+
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback | None]) -> Trainer:
         # An optional callback key (``checkpoint``) that no config set contributes None.
         return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])

@@ -32,9 +32,15 @@ from types import TracebackType
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+from lightning_kd.fault.nonfinite import NonFiniteLossError
+
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LIGHTNING_KD_DEBUG"
 EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+#: Failures a run detects and explains itself (what happened, the last good checkpoint, the fix): their
+#: message is the whole report, so no traceback (``--debug`` still shows it).
+RUN_FAILURES: tuple[type[BaseException], ...] = (NonFiniteLossError,)
 #: Exception types that a check of the user's input raises (UnicodeDecodeError is a ValueError).
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError, MisconfigurationException)
 HOW_TO_DEBUG = f"(Run again with {DEBUG_FLAG}, or with {DEBUG_ENV}=1 in the environment, to see the traceback.)"
@@ -87,6 +93,9 @@ def user_errors(argv: list[str] | None = None) -> Iterator[None]:
     try:
         yield
     except Exception as error:
+        if not debug and isinstance(error, RUN_FAILURES):  # a run that stopped itself, with its own report
+            print(f"lightning-kd: error: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_RUN_FAILED) from None
         message = None if debug else short_message(error)
         if message is None:
             raise

@@ -202,3 +202,11 @@ def test_the_installed_command_prints_no_traceback(assets, tmp_path, extra, expe
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and expected in done.stderr, done.stderr
     assert done.stderr.rstrip().endswith(HOW_TO_DEBUG)
+
+
+def test_a_nan_stop_is_its_own_report_with_exit_status_1(assets, tmp_path, monkeypatch, capsys):
+    code, err = _main(monkeypatch, capsys, _args(assets, tmp_path, "--trainer.callbacks+=tests.fault.helpers.PoisonLossAt",
+                                                 "--trainer.callbacks.step=1"))
+    assert code == 1
+    assert "lightning-kd: error: " in err and "non-finite" in err.lower()
+    assert "Traceback" not in err

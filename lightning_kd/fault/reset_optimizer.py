@@ -45,11 +45,10 @@ class ResetOptimizerOnResume(pl.Callback):
 
     Use: ``lightning-kd fit … --ckpt_path last --trainer.callbacks+=lightning_kd.fault.ResetOptimizerOnResume
     --model.init_args.learning_rate <lower>``. On a fit without ``--ckpt_path`` it does nothing. Not
-    supported under DeepSpeed, whose engine owns the optimizer state. With ``lightning-kd``, give
-    ``--ckpt_path last``: when ``--ckpt_path`` names a file, LightningCLI 2.6 replaces the command
-    line's model arguments by the checkpoint's hyper-parameters (Lightning issue 20801), so the new
-    rate would never reach the module; this callback warns when the settings it rebuilds from are
-    exactly the checkpoint's.
+    supported under DeepSpeed, whose engine owns the optimizer state. ``lightning-kd`` keeps the
+    command line's model arguments when ``--ckpt_path`` names a file (plain LightningCLI 2.6 would
+    put the checkpoint's hyper-parameters over them); when the settings it rebuilds from are exactly
+    the checkpoint's, this callback says that only the optimizer state is reset.
     """
 
     def __init__(self) -> None:
@@ -84,9 +83,8 @@ class ResetOptimizerOnResume(pl.Callback):
         if self._checkpoint_hparams and self._checkpoint_hparams == self._settings["hparams"]:
             rank_zero_warn(
                 "ResetOptimizerOnResume: the optimizer settings are the checkpoint's own "
-                f"({', '.join(f'{k}={v}' for k, v in self._checkpoint_hparams.items())}), so only the optimizer state is "
-                "reset. If you gave new ones: LightningCLI 2.6 replaces model arguments by the checkpoint's when --ckpt_path "
-                "names a file (Lightning issue 20801); resume with --ckpt_path last instead."
+                f"({', '.join(f'{k}={v}' for k, v in self._checkpoint_hparams.items())}), so only the optimizer state "
+                "(AdamW moments) is reset; give e.g. --model.init_args.learning_rate to change the rate."
             )
         self._fresh = (
             [copy.deepcopy(optimizer.state_dict()) for optimizer in trainer.optimizers],

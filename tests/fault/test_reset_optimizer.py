@@ -115,9 +115,15 @@ def test_relaunching_the_reset_run_resumes_it_exactly_and_a_new_rate_resets_agai
     assert first["adam_steps"] == [] and first["initial_lr"] == [0.0001, 0.0001]
 
 
-def test_a_checkpoint_file_path_says_the_new_rate_did_not_arrive(assets, stopped_by_nan, tmp_path):
-    """LightningCLI 2.6 puts a checkpoint file's model arguments over the command line's: the reset says so."""
+def test_a_checkpoint_file_path_keeps_the_command_line_rate(assets, stopped_by_nan, tmp_path):
+    """Plain LightningCLI 2.6 puts a checkpoint file's model arguments over the command line's; lightning-kd does not."""
     checkpoint, printed = stopped_by_nan
-    with pytest.warns(UserWarning, match="optimizer settings are the checkpoint's own .*learning_rate=0.001.*--ckpt_path last"):
-        cli = run_cli(fit_args(assets, tmp_path, f"--ckpt_path={checkpoint}", *printed[2:], "--trainer.max_steps=5"))
-    assert cli.model.hparams.learning_rate == PEAK
+    cli = run_cli(fit_args(assets, tmp_path, f"--ckpt_path={checkpoint}", *printed[2:], "--trainer.max_steps=5"))
+    assert cli.model.hparams.learning_rate == 0.00025
+    assert recorder(cli).first["initial_lr"] == [0.00025, 0.00025]
+
+
+def test_the_same_settings_say_only_the_optimizer_state_is_reset(assets, stopped_by_nan, tmp_path):
+    checkpoint, printed = stopped_by_nan
+    with pytest.warns(UserWarning, match="optimizer settings are the checkpoint's own .*learning_rate=0.001.*only the optimizer"):
+        run_cli(fit_args(assets, tmp_path, f"--ckpt_path={checkpoint}", *printed[2:-1], "--trainer.max_steps=5"))
