@@ -7,6 +7,11 @@ received (rotary embeddings applied, grouped key/value heads repeated), the mask
 (padding, causal, sliding window) and its scale. Pre-softmax scores and probabilities are rebuilt
 from those: HF returns probabilities *after* dropout (wrong for a training student) and never
 returns scores, and SDPA kernels return neither.
+
+Token-level (MLM) logits are computed only at the rows the request names
+(:mod:`lightning_kd.core.logit_rows`): the model's own head runs on those rows
+(:mod:`lightning_kd.core.compact_head`) and :class:`Features` carries them compact, ``(R, V)``, with
+their ``(B, N)`` row mask. ``logit_rows="all"`` (the default) is the model's plain forward.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.core.attention_capture import recording
+from lightning_kd.core.compact_head import check_compact_output, compact_head, head_entry, masked_lm_loss
+from lightning_kd.core.logit_rows import LogitRows, row_mask, rows_at, widest
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
@@ -33,12 +40,17 @@ class FeatureRequest:
         score_layers: layers whose pre-softmax scores ``QKᵀ/√d_h`` (``(B, h, N, N)``, unmasked) are needed.
         prob_layers: layers whose attention probabilities (masked softmax of the scores, before
             dropout) are needed.
+        logit_rows: the rows of a token-level (MLM) head's logits to compute (see
+            :data:`~lightning_kd.core.logit_rows.LogitRows`): ``"all"`` (default: the model's own forward),
+            ``"tokens"``, ``"labelled"`` or ``"none"``. Sequence-level logits are always whole.
+            :class:`~lightning_kd.core.module.DistillationModule` sets it from what its losses read.
     """
 
     hidden_states: bool = False
     qkv_layers: frozenset[int] = frozenset()
     score_layers: frozenset[int] = frozenset()
     prob_layers: frozenset[int] = frozenset()
+    logit_rows: LogitRows = "all"
 
     def merge(self, other: "FeatureRequest") -> "FeatureRequest":
         """The union of two requests (used when methods are combined)."""
@@ -47,6 +59,7 @@ class FeatureRequest:
             qkv_layers=self.qkv_layers | other.qkv_layers,
             score_layers=self.score_layers | other.score_layers,
             prob_layers=self.prob_layers | other.prob_layers,
+            logit_rows=widest(self.logit_rows, other.logit_rows),
         )
 
     @property
@@ -59,6 +72,10 @@ class Features:
     """Tensors captured from one forward pass. Teacher tensors are upcast to float32.
 
     Attributes:
+        logits: the head's logits: ``(B, C)`` sequence-level, ``(B, N, V)`` token-level, or compact
+            ``(R, V)`` token-level rows at the positions of ``logit_rows``.
+        loss: the model's own task/MLM loss when captured with labels (from the compact rows when compact).
+        logit_rows: ``(B, N)`` bool positions of compact ``logits`` (row-major order); ``None`` when whole.
         queries / keys / values: per captured layer, ``(B, N, h·d_h)`` states as the attention
             kernel received them (heads side by side; keys and values repeated to the query heads).
         scalings: per captured layer, the factor the model multiplies ``Q Kᵀ`` by (default ``d_h^-½``).
@@ -76,6 +93,17 @@ class Features:
     key_masks: dict[int, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     num_heads: int = 1
+    logit_rows: Tensor | None = None
+
+    @property
+    def token_level(self) -> bool:
+        """Whether the logits are per position (an MLM head), whole or compact."""
+        return self.logit_rows is not None or self.logits.dim() == 3
+
+    def logits_at(self, mask: Tensor | None) -> Tensor:
+        """``(R', V)`` token logits at the ``(B, N)`` positions of ``mask`` (``None``: every position),
+        in row-major order, whole or compact alike (see :func:`~lightning_kd.core.logit_rows.rows_at`)."""
+        return rows_at(self.logits, self.logit_rows, mask)
 
     def to(self, device: torch.device | str) -> "Features":
         """The same features with every tensor on ``device`` (used for teachers placed elsewhere)."""
@@ -134,6 +162,7 @@ def capture(
     *,
     with_labels: bool = False,
     upcast: bool = False,
+    rows: Tensor | None = None,
 ) -> Features:
     """Run ``model`` on ``batch`` and return the requested features.
 
@@ -143,13 +172,26 @@ def capture(
         request: what to capture.
         with_labels: pass ``labels`` so the model computes its own task/MLM loss.
         upcast: cast captured floating tensors to float32 (used for low-precision teachers).
+        rows: the ``(B, N)`` positions of token logits to compute, when they are not those
+            ``request.logit_rows`` names in ``batch`` (a student whose hard labels differ from the
+            batch the losses read; see :meth:`~lightning_kd.core.module.DistillationModule._one_pass`).
+            Models without an MLM head lightning_kd knows (classifiers, other families) return whole logits.
     """
     layers = request.hooked_layers
     inputs = model_inputs(batch)
     if with_labels and "labels" in batch:
         inputs["labels"] = batch["labels"]
+    if rows is None:
+        rows = row_mask(batch, request.logit_rows)
+    entry = head_entry(model) if rows is not None else None
     with recording(layers) as recorder:
-        outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
+        if entry is None:
+            outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
+            rows = None
+        else:
+            with compact_head(model, entry, rows) as seen:
+                outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
+            check_compact_output(model, seen, outputs.logits, int(rows.sum()))
     if layers and max(layers) >= recorder.count:
         raise ValueError(
             f"A method asked for attention layer {max(layers)} but {type(model).__name__} has {recorder.count} layers "
@@ -163,9 +205,12 @@ def capture(
     padding = batch.get("attention_mask")
     calls = recorder.calls
     config = getattr(model, "config", None)
+    loss = outputs.loss if with_labels else None
+    if entry is not None and with_labels and seen.labels is not None:
+        loss = masked_lm_loss(outputs.logits, seen.labels, rows)
     return Features(
         logits=cast(outputs.logits),
-        loss=outputs.loss if with_labels else None,
+        loss=loss,
         hidden_states=hidden,
         queries={i: cast(_merge_heads(c.queries)) for i, c in calls.items()},
         keys={i: cast(_merge_heads(c.keys)) for i, c in calls.items()},
@@ -174,6 +219,7 @@ def capture(
         key_masks={i: m for i, c in calls.items() if (m := _structural_mask(c.allowed, padding)) is not None},
         attention_mask=padding,
         num_heads=next(iter(calls.values())).queries.shape[1] if calls else _config_heads(config),
+        logit_rows=rows,
     )
 
 
