@@ -1,7 +1,9 @@
 """Prediction-level (logit) losses with temperature: soft KL, soft cross-entropy and logit MSE.
 
 All functions take student and teacher logits of shape ``(..., K)`` (``(B, C)`` for a task head,
-``(B, N, V)`` for an LM head) and an optional mask over the leading dimensions. Teacher
+``(B, N, V)`` for an LM head) and an optional mask over the leading dimensions, or compact token
+rows ``(R, V)`` with their ``(B, N)`` ``positions`` (:mod:`lightning_kd.core.logit_rows`), which give
+the same value as the whole logits with ``positions`` as the mask. Teacher
 distributions are the first argument of KL, as in Hinton et al. (2015). Math runs in float32 so a
 bf16/fp16 teacher never degrades the loss.
 """
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_kd.losses.masking import Reduction, reduce_masked, reduce_masked_per_sample
+from lightning_kd.losses.rows import reduce_rows
 
 
 def _kept_rows(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -104,7 +107,11 @@ def _soft_target_rows(
     return _spread(rows, keep)
 
 
-def _reduce(rows: Tensor, mask: Tensor | None, reduction: Reduction, per_sample: bool) -> Tensor:
+def _reduce(rows: Tensor, mask: Tensor | None, reduction: Reduction, per_sample: bool, positions: Tensor | None = None) -> Tensor:
+    if positions is not None:
+        if mask is not None:
+            raise ValueError("Compact rows carry their positions; give `positions` or `mask`, not both.")
+        return reduce_rows(rows, positions, reduction, per_sample)
     if per_sample:
         return reduce_masked_per_sample(rows, mask, reduction)
     return reduce_masked(rows, mask, reduction)
@@ -118,13 +125,15 @@ def soft_kl(
     reduction: Reduction = "masked_mean",
     t2_scale: bool = True,
     per_sample: bool = False,
+    positions: Tensor | None = None,
 ) -> Tensor:
     """``T² · mean_rows KL(softmax(z_t/T) ‖ softmax(z_s/T))``.
 
     The ``T²`` factor (``t2_scale``) keeps the soft gradient's magnitude independent of ``T``.
+    ``positions``: the ``(B, N)`` places of compact ``(R, V)`` logits (then ``mask`` is ``None``).
     """
     rows = _soft_target_rows(student_logits, teacher_logits, temperature, mask, "kl")
-    loss = _reduce(rows, mask, reduction, per_sample)
+    loss = _reduce(rows, mask, reduction, per_sample, positions)
     return loss * temperature**2 if t2_scale else loss
 
 
@@ -136,14 +145,15 @@ def soft_cross_entropy(
     reduction: Reduction = "masked_mean",
     t2_scale: bool = False,
     per_sample: bool = False,
+    positions: Tensor | None = None,
 ) -> Tensor:
     """``mean_rows −Σ_k softmax(z_t/T)_k · log softmax(z_s/T)_k`` (summed over classes, not averaged).
 
     Differs from :func:`soft_kl` by the teacher's entropy, a constant without gradient. The GKD
-    reference's fine-tuning default is this loss without ``T²``.
+    reference's fine-tuning default is this loss without ``T²``. ``positions`` as for :func:`soft_kl`.
     """
     rows = _soft_target_rows(student_logits, teacher_logits, temperature, mask, "ce")
-    loss = _reduce(rows, mask, reduction, per_sample)
+    loss = _reduce(rows, mask, reduction, per_sample, positions)
     return loss * temperature**2 if t2_scale else loss
 
 
@@ -154,11 +164,13 @@ def logits_mse(
     reduction: Reduction = "masked_mean",
     teacher_scale: float = 1.0,
     per_sample: bool = False,
+    positions: Tensor | None = None,
 ) -> Tensor:
     """Mean squared error between raw logits (no temperature), averaged over the class dimension too.
 
-    ``teacher_scale`` multiplies the teacher's logits (the reference's ``mse_t_w``).
+    ``teacher_scale`` multiplies the teacher's logits (the reference's ``mse_t_w``). ``positions`` as
+    for :func:`soft_kl`.
     """
     student_logits, teacher_logits, keep = _kept_rows(student_logits, teacher_logits, mask)
     rows = (student_logits.float() - teacher_scale * teacher_logits.float()).pow(2).mean(dim=-1)
-    return _reduce(_spread(rows, keep), mask, reduction, per_sample)
+    return _reduce(_spread(rows, keep), mask, reduction, per_sample, positions)

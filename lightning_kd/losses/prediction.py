@@ -7,15 +7,22 @@ made of it alone; intermediate-layer methods add it for their prediction stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import torch
 from torch import Tensor
 
 from lightning_kd.losses.logits import logits_mse, soft_cross_entropy, soft_kl
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 
+if TYPE_CHECKING:
+    from lightning_kd.core.features import Features
+    from lightning_kd.core.logit_rows import LogitRows
+
 SoftLoss = Literal["kl", "ce", "mse"]
 SoftPositions = Literal["masked_tokens", "all_tokens", "all_positions"]
+#: The token-logit rows (:data:`~lightning_kd.core.logit_rows.LogitRows`) each ``soft_positions`` reads.
+_ROWS: dict[str, str] = {"masked_tokens": "labelled", "all_tokens": "tokens", "all_positions": "all"}
 
 
 @dataclass
@@ -60,7 +67,11 @@ class PredictionLoss:
 
     def soft_mask(self, batch: dict[str, Tensor], student_logits: Tensor) -> Tensor | None:
         """The mask of rows the soft term averages over (``None`` = every row)."""
-        if student_logits.dim() < 3 or self.soft_positions == "all_positions":
+        return self.token_mask(batch) if student_logits.dim() >= 3 else None
+
+    def token_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """The ``(B, N)`` positions the soft term averages over for token-level logits (``None`` = all)."""
+        if self.soft_positions == "all_positions":
             return None
         if self.soft_positions == "all_tokens" and "attention_mask" in batch:
             return padding_mask(batch["attention_mask"])
@@ -68,15 +79,38 @@ class PredictionLoss:
             return target_mask(batch["labels"])
         return padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
 
+    def logit_rows(self) -> LogitRows:
+        """The token-logit rows the soft term reads (``"none"`` when it is off); the hard term reads
+        the labelled rows, which the method adds when it uses the student's own loss."""
+        return _ROWS[self.soft_positions] if self.soft_weight > 0 else "none"  # type: ignore[return-value]
+
     def soft(self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor], per_sample: bool = False) -> Tensor:
         """The weighted soft term between student and teacher logits."""
-        mask = self.soft_mask(batch, student_logits)
+        return self._soft(student_logits, teacher_logits, self.soft_mask(batch, student_logits), None, per_sample)
+
+    def soft_features(self, student: Features, teacher: Features, batch: dict[str, Tensor], per_sample: bool = False) -> Tensor:
+        """The weighted soft term between two models' captured logits, whole or compact (``(R, V)``
+        rows with their ``(B, N)`` positions): the same value either way.
+
+        Raises:
+            ValueError: the term reads token rows that one of the models did not compute.
+        """
+        if student.logit_rows is None and teacher.logit_rows is None:
+            return self.soft(student.logits, teacher.logits, batch, per_sample)
+        rows = student.logit_rows if student.logit_rows is not None else teacher.logit_rows
+        mask = self.token_mask(batch)
+        positions = mask.bool() if mask is not None else torch.ones_like(rows)
+        return self._soft(student.logits_at(positions), teacher.logits_at(positions), None, positions, per_sample)
+
+    def _soft(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None, positions: Tensor | None, per_sample: bool) -> Tensor:
         if self.soft_loss == "mse":
-            value = logits_mse(student_logits, teacher_logits, mask, self.reduction, self.mse_teacher_scale, per_sample)
+            value = logits_mse(student_logits, teacher_logits, mask, self.reduction, self.mse_teacher_scale, per_sample, positions)
         elif self.soft_loss == "ce":
             value = soft_cross_entropy(
-                student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample
+                student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample, positions
             )
         else:
-            value = soft_kl(student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample)
+            value = soft_kl(
+                student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample, positions
+            )
         return self.soft_weight * value

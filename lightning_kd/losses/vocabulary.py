@@ -73,6 +73,7 @@ def word_prediction_loss(
     top_n_mode: TopNMode = "restrict",
     mask: Tensor | None = None,
     reduction: Reduction = "masked_mean",
+    positions: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """GLMD's word-prediction loss between vocabulary logits.
 
@@ -85,6 +86,8 @@ def word_prediction_loss(
         top_n_mode: ``"restrict"`` or ``"teacher_min"`` (module docstring).
         mask: ``(B, N)`` rows that count (``None``: all).
         reduction: ``"masked_mean"`` (divide by the kept rows) or ``"gkd"`` (by all rows).
+        positions: for compact token rows ``(R, V)`` (then ``mask`` is ``None``), their ``(B, N)``
+            places: the value equals the whole logits' with ``positions`` as the mask.
 
     Returns:
         ``{"vocabulary": …}``, plus ``"hinge"`` (:func:`top_n_hinge`) with ``top_n_mode="restrict"``.
@@ -101,9 +104,9 @@ def word_prediction_loss(
         else:
             raise ValueError(f"Unknown top_n_mode {top_n_mode!r}; use 'restrict' or 'teacher_min'.")
     if loss == "mse":
-        value = logits_mse(student_logits, teacher_logits, mask, reduction)
+        value = logits_mse(student_logits, teacher_logits, mask, reduction, positions=positions)
     elif loss == "kl":
-        value = soft_kl(student_logits, teacher_logits, temperature, mask, reduction, t2_scale=True)
+        value = soft_kl(student_logits, teacher_logits, temperature, mask, reduction, t2_scale=True, positions=positions)
     else:
         raise ValueError(f"Unknown vocabulary loss {loss!r}; use 'kl' or 'mse'.")
     return {"vocabulary": value, **terms}
