@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.core.features import Features
+from lightning_kd.core.logit_rows import LogitRows, rows_at
 
 
 @dataclass
@@ -20,9 +21,12 @@ class TeacherStep:
     Attributes:
         batch: the training batch (labels for strategies that score teachers on gold labels).
         student: the student's captured features (its logits, e.g. for uncertainty weights).
-        teacher_logits: float32 logits of each teacher that ran, in the order of ``teacher_indices``.
+        teacher_logits: float32 logits of each teacher that ran, in the order of ``teacher_indices``:
+            whole, or compact token rows ``(R, V)`` (MLM; see ``teacher_logit_rows``).
         teacher_indices: which teachers ran this step (see :meth:`MultiTeacherStrategy.select_teachers`).
         step: the trainer's global step (seed for per-step random draws, identical on every rank).
+        teacher_logit_rows: per teacher, the ``(B, N)`` positions of its compact logits, ``None`` for
+            whole logits (also when the list itself is ``None``).
     """
 
     batch: dict[str, Tensor]
@@ -30,6 +34,19 @@ class TeacherStep:
     teacher_logits: list[Tensor]
     teacher_indices: list[int]
     step: int
+    teacher_logit_rows: list[Tensor | None] | None = None
+
+    def teacher_rows(self, k: int) -> Tensor | None:
+        """The ``(B, N)`` positions of ``teacher_logits[k]`` when compact, else ``None``."""
+        return self.teacher_logit_rows[k] if self.teacher_logit_rows is not None else None
+
+    def token_level(self, k: int) -> bool:
+        """Whether ``teacher_logits[k]`` are per position (MLM), whole or compact."""
+        return self.teacher_rows(k) is not None or self.teacher_logits[k].dim() == 3
+
+    def teacher_logits_at(self, k: int, mask: Tensor | None) -> Tensor:
+        """``(R', V)`` token logits of ``teacher_logits[k]`` at the ``(B, N)`` positions of ``mask`` (``None``: all)."""
+        return rows_at(self.teacher_logits[k], self.teacher_rows(k), mask)
 
 
 class MultiTeacherStrategy(nn.Module):
@@ -44,10 +61,21 @@ class MultiTeacherStrategy(nn.Module):
             so the strategy can weight examples (MT-BERT, Uncertainty); other terms stay scalars.
         needs_student_loss: the strategy reads the student's own task/MLM loss (RL-KD's reward), so
             the student runs with labels even when the method has no hard term.
+
+    A strategy that reads token (MLM) logits itself names their rows in :meth:`student_logit_rows`
+    and :meth:`teacher_logit_rows`, so compact heads compute them.
     """
 
     per_sample: bool = False
     needs_student_loss: bool = False
+
+    def student_logit_rows(self) -> LogitRows:
+        """Token-logit rows of the student this strategy reads (default: none)."""
+        return "none"
+
+    def teacher_logit_rows(self) -> LogitRows:
+        """Token-logit rows of each teacher this strategy reads (default: none)."""
+        return "none"
 
     def select_teachers(self, num_teachers: int, step: int) -> list[int]:
         """Indices of the teachers to run this step (default: all). Teachers not listed never run."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_kd.core.logit_rows import LogitRows, widest
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
 
 
@@ -50,7 +51,14 @@ class MixMT(MultiTeacherStrategy):
         self.strategies = nn.ModuleList(strategies)
         self.names = names
         self.per_sample = any(s.per_sample for s in strategies)
+        self.needs_student_loss = any(s.needs_student_loss for s in strategies)  # RL-KD's reward
         self._selected: list[list[int]] | None = None  # each strategy's choice for the current step
+
+    def student_logit_rows(self) -> LogitRows:
+        return widest(*(s.student_logit_rows() for s in self.strategies))
+
+    def teacher_logit_rows(self) -> LogitRows:
+        return widest(*(s.teacher_logit_rows() for s in self.strategies))
 
     def select_teachers(self, num_teachers: int, step: int) -> list[int]:
         self._selected = [strategy.select_teachers(num_teachers, step) for strategy in self.strategies]
@@ -65,7 +73,8 @@ class MixMT(MultiTeacherStrategy):
         out: dict[str, Tensor] = {}
         for name, strategy, chosen in zip(self.names, self.strategies, selected):
             keep = [position[i] for i in chosen]
-            sub_step = TeacherStep(step.batch, step.student, [step.teacher_logits[k] for k in keep], list(chosen), step.step)
+            sub_step = TeacherStep(step.batch, step.student, [step.teacher_logits[k] for k in keep], list(chosen), step.step,
+                                   [step.teacher_rows(k) for k in keep])
             for term, value in strategy.combine([per_teacher[k] for k in keep], sub_step).items():
                 if term == "hard":
                     raise ValueError(

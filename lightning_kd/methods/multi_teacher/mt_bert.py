@@ -29,19 +29,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_kd.core.logit_rows import IGNORE_INDEX, LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
 
 
-def teacher_gold_loss(logits: Tensor, labels: Tensor) -> Tensor:
+def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
     """A teacher's own per-example loss against the gold labels (GKD ``mt_has_loss``), shape ``(B,)``.
 
     Args:
         logits: ``(B, C)`` task logits (``C = 1``: regression, squared error), or ``(B, N, V)``
             token logits (MLM; cross-entropy averaged over the positions whose label is not -100,
-            0 for an example without any).
+            0 for an example without any), or compact ``(R, V)`` token rows at ``rows``.
         labels: ``(B,)`` class ids or regression targets, or ``(B, N)`` token ids with -100 ignored.
+        rows: the ``(B, N)`` positions of compact token logits (they must cover every labelled one).
     """
     logits = logits.float()
+    if rows is not None:
+        if bool((labels.ne(IGNORE_INDEX) & ~rows).any()):
+            raise ValueError("The teacher's gold loss needs its logits at every labelled position; its compact rows miss some.")
+        per_row = F.cross_entropy(logits, labels[rows], ignore_index=IGNORE_INDEX, reduction="none")
+        return sum_per_example(per_row, rows) / labels.ne(IGNORE_INDEX).sum(dim=1).clamp_min(1)
     if logits.dim() == 3:
         per_token = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         counts = labels.ne(-100).sum(dim=1).clamp_min(1)
@@ -71,17 +78,20 @@ class MTBERT(MultiTeacherStrategy):
 
     per_sample = True
 
+    def teacher_logit_rows(self) -> LogitRows:
+        return "labelled"  # each teacher's gold loss (MLM: at the labelled positions)
+
     def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
         if "labels" not in step.batch:
             raise ValueError("MT-BERT weights each teacher by its loss on the gold labels; the batch has no 'labels'.")
         labels = step.batch["labels"]
         batch_size = labels.shape[0]
         out: dict[str, Tensor] = {}
-        for terms, logits in zip(per_teacher, step.teacher_logits):
+        for k, (terms, logits) in enumerate(zip(per_teacher, step.teacher_logits)):
             for name, value in terms.items():
                 if name == "soft":
                     with torch.no_grad():
-                        weight = 1.0 / (1.0 + teacher_gold_loss(logits, labels))
+                        weight = 1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k)))
                     value = (weight * per_sample_term(value, batch_size, "MT-BERT")).mean()
                 else:
                     value = value.mean()

@@ -54,11 +54,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.core.features import model_inputs
+from lightning_kd.core.logit_rows import LogitRows, mean_per_example, widest
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.pooling import Pooling, pool, resolve_pooling
 from lightning_kd.core.teachers import freeze
 from lightning_kd.methods.multi_teacher.mt_bert import teacher_gold_loss
-from lightning_kd.methods.multi_teacher.uncertainty import Positions, position_mask
+from lightning_kd.methods.multi_teacher.uncertainty import Positions, position_mask, position_rows
 from lightning_kd.models.loading import ModelSource
 
 Objective = Literal["reference_prob", "reinforce_logprob"]
@@ -189,22 +190,26 @@ class RLKD(MultiTeacherStrategy):
         if baseline_momentum is not None:
             self.register_buffer("baseline", torch.tensor(float("nan")))
 
+    def teacher_logit_rows(self) -> LogitRows:
+        # The agent's state reads each teacher's logits at `positions` and its gold loss at the labels.
+        return widest(position_rows(self.positions), "labelled") if self.stage == "rl" else "none"
+
     # ------------------------------------------------------------------ state
     def state(self, step: TeacherStep) -> tuple[Tensor, Tensor, Tensor]:
         """The agent's detached inputs: semantic ``(B, D)``, teacher gold losses ``(B, N)``, logits ``(B, C·N)``."""
         labels = step.batch["labels"]
         logits = [z.detach().float() for z in step.teacher_logits]
-        if logits[0].dim() == 3:
+        if step.token_level(0):  # MLM: each teacher's mean logits over the positions, whole or compact rows
             mask = position_mask(step.batch, self.positions)
-            keep = torch.ones(logits[0].shape[:2], device=labels.device) if mask is None else mask.float()
-            logits = [(z * keep[..., None]).sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp_min(1) for z in logits]
+            keep = torch.ones(labels.shape[:2], dtype=torch.bool, device=labels.device) if mask is None else mask.bool()
+            logits = [mean_per_example(step.teacher_logits_at(k, keep).detach().float(), keep) for k in range(len(logits))]
         if logits[0].shape[-1] != self.num_classes:
             raise ValueError(
                 f"RLKD was built for num_classes={self.num_classes} but the teachers' logits have {logits[0].shape[-1]} "
                 "outputs; set num_classes to the task's label count (the vocabulary size for MLM logits)."
             )
         with torch.no_grad():
-            losses = torch.stack([teacher_gold_loss(z, labels) for z in step.teacher_logits], dim=1)
+            losses = torch.stack([teacher_gold_loss(z, labels, step.teacher_rows(k)) for k, z in enumerate(step.teacher_logits)], dim=1)
             semantic = self.semantic_state(step.batch) if self._semantic else losses.new_zeros(losses.shape[0], 0)
         return semantic, losses, torch.cat(logits, dim=1)
 

@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_kd.core.logit_rows import LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 from lightning_kd.methods.multi_teacher.mt_bert import per_sample_term
@@ -56,6 +57,11 @@ def position_mask(batch: dict[str, Tensor], positions: Positions) -> Tensor | No
     if positions == "masked_tokens" and labels is not None and labels.dim() == 2:
         return target_mask(labels)
     return padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
+
+
+def position_rows(positions: Positions) -> LogitRows:
+    """The token-logit rows (:data:`~lightning_kd.core.logit_rows.LogitRows`) ``positions`` reads."""
+    return {"masked_tokens": "labelled", "all_tokens": "tokens", "all_positions": "all"}[positions]  # type: ignore[return-value]
 
 
 def student_uncertainty(logits: Tensor, mask: Tensor | None = None, reduction: Reduction = "masked_mean") -> Tensor:
@@ -83,6 +89,18 @@ def student_uncertainty(logits: Tensor, mask: Tensor | None = None, reduction: R
     if reduction == "gkd":
         return torch.where(mask, entropy, torch.ones_like(entropy)).mean(dim=1)
     return (entropy * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+
+
+def row_uncertainty(rows: Tensor, positions: Tensor, reduction: Reduction = "masked_mean") -> Tensor:
+    """:func:`student_uncertainty` of token logits given as compact ``(R, V)`` rows at the ``(B, N)``
+    ``positions`` to average over: the same ``(B,)`` values as the whole logits with that mask."""
+    classes = rows.shape[-1]
+    log_p = torch.log_softmax(rows.float(), dim=-1)
+    totals = sum_per_example(-(log_p.exp() * log_p).sum(dim=-1) / math.log(classes), positions)
+    counts = positions.sum(dim=1).to(totals.dtype)
+    if reduction == "gkd":  # positions off the mask count as uniform predictions (u = 1)
+        return (totals + positions.shape[1] - counts) / positions.shape[1]
+    return totals / counts.clamp_min(1)
 
 
 def uncertainty_weights(u: Tensor, num_teachers: int, mode: Literal["soft", "hard"]) -> Tensor:
@@ -143,10 +161,18 @@ class Uncertainty(MultiTeacherStrategy):
         self.mode, self.teacher_order = mode, teacher_order
         self.positions, self.reduction, self.detach_weights = positions, reduction, detach_weights
 
+    def student_logit_rows(self) -> LogitRows:
+        return position_rows(self.positions)  # the student's entropy at these positions
+
     def weights(self, step: TeacherStep) -> Tensor:
         """``(B, K)`` weight of each example for each teacher that ran (column ``k`` = ``per_teacher[k]``)."""
         logits = step.student.logits
-        u = student_uncertainty(logits, position_mask(step.batch, self.positions) if logits.dim() == 3 else None, self.reduction)
+        if step.student.logit_rows is not None:  # compact MLM rows: the entropy of the positions' rows
+            mask = position_mask(step.batch, self.positions)
+            positions = mask.bool() if mask is not None else torch.ones_like(step.student.logit_rows)
+            u = row_uncertainty(step.student.logits_at(positions), positions, self.reduction)
+        else:
+            u = student_uncertainty(logits, position_mask(step.batch, self.positions) if logits.dim() == 3 else None, self.reduction)
         if self.detach_weights:
             u = u.detach()
         by_rank = uncertainty_weights(u, len(step.teacher_indices), self.mode)
