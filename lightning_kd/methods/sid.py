@@ -22,6 +22,9 @@ Where we differ from the GKD reference, and why:
   time-based advance is derived from the global step (equal phases of ``I/(L_S+1)`` steps; the
   reference switches one forward later), and an epochs-per-stage option follows the paper.
 * Non-divisible depths use the GKD segmentation for ``g`` (12→5: 3, 6, 9, 11, 12).
+* "[CLS]" is chosen per model by ``pooling`` (:mod:`lightning_kd.core.pooling`): ``auto`` is the
+  first token on encoders (the reference's numbers) and the last real token on decoder LMs, whose
+  first position sees only itself.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from torch import Tensor
 
 from lightning_kd.callbacks.compatibility import require_callback
 from lightning_kd.callbacks.sid_stages import SIDStages
-from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.layer_map import uniform_boundaries
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.pooling import Pooling, check_pooling, pool, resolve_pair
 from lightning_kd.losses.attention import attention_kl
 from lightning_kd.losses.hidden import cosine_distance
 from lightning_kd.losses.masking import Reduction
@@ -49,6 +53,10 @@ class SID(DistillationModule):
     Args:
         reduction: averaging of the attention KL over query rows: ``"masked_mean"`` (real tokens) or
             ``"gkd"`` (every row, padding included; parity).
+        pooling: which vector of ``H_k`` the cosine term compares ("[CLS]" in the paper), per model:
+            ``"auto"`` (the first token on encoders, the last real token on causal LMs), ``"first"``,
+            ``"last"`` or ``"mean"`` (over real tokens); see :mod:`lightning_kd.core.pooling`. The term
+            keeps its name ``cls_cosine``.
         prediction: the prediction loss of the last stage (seed: soft at ``T = 1``, no hard term).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
@@ -57,6 +65,7 @@ class SID(DistillationModule):
         self,
         *,
         reduction: Reduction = "masked_mean",
+        pooling: Pooling = "auto",
         prediction: PredictionLoss | None = PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=1.0),  # noqa: B008
         **kwargs,
     ) -> None:
@@ -65,7 +74,8 @@ class SID(DistillationModule):
         if reduction not in ("masked_mean", "gkd"):
             raise ValueError(f"reduction must be 'masked_mean' or 'gkd', got {reduction!r}.")
         super().__init__(prediction=prediction, **kwargs)
-        self.reduction = reduction
+        self.reduction, self.pooling = reduction, pooling
+        check_pooling(pooling, self.student, self.teachers)
         s_config = self.student.config
         for index, teacher in enumerate(self.teachers):
             t_config = teacher.config
@@ -99,6 +109,14 @@ class SID(DistillationModule):
             raise ValueError(f"SID's stage must be in 1..{self.num_stages}, got {self.stage}.")
         return self.stage
 
+    def check_construction(self) -> None:
+        """As the base, in the last internal stage (it reads every attention layer the run will read)."""
+        stage, self.stage = self.stage, self.num_stages - 1
+        try:
+            super().check_construction()
+        finally:
+            self.stage = stage
+
     def internal(self) -> bool:
         """Whether the current stage matches internal layers (``n ≤ L_S``) rather than predictions."""
         return self._current_stage() < self.num_stages
@@ -123,6 +141,7 @@ class SID(DistillationModule):
         if not self.internal():
             return super().teacher_terms(batch, student, teacher, teacher_index)
         mask = batch.get("attention_mask")
+        s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
         attention, cls = 0.0, 0.0
         for k, j in enumerate(self.teacher_layer_map[teacher_index][: self.stage], start=1):
             attention = attention + attention_kl(
@@ -131,8 +150,9 @@ class SID(DistillationModule):
                 mask,
                 mask_queries=self.reduction == "masked_mean" and mask is not None,
                 reduction=self.reduction,
+                key_mask=shared_key_mask(student, k - 1, teacher, j - 1),
             )
-            cls = cls + cosine_distance(student.hidden_states[k][:, 0], teacher.hidden_states[j][:, 0])
+            cls = cls + cosine_distance(pool(student.hidden_states[k], mask, s_mode), pool(teacher.hidden_states[j], mask, t_mode))
         return {"attention": attention, "cls_cosine": cls}
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

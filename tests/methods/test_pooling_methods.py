@@ -15,13 +15,13 @@ import torch
 
 from lightning_kd.core.features import FeatureRequest, capture
 from lightning_kd.core.pooling import pool, real_token_index, resolve_pair
-from lightning_kd.methods import ALPKD, KD, MGSKD, PKD, RAILKD, UniversalKD
+from lightning_kd.methods import ALPKD, KD, MGSKD, PKD, RAILKD, SID, UniversalKD
 from lightning_kd.methods.multi_teacher import RLKD
 from tests.conftest import make_batch
 from tests.families import DECODERS, FAMILIES, make_family_model
 
 #: method → the loss term its pooling feeds.
-TERMS = {"pkd": "patience", "alp_kd": "alp", "universal_kd": "intermediate", "rail_kd": "rail", "mgskd": "sample"}
+TERMS = {"pkd": "patience", "alp_kd": "alp", "universal_kd": "intermediate", "sid": "cls_cosine", "rail_kd": "rail", "mgskd": "sample"}
 
 
 def build(name: str, family: str, pooling: str = "auto", teacher_family: str | None = None):
@@ -34,6 +34,9 @@ def build(name: str, family: str, pooling: str = "auto", teacher_family: str | N
         method = ALPKD(pooling=pooling, prediction=None, **common)
     elif name == "universal_kd":
         method = UniversalKD(pooling=pooling, **common)
+    elif name == "sid":
+        method = SID(pooling=pooling, **common)
+        method.stage = 2  # both student layers matched
     elif name == "rail_kd":
         method = RAILKD(pooling=pooling, layer_selection="uniform", **common)
     else:
