@@ -239,6 +239,7 @@ def relation_kl(
     reduction: Reduction = "masked_mean",
     per_sample: bool = False,
     key_mask: Tensor | None = None,
+    mask_queries: bool | None = None,
 ) -> Tensor:
     """``KL(softmax(T Tᵀ/√d_T) ‖ softmax(S Sᵀ/√d_S))`` per query row: MiniLM's value relation and
     MiniLMv2's Q-Q / K-K / V-V relations.
@@ -256,6 +257,9 @@ def relation_kl(
         key_mask: the models' ``(B, 1, N, N)`` attended pairs (causal, windowed models): the
             relations follow the attention the models compute, so these keys are always the ones
             related (padded keys included or not by this mask); ``mask_padding`` still selects rows.
+        mask_queries: with ``mask_padding``, whether padded query rows leave the mean (``None`` or
+            ``True``, the default) or stay in it (``False``: PaddleNLP's MiniLMv2, which adds the
+            key mask to the relation logits and averages every row). Needs ``mask_padding``.
     """
     if student_vectors.shape[:3] != teacher_vectors.shape[:3]:
         raise ValueError(
@@ -264,12 +268,14 @@ def relation_kl(
         )
     if mask_padding and attention_mask is None:
         raise ValueError("mask_padding=True needs attention_mask.")
+    if mask_queries is not None and not mask_padding:
+        raise ValueError("mask_queries chooses which rows of a padding-masked relation count; it needs mask_padding=True.")
     mask = attention_mask if mask_padding else None
     return attention_kl(
         self_relation_logits(student_vectors),
         self_relation_logits(teacher_vectors),
         mask,
-        mask_padding,
+        mask_padding if mask_queries is None else mask_queries,
         reduction,
         per_sample,
         key_mask=key_mask,

@@ -44,6 +44,11 @@ class PredictionLoss:
             per example, so this knob does not apply to them.
         reduction: ``"masked_mean"`` (default) or ``"gkd"`` (divide by all positions; parity).
         mse_teacher_scale: multiplier on teacher logits in the ``mse`` variant (GKD ``mse_t_w``).
+        class_mean: divide the ``kl``/``ce`` soft term by the class count ``C`` (the last logit
+            dimension), i.e. average the per-class summands instead of summing them, as the original
+            authors' code does: TinyBERT's ``(−p_T·log p_S).mean()`` and PKD's
+            ``KLDivLoss(reduction="mean")``. Parity only (``False`` keeps the usual per-example sum);
+            ``mse`` already averages over classes and refuses it.
     """
 
     soft_weight: float = 1.0
@@ -54,6 +59,7 @@ class PredictionLoss:
     soft_positions: SoftPositions = "masked_tokens"
     reduction: Reduction = "masked_mean"
     mse_teacher_scale: float = 1.0
+    class_mean: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -64,6 +70,8 @@ class PredictionLoss:
             )
         if self.soft_loss not in ("kl", "ce", "mse"):
             raise ValueError(f"soft_loss must be 'kl', 'ce' or 'mse', got {self.soft_loss!r}.")
+        if self.class_mean and self.soft_loss == "mse":
+            raise ValueError("class_mean averages the kl/ce summands over classes; soft_loss 'mse' already does: remove class_mean.")
 
     def soft_mask(self, batch: dict[str, Tensor], student_logits: Tensor) -> Tensor | None:
         """The mask of rows the soft term averages over (``None`` = every row)."""
@@ -113,4 +121,6 @@ class PredictionLoss:
             value = soft_kl(
                 student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample, positions
             )
+        if self.class_mean and self.soft_loss != "mse":
+            value = value / student_logits.shape[-1]  # the original codes' mean over the C class summands
         return self.soft_weight * value

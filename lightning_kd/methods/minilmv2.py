@@ -17,13 +17,16 @@ Where we differ from the GKD reference, and why:
 * A ``relation_heads`` value that does not divide a width raises an error naming valid values
   (the reference fails inside a reshape).
 * ``mask_padding=True`` (off by default, for parity) drops padded keys from the relation softmax
-  and padded query rows from the mean; the reference includes padding.
+  and padded query rows from the mean; the reference includes padding. ``padded_queries="keep"``
+  keeps the padded query rows in the mean (their relations over the real keys), as PaddleNLP's
+  MiniLMv2 does (it adds the additive key mask to both relation logits and averages every row).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -32,6 +35,7 @@ from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import relation_kl, split_relation_heads
 from lightning_kd.losses.prediction import PredictionLoss
 
+PaddedQueries = Literal["drop", "keep"]
 _RELATIONS = (("query_relation", "queries"), ("key_relation", "keys"), ("value_relation", "values"))
 
 
@@ -46,11 +50,23 @@ class MiniLMv2Settings:
         teacher_layer: the teacher layer to match, 1-based; negative counts from the end
             (``-1`` = last). A list gives one value per teacher.
         mask_padding: leave padding out of the relation softmax and the mean.
+        padded_queries: with ``mask_padding``, ``"drop"`` padded query rows from the mean (default) or
+            ``"keep"`` them (PaddleNLP's implementation: padded keys masked, every query row averaged).
     """
 
     relation_heads: int | list[int] = 48
     teacher_layer: int | list[int] = -1
     mask_padding: bool = False
+    padded_queries: PaddedQueries = "drop"
+
+    def __post_init__(self) -> None:
+        if self.padded_queries not in ("drop", "keep"):
+            raise ValueError(f"padded_queries must be 'drop' or 'keep', got {self.padded_queries!r}.")
+        if self.padded_queries == "keep" and not self.mask_padding:
+            raise ValueError(
+                "padded_queries='keep' keeps padded query rows of a padding-masked relation; without mask_padding every "
+                "row and key already counts. Set mask_padding=True, or leave padded_queries at 'drop'."
+            )
 
 
 def per_teacher(value: int | list[int], count: int, name: str) -> list[int]:
@@ -132,6 +148,7 @@ class MiniLMv2Intermediate(nn.Module):
                 mask,
                 mask_padding=mask_padding,
                 key_mask=keys,
+                mask_queries=(self.settings.padded_queries == "drop") if mask_padding else None,
             )
             for name, field in _RELATIONS
         }
@@ -144,6 +161,8 @@ class MiniLMv2(DistillationModule):
         relation_heads: relation heads ``A_r`` (int, or one per teacher); must divide every width.
         teacher_layer: teacher layer to match, 1-based, negative from the end (int, or one per teacher).
         mask_padding: leave padding out of the relations (off = GKD parity).
+        padded_queries: with ``mask_padding``: ``"drop"`` padded query rows from the mean, or ``"keep"``
+            them (PaddleNLP parity: padded keys masked, padded query rows averaged).
         prediction: an optional prediction-level loss added to the relation terms (``None``: none,
             as in the paper and GKD).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
@@ -162,5 +181,8 @@ class MiniLMv2(DistillationModule):
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)
-        settings = MiniLMv2Settings(relation_heads=relation_heads, teacher_layer=teacher_layer, mask_padding=mask_padding)
+        padded_queries: PaddedQueries = "drop",
+        settings = MiniLMv2Settings(
+            relation_heads=relation_heads, teacher_layer=teacher_layer, mask_padding=mask_padding, padded_queries=padded_queries
+        )
         self.intermediate = MiniLMv2Intermediate(settings, self.student.config, [t.config for t in self.teachers])

@@ -2,16 +2,24 @@
 
 Besides the soft/hard prediction loss, the student "patiently" matches the teacher's intermediate
 layers: for every mapped pair (student ``H_j``, teacher ``H_{map(j)}``) the squared distance between
-the L2-normalised [CLS] vectors, summed over the pairs and weighted by ``beta``. PKD-Skip is
+the L2-normalised [CLS] vectors, weighted by ``beta``. PKD-Skip is
 ``layer_map="uniform"`` (12→6: teacher 2,4,6,8,10), PKD-Last is ``layer_map="last"`` (teacher
 7…11); the final-layer pair is left out by default because the prediction loss already covers the
 output. The prediction loss is mixed as ``(1−alpha)·hard + alpha·soft``.
 
+Scale. The paper writes the patience loss as a squared distance summed over the features and the
+layer pairs, but its authors' code (``patience_loss``: ``F.mse_loss`` of the stacked ``(B, pairs, d)``
+normalised vectors) takes the *mean* over both, and ``beta = 100`` was tuned on that scale. Summing
+instead makes the term ``pairs·d`` times stronger (3,840 for BERT-base 12→6: 5 pairs × 768; 768 for
+MiniLM-L6 6→3: 2 pairs × 384), which swamps the prediction loss. The defaults are therefore the authors' code:
+``feature_reduction="mean"`` and ``pair_reduction="mean"``; ``"sum"`` gives the written formula. Their
+soft term is ``KLDivLoss(reduction="mean")``, the usual KL divided by the class count:
+``prediction.class_mean=True`` reproduces it (off by default, as for every other method).
+
 Where we differ from the GKD reference (``--student_model=pkd``), and why:
 
-* Distance: the reference takes the element-wise MSE of the normalised vectors, i.e. the paper's
-  squared distance divided by the width ``d``; we follow the paper (``feature_reduction="sum"``).
-  ``feature_reduction="mean"`` reproduces the reference's scale (the GKD presets set it).
+* Scale: the reference takes the element-wise MSE of the normalised vectors (``feature_reduction="mean"``)
+  but *sums* over the layer pairs; the GKD presets set ``pair_reduction="sum"``.
 * Defaults: the reference defaults (all tokens with padding, unnormalised, final layer included) are
   not PKD as published; ours are the published method, which is also what the logged GKD runs used
   (``--pkd_normalized_patience --pkd_only_cls --pkd_wo_final``). ``positions="all_tokens"`` masks
@@ -40,6 +48,7 @@ from lightning_kd.losses.patience import FeatureReduction, patience_distance
 from lightning_kd.losses.prediction import PredictionLoss
 
 PairKind = Literal["embedding", "intermediate", "final"]
+PairReduction = Literal["sum", "mean"]
 Positions = Literal["cls", "all_tokens", "all_positions"]
 Projection = Literal["none", "student_to_teacher", "teacher_to_student"]
 
@@ -71,7 +80,8 @@ class PKD(DistillationModule):
     Args:
         alpha: mixes the prediction terms as ``(1 − alpha)·hard + alpha·soft`` (on top of the
             weights inside ``prediction``). GKD ``--pkd_alpha``.
-        beta: weight of the patience loss (summed over the layer pairs). GKD ``--pkd_beta``.
+        beta: weight of the patience loss. GKD ``--pkd_beta``; the paper's 100 was tuned on the authors'
+            scale (mean over features and pairs, the defaults below).
         pairs: which hidden-state pairs are matched: ``"intermediate"`` (student layers
             ``1…L_S−1``), ``"final"`` (the last layer; GKD matches it unless ``--pkd_wo_final``),
             ``"embedding"`` (``H_0``; GKD ``--pkd_use_embed``).
@@ -83,8 +93,11 @@ class PKD(DistillationModule):
             (over real tokens); see :mod:`lightning_kd.core.pooling`. Refused with the other
             ``positions``, which compare every token and never pool.
         normalize: L2-normalise the vectors before the distance (GKD ``--pkd_normalized_patience``).
-        feature_reduction: ``"sum"`` the squared differences over the hidden dimension (paper) or
-            take their ``"mean"`` (GKD reference, ``1/d`` of the paper's value).
+        feature_reduction: ``"mean"`` of the squared differences over the hidden dimension (the
+            authors' code and the GKD reference) or their ``"sum"`` (the paper's written formula, ``d``
+            times larger).
+        pair_reduction: ``"mean"`` over the layer pairs (the authors' code) or ``"sum"`` (the GKD
+            reference, and the paper's written formula).
         layer_map: teacher hidden-state index for each student layer: ``"uniform"`` (PKD-Skip, GKD
             segmentation for non-divisible depths), ``"last"`` (PKD-Last), ``"first"``, or an explicit
             list (1-based hidden-state indices, one per student layer). Computed per teacher.
@@ -105,7 +118,8 @@ class PKD(DistillationModule):
         positions: Positions = "cls",
         pooling: Pooling = "auto",
         normalize: bool = True,
-        feature_reduction: FeatureReduction = "sum",
+        feature_reduction: FeatureReduction = "mean",
+        pair_reduction: PairReduction = "mean",
         layer_map: LayerMap = "uniform",
         projection: Projection = "none",
         prediction: PredictionLoss | None = PredictionLoss(temperature=10.0),  # noqa: B008 - never mutated
@@ -137,12 +151,14 @@ class PKD(DistillationModule):
                 "token; use positions='cls' with it, or leave pooling at 'auto'."
             )
         if feature_reduction not in ("sum", "mean"):
-            raise ValueError(f"feature_reduction must be 'sum' (paper) or 'mean' (GKD reference), got {feature_reduction!r}.")
+            raise ValueError(f"feature_reduction must be 'mean' (authors' code, GKD) or 'sum' (paper), got {feature_reduction!r}.")
+        if pair_reduction not in ("sum", "mean"):
+            raise ValueError(f"pair_reduction must be 'mean' (authors' code) or 'sum' (GKD reference), got {pair_reduction!r}.")
         if projection not in ("none", "student_to_teacher", "teacher_to_student"):
             raise ValueError(f"projection must be 'none', 'student_to_teacher' or 'teacher_to_student', got {projection!r}.")
         self.alpha, self.beta = alpha, beta
         self.pairs, self.positions = list(dict.fromkeys(pairs)), positions
-        self.normalize, self.feature_reduction = normalize, feature_reduction
+        self.normalize, self.feature_reduction, self.pair_reduction = normalize, feature_reduction, pair_reduction
         self.projection = projection
         self.pooling = pooling
         check_pooling(pooling, self.student, self.teachers)
@@ -174,7 +190,8 @@ class PKD(DistillationModule):
     def patience(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> Tensor:
-        """Unweighted patience loss with one teacher: the distances summed over the layer pairs.
+        """Unweighted patience loss with one teacher: the distances summed or averaged over the layer pairs
+        (``pair_reduction``).
 
         Returns a scalar, or ``(B,)`` per-example values with ``per_sample`` (for per-sample
         multi-teacher strategies).
@@ -194,7 +211,8 @@ class PKD(DistillationModule):
             total = total + patience_distance(
                 s_state, t_state, mask, self.normalize, self.feature_reduction, per_sample=per_sample
             )
-        return total
+        pairs = len(self.layer_pairs[teacher_index])
+        return total / pairs if self.pair_reduction == "mean" else total
 
     def teacher_terms(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int

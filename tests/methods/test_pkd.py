@@ -59,6 +59,7 @@ def test_pkd_last_layer_map():
 
 
 def test_patience_and_prediction_match_formula():
+    """The paper's written formula: squared distance summed over the features and the pairs."""
     teacher, student = make_tiny_bert(seed=1), make_tiny_bert(seed=2, layers=2)
     with torch.no_grad():  # spread the logits so the soft term is far from zero
         teacher.classifier.weight.mul_(100.0)
@@ -70,6 +71,8 @@ def test_patience_and_prediction_match_formula():
         alpha=alpha,
         beta=beta,
         pairs=["intermediate", "final"],
+        feature_reduction="sum",
+        pair_reduction="sum",
         prediction=PredictionLoss(temperature=T, soft_weight=1.0, hard_weight=1.0),
     ).eval()
     terms = method.compute_losses(batch)
@@ -92,6 +95,39 @@ def test_patience_and_prediction_match_formula():
     assert terms["hard"].item() == pytest.approx((1 - alpha) * hard.item(), rel=1e-4)
 
 
+def test_authors_code_scale_is_the_default():
+    """The PKD authors' code, written out: ``F.mse_loss`` of the stacked ``(B, pairs, d)`` normalised [CLS]
+    vectors (a mean over batch, pairs and features), ``beta·`` that, and the soft term
+    ``KLDivLoss(reduction="mean")(log_softmax(z_S/T), softmax(z_T/T))·T²`` (a mean over batch *and* classes)
+    with ``prediction.class_mean``."""
+    teacher, student = make_tiny_bert(seed=1), make_tiny_bert(seed=2, layers=3)
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(100.0)
+        student.classifier.weight.mul_(100.0)
+    batch, T, alpha, beta = make_batch(), 5.0, 0.4, 100.0
+    method = PKD(
+        teacher=teacher, student=student, alpha=alpha, beta=beta,
+        prediction=PredictionLoss(temperature=T, soft_weight=1.0, hard_weight=1.0, class_mean=True),
+    ).eval()
+    assert method.feature_reduction == "mean" and method.pair_reduction == "mean"
+    terms = method.compute_losses(batch)
+    hs, ht = _hidden(student, batch), _hidden(teacher, batch)
+    pairs = method.layer_pairs[0]
+    assert pairs == [(1, 2), (2, 3)]  # 4 -> 3 layers (segments 2, 1, 1): student H_1, H_2 against teacher H_2, H_3
+    s_stack = torch.stack([hs[j][:, 0] for j, _ in pairs], dim=1).double()
+    t_stack = torch.stack([ht[t][:, 0] for _, t in pairs], dim=1).double()
+    authors = torch.nn.functional.mse_loss(
+        torch.nn.functional.normalize(t_stack, p=2, dim=2), torch.nn.functional.normalize(s_stack, p=2, dim=2)
+    )
+    assert terms["patience"].item() == pytest.approx(beta * authors.item(), rel=1e-5)
+
+    inputs = {k: batch[k] for k in INPUTS}
+    with torch.no_grad():
+        zs, zt = student(**inputs).logits.double(), teacher(**inputs).logits.double()
+    kl_mean = torch.nn.KLDivLoss(reduction="mean")(torch.log_softmax(zs / T, dim=1), torch.softmax(zt / T, dim=1)) * T * T
+    assert terms["soft"].item() == pytest.approx(alpha * kl_mean.item(), rel=1e-4)
+
+
 def test_gkd_scale_and_unnormalised_variants():
     teacher, student = make_tiny_bert(seed=1), make_tiny_bert(seed=2, layers=2)
     batch = make_batch()
@@ -103,11 +139,17 @@ def test_gkd_scale_and_unnormalised_variants():
         )
 
     width = hs[1].shape[-1]
-    assert patience(feature_reduction="mean") == pytest.approx(patience() / width, rel=1e-5)
-    # MT-BERT style: plain MSE over every position (padding included), mean over features
+    paper = patience(feature_reduction="sum", pair_reduction="sum")
+    assert patience(feature_reduction="mean", pair_reduction="sum") == pytest.approx(paper / width, rel=1e-5)  # GKD
+    assert patience() == pytest.approx(paper / width, rel=1e-5)  # one intermediate pair: mean = sum over pairs
+    # MT-BERT style: plain MSE over every position (padding included), mean over features, summed over pairs
     mse = sum(((hs[j] - ht[t]) ** 2).mean().item() for j, t in [(1, 2), (2, 4)])
-    got = patience(normalize=False, feature_reduction="mean", positions="all_positions", pairs=["intermediate", "final"])
+    got = patience(
+        normalize=False, feature_reduction="mean", pair_reduction="sum", positions="all_positions", pairs=["intermediate", "final"]
+    )
     assert got == pytest.approx(mse, rel=1e-5)
+    averaged = patience(normalize=False, positions="all_positions", pairs=["intermediate", "final"])
+    assert averaged == pytest.approx(mse / 2, rel=1e-5)
 
 
 def test_zero_patience_for_an_exact_copy():
@@ -179,6 +221,8 @@ def test_bad_inputs_fail_fast(tiny_teacher):
         PKD(teacher=tiny_teacher, student_init="teacher_first", student_layers=2, layer_map=[2, 3, 4])
     with pytest.raises(ValueError, match="prediction is None"):
         PKD(teacher=tiny_teacher, student_init="teacher_first", student_layers=2, prediction=None, alpha=0.9)
+    with pytest.raises(ValueError, match="pair_reduction"):
+        PKD(teacher=tiny_teacher, student_init="teacher_first", student_layers=2, pair_reduction="max")
 
 
 def test_saved_hyperparameters_keep_the_unmixed_prediction():
