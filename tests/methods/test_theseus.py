@@ -177,3 +177,29 @@ def test_fit_without_the_rate_callback_fails_clearly(tmp_path):
     method = Theseus(teacher=tiny(layers=4), student_init="teacher_first", student_layers=2)
     with pytest.raises(MisconfigurationException, match="needs TheseusReplacingRate"):
         fit(method, [], tmp_path, max_steps=1)
+
+
+def test_a_pure_student_that_answers_alike_is_reported_at_the_first_batch():
+    """The failure of the first-layers init: a student whose output does not depend on the input.
+    Zeroing the classifier's weight makes every example's logits the classifier's bias."""
+    import warnings
+
+    method, batch = _method(), make_batch()
+    method.train()
+    with torch.no_grad():  # a random tiny head barely separates examples; a trained one does (MiniLM: spread 0.25)
+        method.student.classifier.weight.mul_(1000.0)
+    assert method.student_answers_alike(batch) is None
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        method.on_train_batch_start(batch, 0)
+    assert not [w for w in recorded if "Theseus" in str(w.message)]
+    with torch.no_grad():
+        method.student.classifier.weight.zero_()
+    assert method.student_answers_alike(batch) == pytest.approx(0.0)
+    assert method.student.training  # the check runs in eval mode and restores the mode
+    with pytest.warns(UserWarning, match="student_init: teacher_uniform"):
+        method.on_train_batch_start(batch, 0)
+    with warnings.catch_warnings(record=True) as recorded:  # only the first batch of a run is checked
+        warnings.simplefilter("always")
+        method.on_train_batch_start(batch, 1)
+    assert not [w for w in recorded if "Theseus" in str(w.message)]
