@@ -85,6 +85,7 @@ def describe_request(request: FeatureRequest) -> dict[str, Any]:
         "qkv_layers": sorted(request.qkv_layers),
         "score_layers": sorted(request.score_layers),
         "prob_layers": sorted(request.prob_layers),
+        "logit_rows": request.logit_rows,
     }
 
 
@@ -95,13 +96,15 @@ def request_from_description(described: dict[str, Any]) -> FeatureRequest:
         qkv_layers=frozenset(described["qkv_layers"]),
         score_layers=frozenset(described["score_layers"]),
         prob_layers=frozenset(described["prob_layers"]),
+        logit_rows=described["logit_rows"],
     )
 
 
 def covers(stored: FeatureRequest, wanted: FeatureRequest) -> list[str]:
     """What ``wanted`` asks for that a cache storing ``stored`` lacks (empty when it is covered).
 
-    Scores and probabilities are rebuilt from Q and K, so any stored Q/K layer serves them.
+    Scores and probabilities are rebuilt from Q and K, so any stored Q/K layer serves them. Token
+    logits are stored for exactly the rows the cache was filled with, so the rows must be the same.
     """
     missing = []
     if wanted.hidden_states and not stored.hidden_states:
@@ -111,4 +114,6 @@ def covers(stored: FeatureRequest, wanted: FeatureRequest) -> list[str]:
         missing.append(f"Q/K of layers {sorted((wanted.score_layers | wanted.prob_layers | wanted.qkv_layers) - qk_stored)}")
     if not wanted.qkv_layers <= stored.qkv_layers:
         missing.append(f"V of layers {sorted(wanted.qkv_layers - stored.qkv_layers)}")
+    if wanted.logit_rows != stored.logit_rows:
+        missing.append(f"logit rows {wanted.logit_rows!r} (it stores {stored.logit_rows!r})")
     return missing

@@ -3,14 +3,20 @@
 Only real tokens are stored (positions where ``attention_mask`` is 1, in position order), so a
 record does not depend on how much padding its batch had. Per token: the input id (to recognise
 the row later), the requested hidden states ``H_0 … H_L``, Q/K of every layer whose scores,
-probabilities or Q/K/V are requested and V of the Q/K/V layers, and vocabulary-level logits
-(MLM) — their ``top_k`` largest values with their ids, or all of them with ``top_k=None``. Per
-example: sequence-level (classification) logits. Records are numpy structured arrays, so a shard
-file is a flat array of fixed-size records that :mod:`lightning_kd.cache.shards` memory-maps.
+probabilities or Q/K/V are requested and V of the Q/K/V layers, and — when the teacher's request
+asks for every logit row — vocabulary-level logits (MLM): their ``top_k`` largest values with their
+ids, or all of them with ``top_k=None``. Per example: sequence-level (classification) logits.
+
+Compact heads (a request naming some logit rows, e.g. the labelled ones) store vocabulary-level
+logits per *logit row* instead, in a third record stream: the row's index among its example's real
+tokens, then its top-k (or all) logits. A masked-LM cache thus holds ~15 % of the rows a per-token
+store would. Records are numpy structured arrays, so a shard file is a flat array of fixed-size
+records that :mod:`lightning_kd.cache.shards` memory-maps.
 
 On the way back, tokens are scattered into ``(B, N, …)`` tensors with zeros at padded positions,
-and top-k logits become a ``(B, N, V)`` tensor holding the stored values and
-:data:`TOPK_FILL` elsewhere, i.e. a softmax over the ``k`` kept logits (renormalised top-k).
+and top-k logits become ``(B, N, V)`` (or compact ``(R, V)``) tensors holding the stored values and
+:data:`TOPK_FILL` elsewhere, i.e. a softmax over the ``k`` kept logits (renormalised top-k). Compact
+rows come back only where the batch's own row mask says, which is checked against the stored rows.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import torch
 from torch import Tensor
 
 from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.logit_rows import row_mask
 
 StorageDtype = Literal["float16", "bfloat16", "float32"]
+Level = Literal["token", "example", "row"]
 
 #: Logit given to the ids outside the stored top-k. Finite (``-inf`` makes ``0·log 0`` NaN in a KL),
 #: and so low that ``exp`` of it underflows to exactly 0 at any sensible temperature.
@@ -37,84 +45,106 @@ _NUMPY = {"float16": np.float16, "bfloat16": np.int16, "float32": np.float32, "i
 
 @dataclass(frozen=True)
 class Field:
-    """One stored tensor: ``per_token`` (one row per real token) or per example, with its dtype and shape."""
+    """One stored tensor with its dtype and shape, at one ``level``: ``"token"`` (one record per real
+    token), ``"example"`` (one per example) or ``"row"`` (one per compact logit row)."""
 
     name: str
-    per_token: bool
+    level: Level
     dtype: str
     shape: tuple[int, ...]
 
 
 @dataclass
 class EncodedRows:
-    """A batch's records: ``tokens`` (all real tokens, row after row), ``examples`` (one per row or
-    ``None``) and ``counts`` (real tokens per row)."""
+    """A batch's records: ``tokens`` (all real tokens, example after example), ``examples`` (one per
+    example or ``None``), ``counts`` (real tokens per example), and for compact logits ``rows``
+    (logit rows, example after example) with ``row_counts`` (logit rows per example)."""
 
     tokens: np.ndarray
     examples: np.ndarray | None
     counts: np.ndarray
+    rows: np.ndarray | None = None
+    row_counts: np.ndarray | None = None
 
     def select(self, rows: list[int]) -> EncodedRows:
         """The records of the batch rows ``rows`` (in that order)."""
-        starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
-        tokens = np.concatenate([self.tokens[starts[r] : starts[r] + self.counts[r]] for r in rows]) if rows else self.tokens[:0]
         examples = self.examples[rows] if self.examples is not None else None
-        return EncodedRows(tokens, examples, self.counts[rows])
+        logit_rows = _pick(self.rows, self.row_counts, rows) if self.rows is not None else None
+        row_counts = self.row_counts[rows] if self.row_counts is not None else None
+        return EncodedRows(_pick(self.tokens, self.counts, rows), examples, self.counts[rows], logit_rows, row_counts)
+
+
+def _pick(records: np.ndarray, counts: np.ndarray, examples: list[int]) -> np.ndarray:
+    """The records of ``examples`` from records stored example after example, ``counts`` per example."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return np.concatenate([records[starts[e] : starts[e] + counts[e]] for e in examples]) if examples else records[:0]
 
 
 class RecordLayout:
     """The stored fields of one teacher cache (see the module docstring).
 
     Args:
-        fields: every stored tensor; ``input_ids`` (per token, int32) must be first.
+        fields: every stored tensor; ``input_ids`` (per token, int32) must be first, and ``row_token``
+            (per logit row, int32: its index among the example's real tokens) first of the row fields.
         num_heads: the teacher's attention heads (decoded features rebuild scores from Q and K with it).
-        top_k: vocabulary-level logits kept per token, or ``None`` for all.
+        top_k: vocabulary-level logits kept per token or row, or ``None`` for all.
         vocabulary_size: ``V`` of vocabulary-level logits (``None`` for sequence-level logits).
+        compact: vocabulary-level logits are stored per compact logit row (possibly none), not per token.
     """
 
-    def __init__(self, fields: list[Field], num_heads: int, top_k: int | None, vocabulary_size: int | None) -> None:
+    def __init__(self, fields: list[Field], num_heads: int, top_k: int | None, vocabulary_size: int | None,
+                 compact: bool = False) -> None:
         self.fields, self.num_heads, self.top_k, self.vocabulary_size = fields, num_heads, top_k, vocabulary_size
-        self.token_fields = [f for f in fields if f.per_token]
-        self.example_fields = [f for f in fields if not f.per_token]
+        self.compact = compact
+        self.token_fields = [f for f in fields if f.level == "token"]
+        self.example_fields = [f for f in fields if f.level == "example"]
+        self.row_fields = [f for f in fields if f.level == "row"]
         self.token_dtype = _record_dtype(self.token_fields)
         self.example_dtype = _record_dtype(self.example_fields) if self.example_fields else None
-        self.vocabulary_logits = any(f.name in ("logits", "topk_values") for f in self.token_fields)
+        self.row_dtype = _record_dtype(self.row_fields) if self.row_fields else None
+        self.vocabulary_logits = any(f.name in ("logits", "topk_values") for f in self.token_fields + self.row_fields)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_features(cls, probe: Features, request: FeatureRequest, top_k: int | None, dtype: StorageDtype) -> RecordLayout:
         """The layout that stores what ``request`` needs, with shapes read from a probe forward's features."""
-        fields = [Field("input_ids", True, "int32", ())]
+        fields = [Field("input_ids", "token", "int32", ())]
         if request.hidden_states:
             states = probe.hidden_states
-            fields.append(Field("hidden", True, dtype, (len(states), states[0].shape[-1])))
+            fields.append(Field("hidden", "token", dtype, (len(states), states[0].shape[-1])))
         for layer in sorted(request.hooked_layers):
-            fields.append(Field(f"q{layer}", True, dtype, (probe.queries[layer].shape[-1],)))
-            fields.append(Field(f"k{layer}", True, dtype, (probe.keys[layer].shape[-1],)))
+            fields.append(Field(f"q{layer}", "token", dtype, (probe.queries[layer].shape[-1],)))
+            fields.append(Field(f"k{layer}", "token", dtype, (probe.keys[layer].shape[-1],)))
         for layer in sorted(request.qkv_layers):
-            fields.append(Field(f"v{layer}", True, dtype, (probe.values[layer].shape[-1],)))
+            fields.append(Field(f"v{layer}", "token", dtype, (probe.values[layer].shape[-1],)))
         logits, vocabulary = probe.logits, None
-        if logits.dim() == 3:
+        compact = probe.logit_rows is not None
+        if probe.token_level:
             vocabulary = logits.shape[-1]
-            if top_k is not None and top_k < vocabulary:
-                fields += [Field("topk_values", True, "float32", (top_k,)), Field("topk_indices", True, "int32", (top_k,))]
+            level: Level = "row" if compact else "token"
+            if compact and request.logit_rows == "none":
+                top_k = None  # no row is ever read: nothing stored
+            elif top_k is not None and top_k < vocabulary:
+                fields += [Field("topk_values", level, "float32", (top_k,)), Field("topk_indices", level, "int32", (top_k,))]
             else:
-                fields.append(Field("logits", True, "float32", (vocabulary,)))
+                fields.append(Field("logits", level, "float32", (vocabulary,)))
                 top_k = None
+            if compact and request.logit_rows != "none":
+                fields.insert(next(i for i, f in enumerate(fields) if f.level == "row"), Field("row_token", "row", "int32", ()))
         else:
-            fields.append(Field("logits", False, "float32", tuple(logits.shape[1:])))
+            fields.append(Field("logits", "example", "float32", tuple(logits.shape[1:])))
             top_k = None  # sequence-level logits are few; they are always stored in full
-        return cls(fields, probe.num_heads, top_k, vocabulary)
+        return cls(fields, probe.num_heads, top_k, vocabulary, compact)
 
     def describe(self) -> dict[str, Any]:
         """JSON form, stored in the manifest."""
         return {"num_heads": self.num_heads, "top_k": self.top_k, "vocabulary_size": self.vocabulary_size,
-                "fields": [[f.name, f.per_token, f.dtype, list(f.shape)] for f in self.fields]}
+                "compact": self.compact, "fields": [[f.name, f.level, f.dtype, list(f.shape)] for f in self.fields]}
 
     @classmethod
     def from_description(cls, described: dict[str, Any]) -> RecordLayout:
-        fields = [Field(name, per_token, dtype, tuple(shape)) for name, per_token, dtype, shape in described["fields"]]
-        return cls(fields, described["num_heads"], described["top_k"], described["vocabulary_size"])
+        fields = [Field(name, level, dtype, tuple(shape)) for name, level, dtype, shape in described["fields"]]
+        return cls(fields, described["num_heads"], described["top_k"], described["vocabulary_size"], described["compact"])
 
     # ------------------------------------------------------------------ features → records
     def encode(self, features: Features, batch: dict[str, Tensor]) -> EncodedRows:
@@ -127,7 +157,10 @@ class RecordLayout:
         counts = mask.sum(dim=1).cpu().numpy().astype(np.int64)
         tokens = np.zeros(int(counts.sum()), dtype=self.token_dtype)
         tokens["input_ids"] = batch["input_ids"].to(mask.device)[mask].to(torch.int32).cpu().numpy()
-        top = features.logits[mask].float().topk(self.top_k, dim=-1) if self.top_k is not None else None
+        logit_rows = row_counts = None
+        if self.compact:
+            logit_rows, row_counts = self._encode_rows(features, mask)
+        top = features.logits[mask].float().topk(self.top_k, dim=-1) if self.top_k is not None and not self.compact else None
         for field in self.token_fields[1:]:
             if field.name == "hidden":
                 value = torch.stack(features.hidden_states, dim=2)[mask]
@@ -145,7 +178,32 @@ class RecordLayout:
         if self.example_dtype is not None:
             examples = np.zeros(len(counts), dtype=self.example_dtype)
             examples["logits"] = _to_numpy(features.logits, self.example_fields[0])
-        return EncodedRows(tokens, examples, counts)
+        return EncodedRows(tokens, examples, counts, logit_rows, row_counts)
+
+    def _encode_rows(self, features: Features, real: Tensor) -> tuple[np.ndarray | None, np.ndarray]:
+        """Row records of compact logits (each row's index among its example's real tokens, then its
+        logits) and the rows per example.
+
+        Raises:
+            ValueError: a logit row lies at a padded position (the cache stores real tokens only).
+        """
+        rows = features.logit_rows.to(real.device)
+        if bool((rows & ~real).any()):
+            raise ValueError(
+                "The teacher's logit rows include padded positions (labels at padding?), which the cache cannot store "
+                "(it keeps real tokens only). Check the data's labels, or train without the teacher cache."
+            )
+        row_counts = rows.sum(dim=1).cpu().numpy().astype(np.int64)
+        if self.row_dtype is None:
+            return None, row_counts
+        records = np.zeros(int(row_counts.sum()), dtype=self.row_dtype)
+        records["row_token"] = (real.long().cumsum(dim=1) - 1)[rows].to(torch.int32).cpu().numpy()
+        logits = features.logits.float()
+        top = logits.topk(self.top_k, dim=-1) if self.top_k is not None else None
+        for field in self.row_fields[1:]:
+            value = {"topk_values": lambda: top.values, "topk_indices": lambda: top.indices, "logits": lambda: logits}[field.name]()
+            records[field.name] = _to_numpy(value, field)
+        return records, row_counts
 
     # ------------------------------------------------------------------ records → features
     def decode(self, rows: EncodedRows, batch: dict[str, Tensor], request: FeatureRequest, device: torch.device) -> Features:
@@ -159,7 +217,7 @@ class RecordLayout:
 
         def column(name: str) -> Tensor:
             field = next(f for f in self.fields if f.name == name)
-            source = rows.tokens if field.per_token else rows.examples
+            source = rows.tokens if field.level == "token" else rows.examples
             return _from_numpy(source[name], field).to(device, non_blocking=True)
 
         def spread(values: Tensor) -> Tensor:
@@ -173,7 +231,10 @@ class RecordLayout:
             out = values.new_zeros((values.shape[0], size * length, values.shape[-1]))
             out[:, where] = values
             hidden = tuple(out.view(values.shape[0], size, length, -1).unbind(0))
-        if self.example_dtype is not None:
+        logit_rows = None
+        if self.compact:
+            logits, logit_rows = self._decode_rows(rows, batch, request, mask, device)
+        elif self.example_dtype is not None:
             logits = column("logits").float()
         elif self.top_k is not None:
             logits = torch.zeros(size * length, self.vocabulary_size, device=device)
@@ -191,7 +252,48 @@ class RecordLayout:
             values={layer: spread(column(f"v{layer}")) for layer in sorted(request.qkv_layers)},
             attention_mask=batch.get("attention_mask"),
             num_heads=self.num_heads,
+            logit_rows=logit_rows,
         )
+
+    def _decode_rows(self, rows: EncodedRows, batch: dict[str, Tensor], request: FeatureRequest, real: Tensor,
+                     device: torch.device) -> tuple[Tensor, Tensor]:
+        """Compact ``(R, V)`` logits at the batch's own logit rows, and those ``(B, N)`` rows.
+
+        Raises:
+            ValueError: the stored rows are not the batch's (its MLM labels changed since the cache was filled).
+        """
+        wanted = row_mask(batch, request.logit_rows)
+        wanted = torch.ones_like(real) if wanted is None else wanted.to(device).bool()
+        size, length = real.shape
+        stored = torch.zeros(size * length, dtype=torch.bool, device=device)
+        if rows.rows is not None and len(rows.rows):
+            where = real.reshape(-1).nonzero().squeeze(1)  # flat positions of the real tokens, example after example
+            token_starts = torch.as_tensor(np.concatenate([[0], np.cumsum(rows.counts)[:-1]]), device=device)
+            example = torch.repeat_interleave(torch.arange(size, device=device), torch.as_tensor(rows.row_counts, device=device))
+            token = torch.as_tensor(rows.rows["row_token"].astype(np.int64), device=device)
+            stored[where[token_starts[example] + token]] = True
+        stored = stored.view(size, length)
+        if not torch.equal(stored, wanted):
+            bad = int((stored != wanted).any(dim=1).nonzero()[0, 0])
+            raise ValueError(
+                f"cached teacher logit rows for batch row {bad} are not the positions this batch's labels mark: the data's "
+                "MLM masks changed since the cache was filled. Delete the teacher cache directory (or point its path "
+                "elsewhere); for pretraining, set data.init_args.masking_seed so masks are static."
+            )
+        count = int(wanted.sum())
+        if self.row_dtype is None:  # "none" rows: nothing is stored or read
+            return torch.zeros(count, self.vocabulary_size, device=device), wanted
+
+        def column(name: str) -> Tensor:
+            field = next(f for f in self.row_fields if f.name == name)
+            return _from_numpy(rows.rows[name], field).to(device, non_blocking=True)
+
+        if self.top_k is not None:
+            logits = torch.full((count, self.vocabulary_size), TOPK_FILL, device=device)
+            logits.scatter_(1, column("topk_indices").long(), column("topk_values").float())
+        else:
+            logits = column("logits").float()
+        return logits, wanted
 
     # ------------------------------------------------------------------ checks
     def differing_row(self, rows: EncodedRows, batch: dict[str, Tensor]) -> int | None:
@@ -228,14 +330,20 @@ def zero_padding(features: Features, mask: Tensor) -> Features:
     def zero(t: Tensor) -> Tensor:
         return t * keep.view(*keep.shape, *([1] * (t.dim() - 2))).to(t.dtype)
 
+    logits = features.logits
+    if features.logit_rows is not None:  # compact rows: zero those at padded positions
+        logits = logits * keep.to(logits.device)[features.logit_rows].unsqueeze(-1).to(logits.dtype)
+    elif logits.dim() == 3:
+        logits = zero(logits)
     return Features(
-        logits=zero(features.logits) if features.logits.dim() == 3 else features.logits,
+        logits=logits,
         hidden_states=tuple(zero(h) for h in features.hidden_states) if features.hidden_states is not None else None,
         queries={k: zero(v) for k, v in features.queries.items()},
         keys={k: zero(v) for k, v in features.keys.items()},
         values={k: zero(v) for k, v in features.values.items()},
         attention_mask=features.attention_mask,
         num_heads=features.num_heads,
+        logit_rows=features.logit_rows,
     )
 
 

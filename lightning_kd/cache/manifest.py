@@ -14,7 +14,8 @@ from typing import Any
 from lightning_kd.fault.atomic_io import atomic_write
 
 #: Bumped whenever the on-disk format changes; older caches are then refused, not misread.
-CACHE_FORMAT_VERSION = 1
+#: 2: compact MLM logits (top-k per logit row in ``rows.bin``), the request's logit rows in the key.
+CACHE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 #: Key component → how a message names it.

@@ -5,7 +5,9 @@ Layout of one teacher's cache directory::
     manifest.json
     rank0/<run>.tokens.bin          per-token records, appended (numpy structured records, no header)
     rank0/<run>.examples.bin        per-example records (sequence-level logits), when the layout has any
-    rank0/<run>.00000.index.npy     example index → (token offset, token count, example row), one file per commit
+    rank0/<run>.rows.bin            per-logit-row records (compact MLM logits), when the layout has any
+    rank0/<run>.00000.index.npy     example index → (token offset, token count, example row, row offset,
+                                    row count), one file per commit
     rank1/...
 
 Every process (one per rank and run, ``<run>`` unique) appends to its own files and never touches
@@ -30,8 +32,11 @@ import numpy as np
 from lightning_kd.fault.atomic_io import atomic_write
 from lightning_kd.cache.layout import EncodedRows, RecordLayout
 
-INDEX_DTYPE = np.dtype([("example", "<i8"), ("token_offset", "<i8"), ("tokens", "<i8"), ("example_row", "<i8")])
-_LOCATION = np.dtype([("file", "<i8"), ("token_offset", "<i8"), ("tokens", "<i8"), ("example_row", "<i8")])
+INDEX_DTYPE = np.dtype([("example", "<i8"), ("token_offset", "<i8"), ("tokens", "<i8"), ("example_row", "<i8"),
+                        ("row_offset", "<i8"), ("rows", "<i8")])
+_LOCATION = np.dtype([("file", "<i8"), ("token_offset", "<i8"), ("tokens", "<i8"), ("example_row", "<i8"),
+                      ("row_offset", "<i8"), ("rows", "<i8")])
+_ENTRY_FIELDS = ("token_offset", "tokens", "example_row", "row_offset", "rows")
 
 
 class Shards:
@@ -48,14 +53,14 @@ class Shards:
         self.folder = directory / f"rank{rank}"
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._files: list[Path] = []  # record-file stems, indexed by a location's "file"
-        self._maps: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        self._maps: dict[int, tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]] = {}
         self._keys = np.zeros(0, dtype=np.int64)
         self._locations = np.zeros(0, dtype=_LOCATION)
         # Rows this process appended since the last refresh: example → location (a dict: batches look up 32 ids).
-        self._own: dict[int, tuple[int, int, int, int]] = {}
+        self._own: dict[int, tuple[int, ...]] = {}
         self._uncommitted: list[np.ndarray] = []
         self._commits = 0
-        self._token_count = self._example_count = 0
+        self._token_count = self._example_count = self._row_count = 0
         self._handles: tuple | None = None
         self.refresh()
 
@@ -68,7 +73,7 @@ class Shards:
             stem = path.parent / path.name.split(".")[0]
             located = np.zeros(len(entries), dtype=_LOCATION)
             located["file"] = self._file_id(stem)
-            for name in ("token_offset", "tokens", "example_row"):
+            for name in _ENTRY_FIELDS:
                 located[name] = entries[name]
             keys.append(entries["example"])
             locations.append(located)
@@ -101,16 +106,20 @@ class Shards:
 
     def read(self, locations: np.ndarray) -> EncodedRows:
         """The records at ``locations`` (from :meth:`locate`), in order."""
-        tokens, examples = [], []
-        for file, offset, count, row in locations.tolist():
-            token_map, example_map = self._mapped(file, offset + count, row + 1)
+        tokens, examples, rows = [], [], []
+        for file, offset, count, row, row_offset, row_count in locations.tolist():
+            token_map, example_map, row_map = self._mapped(file, offset + count, row + 1, row_offset + row_count)
             tokens.append(token_map[offset : offset + count])
             if example_map is not None:
                 examples.append(example_map[row : row + 1])
+            if row_map is not None:
+                rows.append(row_map[row_offset : row_offset + row_count])
         return EncodedRows(
             tokens=np.concatenate(tokens),
             examples=np.concatenate(examples) if examples else None,
             counts=locations["tokens"].copy(),
+            rows=np.concatenate(rows) if rows else None,
+            row_counts=locations["rows"].copy() if self.layout.compact else None,
         )
 
     # ------------------------------------------------------------------ writing
@@ -118,19 +127,21 @@ class Shards:
         """Append the records of ``examples`` (visible to this process at once, durable after :meth:`commit`)."""
         if not len(examples):
             return
-        tokens_file, examples_file = self._open_for_append()
-        tokens_file.write(rows.tokens.tobytes())
-        if examples_file is not None:
-            examples_file.write(rows.examples.tobytes())
-        # Python's buffer → the OS, so this process's memory maps see the bytes (no fsync yet).
-        tokens_file.flush()
-        if examples_file is not None:
-            examples_file.flush()
+        handles = self._open_for_append()
+        for handle, records in zip(handles, (rows.tokens, rows.examples, rows.rows)):
+            if handle is not None:
+                handle.write(records.tobytes())
+                # Python's buffer → the OS, so this process's memory maps see the bytes (no fsync yet).
+                handle.flush()
         entries = np.zeros(len(examples), dtype=INDEX_DTYPE)
         entries["example"] = examples
         entries["token_offset"] = self._token_count + np.concatenate([[0], np.cumsum(rows.counts)[:-1]])
         entries["tokens"] = rows.counts
         entries["example_row"] = self._example_count + np.arange(len(examples))
+        if rows.row_counts is not None:
+            entries["row_offset"] = self._row_count + np.concatenate([[0], np.cumsum(rows.row_counts)[:-1]])
+            entries["rows"] = rows.row_counts
+            self._row_count += int(rows.row_counts.sum())
         self._token_count += int(rows.counts.sum())
         self._example_count += len(examples)
         self._uncommitted.append(entries)
@@ -174,6 +185,7 @@ class Shards:
             self._handles = (
                 open(f"{stem}.tokens.bin", "ab"),  # noqa: SIM115 — kept open for the whole run, closed by close()
                 open(f"{stem}.examples.bin", "ab") if self.layout.example_dtype is not None else None,  # noqa: SIM115
+                open(f"{stem}.rows.bin", "ab") if self.layout.row_dtype is not None else None,  # noqa: SIM115
             )
         return self._handles
 
@@ -182,18 +194,22 @@ class Shards:
             self._files.append(stem)
         return self._files.index(stem)
 
-    def _mapped(self, file: int, tokens_needed: int, examples_needed: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Memory maps of a record file pair covering at least the given record counts (re-mapped as files grow)."""
-        token_map, example_map = self._maps.get(file, (None, None))
+    def _mapped(self, file: int, tokens_needed: int, examples_needed: int,
+                rows_needed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Memory maps of a run's record files covering at least the given record counts (re-mapped as files grow)."""
+        token_map, example_map, row_map = self._maps.get(file, (None, None, None))
         stale = token_map is None or len(token_map) < tokens_needed
         if self.layout.example_dtype is not None:
             stale = stale or example_map is None or len(example_map) < examples_needed
+        if self.layout.row_dtype is not None:
+            stale = stale or row_map is None or len(row_map) < rows_needed
         if stale:
             stem = self._files[file]
             token_map = _map(Path(f"{stem}.tokens.bin"), self.layout.token_dtype)
             example_map = _map(Path(f"{stem}.examples.bin"), self.layout.example_dtype) if self.layout.example_dtype else None
-            self._maps[file] = (token_map, example_map)
-        return token_map, example_map
+            row_map = _map(Path(f"{stem}.rows.bin"), self.layout.row_dtype) if self.layout.row_dtype else None
+            self._maps[file] = (token_map, example_map, row_map)
+        return token_map, example_map, row_map
 
 
 def _map(path: Path, dtype: np.dtype) -> np.ndarray:

@@ -50,8 +50,8 @@ class TeacherCache:
     """Teacher-output cache: each training example's teacher features, computed once and reused.
 
     Stored per example (real tokens only): the logits (sequence-level in full; vocabulary-level
-    as the ``top_k`` largest values and their ids), and the hidden states and Q/K/V the method's
-    teacher request asks for. The cache directory is keyed by the teacher (config and weights),
+    as the ``top_k`` largest values and their ids, at the logit rows the method reads, e.g. the
+    masked positions), and the hidden states and Q/K/V the method's teacher request asks for. The cache directory is keyed by the teacher (config and weights),
     the tokenizer, the training data, the masking seed, the teacher's precision, the stored request
     and these settings; a directory filled under another key is refused (delete it, or point
     ``path`` elsewhere), and every read checks that the cached input ids equal the batch's. Several
@@ -63,9 +63,11 @@ class TeacherCache:
     Args:
         path: cache directory, shared by every run that should reuse it (default:
             ``<trainer.default_root_dir>/teacher_cache``).
-        top_k: vocabulary-level (MLM) logits kept per token: the ``top_k`` largest, rebuilt as a
+        top_k: vocabulary-level (MLM) logits kept per stored row: the ``top_k`` largest, rebuilt as a
             renormalised top-k distribution (every other logit set to -1e9). ``None`` stores all
-            ``V`` logits (exact, but ``4·V`` bytes per token). Sequence-level logits are always stored in full.
+            ``V`` logits (exact, but ``4·V`` bytes per row). Only the rows the method's losses read are
+            stored (with compact heads, e.g. the masked positions for KD). Sequence-level logits are
+            always stored in full.
         dtype: storage dtype of hidden states and Q/K/V: ``float16`` (default: half the bytes of
             float32, ~3 significant digits, values up to 65504), ``bfloat16`` (float32's range, ~2
             digits) or ``float32`` (exact). Logits are always float32.
@@ -184,7 +186,7 @@ class TeacherCache:
 
     def _open_store(self, module: Any, index: int) -> _TeacherStore:
         directory = self._root / f"teacher{index}"
-        request = module.teacher_request(index)
+        request = module.teacher_features_request(index)
         teacher = module.teachers[index]
         if teacher not in self._teacher_keys:
             self._teacher_keys[teacher] = {"teacher_config": config_digest(teacher), "teacher_weights": weights_digest(teacher),
@@ -270,7 +272,7 @@ class _TeacherStore:
         self.appended = 0
 
     def features(self, module: Any, batch: dict[str, Tensor]) -> Features:
-        request = module.teacher_request(self.index)
+        request = module.teacher_features_request(self.index)
         missing = covers(self.request, request)
         if missing:
             raise ValueError(

@@ -53,7 +53,8 @@ def check_sample(module, index: int, batch: dict[str, Tensor], live: Features, c
         CacheMismatchError: a term differs; the message names it and the reason.
     """
     with _frozen_random_state(module.device), torch.no_grad():
-        student = capture(module.student, batch, module.student_request(), with_labels=True)
+        with_labels = module.uses_student_loss() or module.multi_teacher.needs_student_loss  # as the step runs it
+        student = capture(module.student, batch, module.student_features_request(), with_labels=with_labels)
 
         def terms(teacher: Features) -> dict[str, Tensor]:
             with _frozen_random_state(module.device):

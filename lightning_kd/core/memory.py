@@ -6,8 +6,11 @@ divided by the number of processes, the parts DeepSpeed offloads counted on the 
 activations. Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in
 Large Transformer Models"): one encoder layer stores ``B·N·d·(34 + 5·h·N/d)`` bytes at 16-bit
 (twice at fp32); with activation checkpointing a layer keeps only its input, ``2·B·N·d`` bytes,
-plus one layer recomputed at a time. Output logits add ``B·N·V`` elements for masked-LM heads.
-The teacher runs without a graph: it holds one layer at a time plus the features a method keeps.
+plus one layer recomputed at a time. Output logits add ``R·V`` elements for masked-LM heads, ``R``
+being the rows each model computes (compact heads, :mod:`lightning_kd.core.logit_rows`): ``B·N`` for
+every row or every token, the data's masking share of it (``mlm_probability``, 15 % by default) for
+the labelled rows, none when nothing reads the logits. The teacher runs without a graph: it holds
+one layer at a time plus the features a method keeps.
 
 It is an estimate (allocator fragmentation, CUDA context and kernels' workspaces are not in it),
 good to a few tens of percent; ``memory_check: warn`` runs anyway.
@@ -28,6 +31,8 @@ from lightning_kd.models.loading import is_activation_checkpointing
 
 MemoryCheck = Literal["error", "warn", "off"]
 GIB = 2**30
+#: Share of positions an MLM batch labels when the data module does not say (BERT's 15 %).
+DEFAULT_LABELLED_SHARE = 0.15
 
 
 @dataclass
@@ -94,8 +99,11 @@ def estimate(module: Any, trainer: Any, batch_size: int | None, length: int | No
     result.add(host if "offload_optimizer" in zero else device, "AdamW state" + _of(shard["optimizer"]), trainable * optimizer_bytes / shard["optimizer"])
 
     if batch_size and length:
-        result.add(device, f"student activations (batch {batch_size} x {length})", student_activations(module, batch_size, length, 2 if half else 4))
-        result.add(device, "teacher forward + captured features", max(teacher_activations(module, i, batch_size, length) for i in range(len(module.teachers))) if len(module.teachers) else 0)
+        share = float(getattr(getattr(trainer, "datamodule", None), "mlm_probability", None) or DEFAULT_LABELLED_SHARE)
+        student = student_activations(module, batch_size, length, 2 if half else 4, share)
+        result.add(device, f"student activations (batch {batch_size} x {length})", student)
+        teachers = [teacher_activations(module, i, batch_size, length, share) for i in range(len(module.teachers))]
+        result.add(device, "teacher forward + captured features", max(teachers, default=0))
     return result
 
 
@@ -109,7 +117,9 @@ def layer_activations(config: Any, batch: int, length: int, element: int) -> flo
     return batch * length * d * (34 + 5 * h * length / d) * element / 2
 
 
-def student_activations(module: Any, batch: int, length: int, element: int) -> float:
+def student_activations(
+    module: Any, batch: int, length: int, element: int, labelled_share: float = DEFAULT_LABELLED_SHARE
+) -> float:
     config = module.student.config
     d, layers = config.hidden_size, config.num_hidden_layers
     per_layer = layer_activations(config, batch, length, element)
@@ -117,10 +127,13 @@ def student_activations(module: Any, batch: int, length: int, element: int) -> f
         stored = layers * 2 * batch * length * d * element / 2 + per_layer
     else:
         stored = layers * per_layer
-    return stored + _logits(module, config, batch, length) * 4 * 3  # logits, log-softmax, gradient (float32 loss math)
+    rows = _rows(lambda: module.student_features_request(), batch, length, labelled_share)
+    return stored + _logits(module, config, batch, rows) * 4 * 3  # logits, log-softmax, gradient (float32 loss math)
 
 
-def teacher_activations(module: Any, index: int, batch: int, length: int) -> float:
+def teacher_activations(
+    module: Any, index: int, batch: int, length: int, labelled_share: float = DEFAULT_LABELLED_SHARE
+) -> float:
     config = module.teachers[index].config
     d = config.hidden_size
     try:
@@ -129,16 +142,27 @@ def teacher_activations(module: Any, index: int, batch: int, length: int) -> flo
         every = frozenset(range(config.num_hidden_layers))
         request = FeatureRequest(hidden_states=True, qkv_layers=every)
     one_layer = layer_activations(config, batch, length, 4)  # no graph: one fp32 layer's tensors at a time
-    kept = _logits(module, config, batch, length) * 4
+    rows = _rows(lambda: module.teacher_features_request(index), batch, length, labelled_share)
+    kept = _logits(module, config, batch, rows) * 4
     if request.hidden_states:
         kept += (config.num_hidden_layers + 1) * batch * length * d * 4
     kept += len(request.qkv_layers | request.score_layers | request.prob_layers) * 3 * batch * length * d * 4
     return one_layer + kept
 
 
-def _logits(module: Any, config: Any, batch: int, length: int) -> int:
+def _rows(request: Any, batch: int, length: int, labelled_share: float) -> float:
+    """Token-logit rows a model computes per step, from its features request (every row when unknown)."""
+    try:
+        kind = request().logit_rows
+    except RuntimeError:  # the request depends on state a callback sets later (e.g. a progressive stage)
+        kind = "all"
+    return {"none": 0.0, "labelled": batch * length * labelled_share}.get(kind, float(batch * length))
+
+
+def _logits(module: Any, config: Any, batch: int, rows: float) -> float:
+    """Logit elements: ``rows × V`` for a masked-LM head, one row of task logits per example otherwise."""
     if module.task_head == "masked_lm":
-        return batch * length * config.vocab_size
+        return rows * config.vocab_size
     return batch * max(1, module.num_labels or 2)
 
 

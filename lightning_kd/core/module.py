@@ -29,6 +29,8 @@ from lightning_kd.cache import TeacherCache
 from lightning_kd.core.export import export_model, load_tokenizer
 from lightning_kd.core.attention_capture import check_attention_layers
 from lightning_kd.core.features import Features, FeatureRequest, capture
+from lightning_kd.core.compact_head import compact_heads_default
+from lightning_kd.core.logit_rows import LogitRows, row_mask, widest
 from lightning_kd.core.optim import Schedule, build_optimizer
 from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
@@ -274,22 +276,74 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         """The frozen teachers (not submodules: absent from ``parameters()``, ``state_dict()`` and checkpoints)."""
         return self._teachers
 
+    #: Set by methods whose token (MLM) logits are read only by their :class:`PredictionLoss` terms
+    #: (:meth:`prediction_losses`), the hard loss, the multi-teacher strategy and the metrics: each model
+    #: then computes only the logit rows those read (:meth:`student_logit_rows`). ``False`` (default):
+    #: the method's own terms may read any row, so every row is computed.
+    prediction_only_logits: bool = False
+
+    @property
+    def compact_heads(self) -> bool:
+        """Compact heads: each model projects only the token-logit rows a step reads
+        (:mod:`lightning_kd.core.compact_head`). ``method.compact_heads = False`` computes every row
+        through each model's own forward, as HF does (same values; for parity checks and debugging);
+        unset, ``LIGHTNING_KD_COMPACT_HEADS`` decides (``0`` off, ``1`` or unset on)."""
+        explicit = self.__dict__.get("_compact_heads")
+        return compact_heads_default() if explicit is None else explicit
+
+    @compact_heads.setter
+    def compact_heads(self, value: bool) -> None:
+        self.__dict__["_compact_heads"] = bool(value)
+
     def student_request(self) -> FeatureRequest:
-        """Tensors the method needs from the student's forward (logits are always captured)."""
+        """Tensors the method needs from the student's forward (logits are always captured; their rows
+        come from :meth:`student_logit_rows`)."""
         return self.intermediate.student_request() if self.intermediate is not None else FeatureRequest()
 
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
-        """Tensors the method needs from teacher ``teacher_index``'s forward."""
+        """Tensors the method needs from teacher ``teacher_index``'s forward (logit rows: :meth:`teacher_logit_rows`)."""
         return self.intermediate.teacher_request(teacher_index) if self.intermediate is not None else FeatureRequest()
+
+    def prediction_losses(self) -> list[PredictionLoss]:
+        """The :class:`PredictionLoss` terms of a step (their soft positions name the logit rows read)."""
+        return [self.prediction] if self.prediction is not None else []
+
+    def student_logit_rows(self) -> LogitRows:
+        """The student's token-logit rows a training step reads: ``"all"`` unless
+        :attr:`prediction_only_logits`; then the soft terms' positions, the labelled rows when the
+        student's own loss is read, and what the multi-teacher strategy reads."""
+        if not self.prediction_only_logits:
+            return "all"
+        kinds = [loss.logit_rows() for loss in self.prediction_losses()]
+        if self.uses_student_loss() or self.multi_teacher.needs_student_loss:
+            kinds.append("labelled")
+        return widest(*kinds, self.multi_teacher.student_logit_rows())
+
+    def teacher_logit_rows(self, teacher_index: int) -> LogitRows:
+        """Teacher ``teacher_index``'s token-logit rows a training step reads (as :meth:`student_logit_rows`)."""
+        if not self.prediction_only_logits:
+            return "all"
+        return widest(*(loss.logit_rows() for loss in self.prediction_losses()), self.multi_teacher.teacher_logit_rows())
+
+    def student_features_request(self) -> FeatureRequest:
+        """What the student's training forward captures: :meth:`student_request` with its logit rows
+        (every row for sequence-level heads or with :attr:`compact_heads` off)."""
+        rows = self.student_logit_rows() if self.compact_heads and self.task_head == "masked_lm" else "all"
+        return dataclasses.replace(self.student_request(), logit_rows=rows)
+
+    def teacher_features_request(self, teacher_index: int) -> FeatureRequest:
+        """What teacher ``teacher_index``'s forward captures (and a teacher cache stores): its request with its logit rows."""
+        rows = self.teacher_logit_rows(teacher_index) if self.compact_heads and self.task_head == "masked_lm" else "all"
+        return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows)
 
     def uses_student_loss(self) -> bool:
         """Whether a training step reads the student's own task/MLM loss (``Features.loss``).
 
-        The student then runs with labels and the HF model computes that loss, which for an MLM head
-        is a softmax over every position's vocabulary row. ``True`` here; a method whose terms may not
-        need it says when (LogitsDistil without a hard term).
+        The student then runs with labels and its loss is computed (for an MLM head a softmax over
+        every labelled row). By default: when the prediction loss has a hard term, which is what
+        :meth:`student_terms` reads; a method that reads the loss elsewhere says so (MixBaseline).
         """
-        return True
+        return self.prediction is not None and self.prediction.hard_weight > 0
 
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
         """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
@@ -303,7 +357,7 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         terms = {}
         if self.prediction is not None and self.prediction.soft_weight > 0:
             per_sample = self.multi_teacher.per_sample
-            terms["soft"] = self.prediction.soft(student.logits, teacher.logits, batch, per_sample=per_sample)
+            terms["soft"] = self.prediction.soft_features(student, teacher, batch, per_sample=per_sample)
         if self.intermediate is not None:
             terms.update(self.intermediate(batch, student, teacher, teacher_index))
         return terms
@@ -323,7 +377,7 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         if device != self.device:
             batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
         with torch.no_grad():
-            features = capture(teacher, batch, self.teacher_request(index), upcast=True)
+            features = capture(teacher, batch, self.teacher_features_request(index), upcast=True)
         return features if device == self.device else features.to(self.device)
 
     def resolved_placement(self, index: int) -> str:
@@ -375,19 +429,23 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         if self.random_inputs is not None and self.pass_index in self.random_inputs.passes:
             vocab_size = (self.teachers[0] if len(self.teachers) else self.student).config.vocab_size
             batch, hard_batch = randomise_batch(batch, self.random_inputs, vocab_size)
-        # Labels only shape the student's own loss, so the student reads them from ``hard_batch``.
+        # Labels only shape the student's own loss, so the student reads them from ``hard_batch``; its
+        # logit rows are those the terms read in ``batch`` (a superset of hard_batch's labelled rows).
         with_labels = self.uses_student_loss() or self.multi_teacher.needs_student_loss
-        student = capture(self.student, hard_batch, self.student_request(), with_labels=with_labels)
+        request = self.student_features_request()
+        student = capture(self.student, hard_batch, request, with_labels=with_labels, rows=row_mask(batch, request.logit_rows))
         terms = self.student_terms(hard_batch, student)
         if len(self.teachers):
             indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)
-            per_teacher, logits = [], []
+            per_teacher, logits, rows = [], [], []
             for index in indices:
                 teacher = self.run_teacher(index, batch)
                 per_teacher.append(self.teacher_terms(batch, student, teacher, index))
                 logits.append(teacher.logits)
+                rows.append(teacher.logit_rows)
                 del teacher  # release this teacher's activations before the next one runs
-            terms.update(self.multi_teacher.combine(per_teacher, TeacherStep(batch, student, logits, indices, self.global_step)))
+            step = TeacherStep(batch, student, logits, indices, self.global_step, rows)
+            terms.update(self.multi_teacher.combine(per_teacher, step))
         return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -418,12 +476,17 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
             )
 
     def _evaluate(self, batch: dict[str, Tensor], metrics, prefix: str) -> None:
-        features = capture(self.student, batch, FeatureRequest(), with_labels=True)
+        # MLM loss and masked-token accuracy read the labelled positions only: project just those rows.
+        compact = self.compact_heads and self.task_head == "masked_lm"
+        features = capture(self.student, batch, FeatureRequest(logit_rows="labelled" if compact else "all"), with_labels=True)
         size = batch["input_ids"].shape[0]
         if features.loss is not None:
             self.log(f"{prefix}loss", features.loss, prog_bar=True, batch_size=size, sync_dist=True)
         if metrics is not None and "labels" in batch:
-            metrics.to(self.device).update(features.logits.float(), batch["labels"])
+            logits, labels = features.logits, batch["labels"]
+            if features.logit_rows is not None:  # compact rows and their labels, e.g. (R, V) and (R,)
+                logits, labels = features.logits_at(features.logit_rows), labels[features.logit_rows]
+            metrics.to(self.device).update(logits.float(), labels)
             self.log_dict(metrics, prog_bar=True, batch_size=size)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -537,6 +600,20 @@ def _allow_in_checkpoints(value) -> None:
             _allow_in_checkpoints(item)
 
 
+def _init_args(frame) -> dict:
+    """The constructor arguments Lightning's ``save_hyperparameters`` would collect from ``frame``."""
+    found: dict = {}
+    for local in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+        found.update(local)
+    return found
+
+
+def _holds_module(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_module(item) for item in value)
+    return isinstance(value, nn.Module)
+
+
 def _first_str(items) -> str | None:
     return next((s for s in items if isinstance(s, str)), None)
 
@@ -556,17 +633,3 @@ def _infer_head(teachers: list[ModelSource], student: ModelSource | None) -> Tas
         "Cannot tell whether this is fine-tuning or pre-training: set task_head to 'sequence_classification' "
         "or 'masked_lm' (the CLI links it from the data module)."
     )
-def _init_args(frame) -> dict:
-    """The constructor arguments Lightning's ``save_hyperparameters`` would collect from ``frame``."""
-    found: dict = {}
-    for local in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
-        found.update(local)
-    return found
-
-
-def _holds_module(value) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(_holds_module(item) for item in value)
-    return isinstance(value, nn.Module)
-
-

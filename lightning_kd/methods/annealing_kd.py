@@ -42,6 +42,10 @@ class AnnealingKD(DistillationModule):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     def __init__(
         self,
         *,
@@ -75,7 +79,7 @@ class AnnealingKD(DistillationModule):
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
     ) -> dict[str, Tensor]:
         per_sample = self.multi_teacher.per_sample
-        return {"soft": self.scaled_prediction().soft(student.logits, teacher.logits, batch, per_sample=per_sample)}
+        return {"soft": self.scaled_prediction().soft_features(student, teacher, batch, per_sample=per_sample)}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

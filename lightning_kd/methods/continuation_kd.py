@@ -92,7 +92,7 @@ class ContinuationKD(AnnealingKD):
         if psi >= 1:
             return {}
         prediction = self.scaled_prediction()
-        per_example = prediction.soft(student.logits, teacher.logits, batch, per_sample=True)
+        per_example = prediction.soft_features(student, teacher, batch, per_sample=True)
         gated = (1.0 - psi) * margin_gated(per_example, self.margin * prediction.mse_teacher_scale)
         return {"soft": gated if self.multi_teacher.per_sample else gated.mean()}
 

@@ -39,6 +39,7 @@ Deliberate choices and differences from the GKD reference:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -91,6 +92,9 @@ class DIITO(DistillationModule):
 
     #: The interchange pass runs the teacher with hooks from inside the method's step.
     reads_teacher_weights = True
+    #: Pass 0's logits are read by the soft and hard terms only, pass 1's by the causal soft term only,
+    #: so compact heads compute only those rows (see :meth:`compute_losses`).
+    prediction_only_logits = True
 
     def __init__(
         self,
@@ -224,33 +228,43 @@ class DIITO(DistillationModule):
 
     # ------------------------------------------------------------------ the step
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Pass 0 and the intervened pass 1 of student and teachers; the terms of both, summed."""
+        """Pass 0 and the intervened pass 1 of student and teachers; the terms of both, summed.
+
+        Each pass projects only the token-logit rows its terms read: pass 0 the soft term's positions
+        (and the labelled rows of the MLM loss), pass 1 the causal soft term's (none when it is off).
+        """
         request = FeatureRequest(hidden_states=True)
+        student_request = replace(request, logit_rows=self.student_features_request().logit_rows)
         layer = layer_draw(self.global_step, self.student.config.num_hidden_layers) if self.alignment == "full" else None
         indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)
         student_sites = self.alignment_sites(indices[0], layer)[0]
         swap = self.draw_interchange(batch)
 
         self.pass_index = 0
-        student0 = capture(self.student, batch, request, with_labels=True)
+        with_labels = self.uses_student_loss() or self.multi_teacher.needs_student_loss
+        student0 = capture(self.student, batch, student_request, with_labels=with_labels)
         terms = self.student_terms(batch, student0)
         student_values = {site: source_values(student0.hidden_states[site], swap) for site in student_sites}
         self.pass_index = 1
-        need_hidden = FeatureRequest(hidden_states=self.causal_cosine_weight > 0)
+        causal_rows = self.causal_prediction.logit_rows() if self.compact_heads else "all"
+        need_hidden = FeatureRequest(hidden_states=self.causal_cosine_weight > 0, logit_rows=causal_rows)
         student1 = self.intervened(self.student, batch, student_sites, student_values, swap, need_hidden)
         self.pass_index = 0
 
-        per_teacher, logits = [], []
+        per_teacher, logits, rows = [], [], []
         for index in indices:
             teacher_sites = self.alignment_sites(index, layer)[1]
+            teacher_request = replace(request, logit_rows=self.teacher_features_request(index).logit_rows)
             with torch.no_grad():
-                teacher0 = capture(self.teachers[index], batch, request, upcast=True)
+                teacher0 = capture(self.teachers[index], batch, teacher_request, upcast=True)
                 values = {site: source_values(teacher0.hidden_states[site], swap) for site in teacher_sites}
                 teacher1 = self.intervened(self.teachers[index], batch, teacher_sites, values, swap, need_hidden, upcast=True)
             per_teacher.append(self.pair_terms(batch, student0, teacher0, student1, teacher1))
             logits.append(teacher0.logits)
+            rows.append(teacher0.logit_rows)
             del teacher0, teacher1
-        terms.update(self.multi_teacher.combine(per_teacher, TeacherStep(batch, student0, logits, indices, self.global_step)))
+        step = TeacherStep(batch, student0, logits, indices, self.global_step, rows)
+        terms.update(self.multi_teacher.combine(per_teacher, step))
         terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
         return terms
 
@@ -261,11 +275,11 @@ class DIITO(DistillationModule):
         mask = batch["attention_mask"]
         terms = {}
         if self.prediction.soft_weight > 0:
-            terms["soft"] = self.prediction.soft(student0.logits, teacher0.logits, batch, per_sample=per_sample)
+            terms["soft"] = self.prediction.soft_features(student0, teacher0, batch, per_sample=per_sample)
         if self.cosine_weight > 0:
             terms["cosine"] = self.cosine_weight * cosine_rows(student0.hidden_states[-1], teacher0.hidden_states[-1], mask, parity)
         if self.causal_prediction.soft_weight > 0:
-            terms["causal_soft"] = self.causal_prediction.soft(student1.logits, teacher1.logits, batch, per_sample=per_sample)
+            terms["causal_soft"] = self.causal_prediction.soft_features(student1, teacher1, batch, per_sample=per_sample)
         if self.causal_cosine_weight > 0:
             terms["causal_cosine"] = self.causal_cosine_weight * cosine_rows(
                 student1.hidden_states[-1], teacher1.hidden_states[-1], mask, parity

@@ -101,6 +101,10 @@ class ERDistill(DistillationModule):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     #: The relations compare with the teacher's word-embedding matrix at every step.
     reads_teacher_weights = True
 

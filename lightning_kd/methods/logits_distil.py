@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.logit_rows import LogitRows, widest
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 from lightning_kd.losses.prediction import PredictionLoss, SoftLoss, SoftPositions
@@ -86,6 +87,10 @@ class LogitsDistil(DistillationModule):
         soft_positions: MLM positions of the soft term (``"masked_tokens"``, ``"all_tokens"``, ``"all_positions"``).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
+
+    #: The prediction loss, hard loss, strategy and metrics read its logits, and so does the
+    #: word-prediction term, whose rows :meth:`student_logit_rows` adds (pre-training).
+    prediction_only_logits = True
 
     @property
     def reads_teacher_weights(self) -> bool:
@@ -200,6 +205,18 @@ class LogitsDistil(DistillationModule):
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=self.vocab_head is not None)
 
+    def word_prediction_rows(self) -> LogitRows:
+        """The MLM-logit rows the word-prediction term reads: those of ``positions`` (none when it is off)."""
+        if self.vocabulary_weight == 0:
+            return "none"
+        return {"tokens": "tokens", "targets": "labelled", "all": "all"}[self.positions]  # type: ignore[return-value]
+
+    def student_logit_rows(self) -> LogitRows:
+        return widest(super().student_logit_rows(), self.word_prediction_rows())
+
+    def teacher_logit_rows(self, teacher_index: int) -> LogitRows:
+        return widest(super().teacher_logit_rows(teacher_index), self.word_prediction_rows())
+
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         return FeatureRequest(hidden_states=self.vocab_head is not None)
 
@@ -234,9 +251,15 @@ class LogitsDistil(DistillationModule):
         ``restrict``) and the prediction-level soft term."""
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
         if self.vocabulary_weight > 0:
-            student_logits, teacher_logits = self.compared_columns(
-                self.student_vocabulary_logits(student), self.teacher_vocabulary_logits(teacher, teacher_index)
-            )
+            student_logits = self.student_vocabulary_logits(student)
+            teacher_logits = self.teacher_vocabulary_logits(teacher, teacher_index)
+            mask, positions = self.position_mask(batch), None
+            if self.vocab_head is None and (student.logit_rows is not None or teacher.logit_rows is not None):
+                # Compact MLM rows: the term's positions, read from each model's rows.
+                rows = student.logit_rows if student.logit_rows is not None else teacher.logit_rows
+                positions = mask.bool() if mask is not None else torch.ones_like(rows)
+                student_logits, teacher_logits, mask = student.logits_at(positions), teacher.logits_at(positions), None
+            student_logits, teacher_logits = self.compared_columns(student_logits, teacher_logits)
             values = word_prediction_loss(
                 student_logits,
                 teacher_logits,
@@ -244,8 +267,9 @@ class LogitsDistil(DistillationModule):
                 loss=self.vocabulary_loss,
                 top_n=self.top_n,
                 top_n_mode=self.top_n_mode,
-                mask=self.position_mask(batch),
+                mask=mask,
                 reduction=self.reduction,
+                positions=positions,
             )
             terms["vocabulary"] = self.vocabulary_weight * values["vocabulary"]
             if "hinge" in values:

@@ -105,6 +105,10 @@ class MGSKD(DistillationModule):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     def __init__(
         self,
         *,

@@ -120,6 +120,10 @@ class MiniLM(DistillationModule):
         ValueError: the teacher's head count differs from the student's.
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     def __init__(
         self,
         *,

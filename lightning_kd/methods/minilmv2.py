@@ -171,17 +171,21 @@ class MiniLMv2(DistillationModule):
         ValueError: see :class:`MiniLMv2Intermediate`.
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     def __init__(
         self,
         *,
         relation_heads: int | list[int] = 48,
         teacher_layer: int | list[int] = -1,
         mask_padding: bool = False,
+        padded_queries: PaddedQueries = "drop",
         prediction: PredictionLoss | None = None,
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)
-        padded_queries: PaddedQueries = "drop",
         settings = MiniLMv2Settings(
             relation_heads=relation_heads, teacher_layer=teacher_layer, mask_padding=mask_padding, padded_queries=padded_queries
         )

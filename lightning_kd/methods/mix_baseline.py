@@ -89,6 +89,10 @@ class MixBaseline(DistillationModule):
             that would be counted twice, nothing to train, or a part that does not fit the models.
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     def __init__(
         self,
         *,
@@ -168,6 +172,13 @@ class MixBaseline(DistillationModule):
             request = request.merge(part.teacher_request(teacher_index))
         return request
 
+    def prediction_losses(self) -> list[PredictionLoss]:
+        """Every soft prediction loss (``prediction``, TinyBERT's and DistilBERT's): their positions name the logit rows."""
+        return [loss for _, loss in self.soft_losses]
+
+    def uses_student_loss(self) -> bool:
+        return self.hard_weight > 0
+
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
         """The single hard term (see the class docstring)."""
         if self.hard_weight > 0 and student.loss is not None:
@@ -178,7 +189,7 @@ class MixBaseline(DistillationModule):
         terms: dict[str, Tensor] = {}
         for name, loss in self.soft_losses:
             if loss.soft_weight > 0:
-                terms[name] = loss.soft(student.logits, teacher.logits, batch)
+                terms[name] = loss.soft_features(student, teacher, batch)
         for method, part in self.parts.items():
             weight = self.method_weights[method]
             for name, value in part(batch, student, teacher, teacher_index).items():

@@ -17,6 +17,10 @@ class StudentOnly(DistillationModule):
         **kwargs: student/optimizer arguments of :class:`DistillationModule` (no teacher).
     """
 
+    #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
+    #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
+    prediction_only_logits = True
+
     requires_teacher = False
 
     def __init__(self, **kwargs) -> None:

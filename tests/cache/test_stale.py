@@ -86,9 +86,9 @@ def test_other_storage_settings_and_format_are_refused(tmp_path):
     method = _fill(tmp_path)
     manifest = tmp_path / "teacher0" / "manifest.json"
     document = json.loads(manifest.read_text())
-    document["key"]["format_version"] = 0
+    document["key"]["format_version"] = 1  # a cache filled before compact MLM logit rows (format 2)
     manifest.write_text(json.dumps(document))
-    with pytest.raises(StaleCacheError, match="library cache format version: 0 → 1"):
+    with pytest.raises(StaleCacheError, match="library cache format version: 1 → 2"):
         _use(method, StubData(indexed_batches()), tmp_path)
 
 
