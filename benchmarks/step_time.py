@@ -8,9 +8,14 @@ filled :class:`~lightning_kd.cache.TeacherCache` instead of running the teacher;
 merit is step ÷ student-only step (target ≤ 1.05).
 
 Stages: ``--stage finetune`` (default) distils a 2-class sequence classifier; ``--stage pretrain``
-distils MLM heads on a batch with 15 % of its positions masked, so the models' forward passes
-include the full-vocabulary projection and the logit methods (KD over masked positions,
-LogitsDistil over every token) work on ``(B, N, 30522)`` logits.
+distils MLM heads on a batch with 15 % of its positions masked. There the floor is the *full-head*
+floor: the teacher forward and the student-only step both with Hugging Face's own MLM heads, which
+project every position onto the 30,522-word vocabulary. The methods run with compact heads (each
+model projects only the rows its losses read: the masked positions for KD, StudentOnly and MLM
+metrics, every real token for DistilBERT's soft term, none for TinyBERT's and MiniLM's intermediate
+stages); ``KD (full heads)`` is KD with ``compact_heads = False``, the figure before compact heads
+(``--full-heads`` adds that row for every method).
+Each row also gives tokens per second (batch tokens, padding included, ÷ seconds).
 
 CPU allocator: by default the benchmark keeps freed memory in the process exactly as the
 ``lightning-kd`` command does on CPU (:mod:`lightning_kd.cpu_allocator`); ``--allocator system``
@@ -24,7 +29,7 @@ the maximum resident set on CPU (models, optimizer and activations included), or
 allocator's peak on a GPU.
 
     python benchmarks/step_time.py                          # all methods, batch 32 x 128, CPU
-    python benchmarks/step_time.py --stage pretrain         # MLM logit methods
+    python benchmarks/step_time.py --stage pretrain         # MLM-stage methods against the full-head floor
     python benchmarks/step_time.py --methods KD TinyBERT --batch-size 16 --seq-len 64 --output benchmarks/results.md
 """
 
@@ -48,6 +53,7 @@ from lightning_kd.cpu_allocator import keep_freed_memory
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import (
     CKD,
+    DIITO,
     KD,
     MGSKD,
     PKD,
@@ -94,9 +100,23 @@ METHODS = {
     "CKD": lambda **kw: CKD(**kw),
     "MGSKD": lambda **kw: MGSKD(relation_heads=12, prediction=PredictionLoss(), terms=["sample", "token", "span", "prediction"], **kw),
 }
-# Pre-training stage: the logit methods on MLM heads.
+
+
+def full_heads(method):
+    """``method`` with compact heads off: every model projects every position, as before compact heads."""
+    method.compact_heads = False
+    return method
+
+
+# Pre-training stage: MLM-stage methods (intermediate stages without a prediction loss, as run before
+# fine-tuning), each with compact heads, and KD with full heads for the figure before them.
 PRETRAIN_METHODS = {
     "KD": lambda **kw: KD(temperature=2.0, **kw),
+    "StudentOnly": None,  # the student step with compact heads: built from KD's student in build_step
+    "DistilBERT": lambda **kw: DistilBERT(**kw),
+    "TinyBERT (MLM stage)": lambda **kw: TinyBERT(**kw),
+    "MiniLM": lambda **kw: MiniLM(**kw),
+    "DIITO": lambda **kw: DIITO(**kw),
     "LogitsDistil": lambda **kw: LogitsDistil(**kw),
 }
 STAGE_METHODS = {"finetune": METHODS, "pretrain": PRETRAIN_METHODS}
@@ -150,7 +170,8 @@ def training_step(method, batch, optimizer, autocast):
     return step
 
 
-TEACHER_FORWARD, STUDENT_STEP, CACHED_KD = "teacher forward", "student step", "KD + teacher cache"
+TEACHER_FORWARD, STUDENT_STEP, CACHED_KD, STUDENT_ONLY = "teacher forward", "student step", "KD + teacher cache", "StudentOnly"
+FULL_HEADS = " (full heads)"  # a workload name ending so runs its method with compact heads off
 
 
 def cpu_model() -> str:
@@ -179,19 +200,25 @@ def build_step(workload: str, args: argparse.Namespace):
         common["num_labels"] = 2
     if workload == CACHED_KD:
         common["teacher_cache"] = cache_for_benchmark(args)
-    # The teacher-forward and student-step workloads take their models from a KD instance.
+    # The teacher-forward and student-step workloads (and StudentOnly) take their models from a KD instance.
     methods = STAGE_METHODS[args.stage]
-    method = (methods[workload] if workload in methods else methods["KD"])(**common).to(device).train()
+    name = workload.removesuffix(FULL_HEADS)
+    build = methods.get(name) or methods["KD"]
+    method = build(**common).to(device).train()
+    if workload.endswith(FULL_HEADS):
+        full_heads(method)
     batch = batch_of(args.batch_size, args.seq_len, method.student.config.vocab_size, device, args.stage)
     if workload == TEACHER_FORWARD:
 
         def step():
             with torch.no_grad(), autocast():
-                capture(method.teachers[0], batch, FeatureRequest())
+                capture(method.teachers[0], batch, FeatureRequest())  # every row: the model's own head
 
         return step
-    if workload == STUDENT_STEP:
+    if workload in (STUDENT_STEP, STUDENT_ONLY, STUDENT_ONLY + FULL_HEADS):
         method = StudentOnly(student=method.student, task_head=head, num_labels=common.get("num_labels")).to(device).train()
+        if workload != STUDENT_ONLY:
+            full_heads(method)  # the floor runs HF's own head (a classifier's head is whole anyway)
     if workload == CACHED_KD:
         data = OneBatch(batch, f"benchmark batch {args.batch_size}x{args.seq_len} seed 0")
         method.teacher_cache.fill(method, data)  # the first pass: runs the teacher, stores its logits
@@ -262,10 +289,23 @@ def main() -> None:
     parser.add_argument(
         "--allocator", choices=["tuned", "system"], default="tuned", help="CPU: keep freed memory as lightning-kd does (tuned) or glibc defaults"
     )
+    parser.add_argument(
+        "--full-heads", action="store_true",
+        help="pre-training: also time every method with compact heads off ('<method> (full heads)', the figures before them)",
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: print one workload's peak memory
     args = parser.parse_args()
     stage_methods = [*STAGE_METHODS[args.stage], *([CACHED_KD] if args.stage == "finetune" else [])]
-    args.methods = args.methods or stage_methods
+    if args.stage == "pretrain":
+        stage_methods += [name + FULL_HEADS for name in STAGE_METHODS["pretrain"]]
+    default = [name for name in stage_methods if not name.endswith(FULL_HEADS)]
+    if args.stage == "pretrain":
+        default.append("KD" + FULL_HEADS)  # the figure before compact heads
+    args.methods = args.methods or default
+    if args.full_heads:
+        if args.stage != "pretrain":
+            parser.error("--full-heads compares compact and full MLM heads: use it with --stage pretrain")
+        args.methods = list(dict.fromkeys([*args.methods, *(m + FULL_HEADS for m in args.methods if not m.endswith(FULL_HEADS))]))
     unknown = [name for name in args.methods if name not in stage_methods]
     if unknown:
         parser.error(f"unknown method(s) for --stage {args.stage}: {', '.join(unknown)}; choose from {', '.join(stage_methods)}")
@@ -293,6 +333,10 @@ def main() -> None:
         return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
+    tokens = args.batch_size * args.seq_len
+    pretrain = args.stage == "pretrain"
+    floor = "full-head floor" if pretrain else "teacher fwd + student step"
+    head = " (HF head, every position)" if pretrain else ""
     lines = [
         f"Command: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`",
         "",
@@ -301,19 +345,24 @@ def main() -> None:
         + ("glibc malloc keeps freed memory, as `lightning-kd` does on CPU; " if tuned else "system allocator settings; " if device.type == "cpu" else "")
         + f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
         "after a warm-up: seconds and ratios are medians with their min–max over the rounds, a ratio being a round's step ÷ that round's baseline; "
-        "peak memory of each workload alone in a fresh process.",
+        "peak memory of each workload alone in a fresh process; tokens per second = batch tokens ÷ median seconds."
+        + (" Full-head floor = teacher forward + student-only step, both with Hugging Face's own MLM heads (every position "
+           "projected onto the vocabulary); the methods use compact heads (only the rows their losses read), "
+           "the rows marked `(full heads)` do not (the figures before compact heads)." if pretrain else ""),
         "",
-        "| workload | seconds (median) | seconds (min–max) | ratio (median) | ratio (min–max) | peak memory (MB) |",
-        "|---|---|---|---|---|---|",
-        f"| teacher (MiniLM-L6) forward | {teacher:.3f} | {spread(rounds[TEACHER_FORWARD], 3)} | – | – | {memory[TEACHER_FORWARD]:.0f} |",
-        f"| student (3 layers) training step | {student:.3f} | {spread(rounds[STUDENT_STEP], 3)} | – | – | {memory[STUDENT_STEP]:.0f} |",
+        "| workload | seconds (median) | seconds (min–max) | tokens / s | ratio (median) | ratio (min–max) | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|",
+        f"| teacher (MiniLM-L6) forward{head} | {teacher:.3f} | {spread(rounds[TEACHER_FORWARD], 3)} | {tokens / teacher:.0f} | – | – "
+        f"| {memory[TEACHER_FORWARD]:.0f} |",
+        f"| student (3 layers) training step{head} | {student:.3f} | {spread(rounds[STUDENT_STEP], 3)} | {tokens / student:.0f} | – | – "
+        f"| {memory[STUDENT_STEP]:.0f} |",
     ]
     for name in args.methods:
-        of = "student step" if name == CACHED_KD else "teacher fwd + student step"
+        of = "student step" if name == CACHED_KD else floor
         per_round = ratios(name)
         lines.append(
-            f"| {name} | {seconds[name]:.3f} | {spread(rounds[name], 3)} | {statistics.median(per_round):.2f} × ({of}) "
-            f"| {spread(per_round, 2)} | {memory[name]:.0f} |"
+            f"| {name} | {seconds[name]:.3f} | {spread(rounds[name], 3)} | {tokens / seconds[name]:.0f} "
+            f"| {statistics.median(per_round):.2f} × ({of}) | {spread(per_round, 2)} | {memory[name]:.0f} |"
         )
     table = "\n".join(lines)
     print(table)
