@@ -263,15 +263,10 @@ def _stage(entry: Any, where: str) -> Stage:
 
 def _check_init(row: Row) -> None:
     """A first stage that copies teacher layers itself must copy ``row.init``; one that cannot
-    (no teacher) gets the copy as its student, so it must not name ``student`` itself."""
+    (no teacher) gets the copy as its student (replacing any ``student`` its config names)."""
     first = row.stages[0]
     args = first.model_args()
     if not first.has_teacher():
-        if args.get("student"):
-            raise SpecError(
-                f"Row {row.name!r}: its first stage has no teacher and names student {args['student']!r}; leave `student` "
-                "out: the runner hands it the truncated teacher copy of `init`."
-            )
         return
     kind, layers = args.get("student_init", "pretrained"), args.get("student_layers")
     if kind == "teacher_layers":

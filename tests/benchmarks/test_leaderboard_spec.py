@@ -40,12 +40,6 @@ def test_bad_boards_fail_before_running(board, rows, message):
         load_spec(board(rows=rows))
 
 
-def test_a_no_teacher_first_stage_must_not_name_its_student(board):
-    Path("base.yaml").write_text("model: {class_path: lightning_kd.methods.StudentOnly, init_args: {student: somewhere}}\n")
-    with pytest.raises(SpecError, match="leave `student` out"):
-        load_spec(board())
-
-
 def test_unknown_task_rows_and_missing_file(board, tmp_path):
     with pytest.raises(SpecError, match="not defined"):
         load_spec(board(tasks={"rotten_tomatoes": {"teacher": "t", "teacher_config": "teacher.yaml", "rows": ["Nope"]}}))
