@@ -29,6 +29,7 @@ class RowResult:
     f1: Summary | None = None
     validation: Summary | None = None
     wall: Summary | None = None
+    cpu: Summary | None = None
     difference: Difference | None = None
 
 
@@ -45,6 +46,8 @@ def collect(spec: Spec, results: Results, task: Task) -> list[RowResult]:
             result.f1 = summarize([100 * e["test"]["f1"] for e in ok])
             result.validation = summarize([100 * e["validation"]["accuracy"] for e in ok])
             result.wall = summarize([e["wall_s"] for e in ok])
+            if all(e.get("cpu_s") is not None for e in ok):
+                result.cpu = summarize([e["cpu_s"] for e in ok])
         rows.append(result)
     by_name = {r.row.name: r for r in rows}
     for result in rows:
@@ -115,8 +118,14 @@ def _table_row(result: RowResult) -> str:
         delta = "baseline not run yet"
     return (
         f"| {name} | {row.init_label} | {stages} | {_pm(result.accuracy)} | {_pm(result.f1)} | {delta} | {verdict} | "
-        f"{_pm(result.validation)} | {result.wall.mean / 60:.1f} min | {result.accuracy.n} |"
+        f"{_pm(result.validation)} | {_minutes(result)} | {result.accuracy.n} |"
     )
+
+
+def _minutes(result: RowResult) -> str:
+    """Wall minutes per seed, and the CPU minutes (all threads) when recorded."""
+    wall = f"{result.wall.mean / 60:.1f} min"
+    return f"{wall} (CPU {result.cpu.mean / 60:.1f})" if result.cpu is not None else wall
 
 
 def _pm(summary: Summary | None) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import subprocess
@@ -200,12 +201,14 @@ class Runner:
             log = run_dir / f"stage{index + 1}.log"
             wall, status = _run(command, log, self.spec.stage_timeout_s)
             entry["stages"].append({"method": stage.method(), "configs": list(stage.configs), "share": stage.share,
-                                    "wall_s": wall, "command": shlex.join(command[1:])})
+                                    "wall_s": wall, "cpu_s": cpu_seconds(log), "command": shlex.join(command[1:])})
             if status != 0:
                 reason = "timed out" if status is None else f"exit status {status}"
                 return {**entry, "status": "failed", "error": f"stage {index + 1} {reason}: {_tail(log)}", "finished": _now()}
             student_dir = str(run_dir / f"stage{index + 1}")
         entry["wall_s"] = round(sum(s["wall_s"] for s in entry["stages"]), 1)
+        if all(s["cpu_s"] is not None for s in entry["stages"]):
+            entry["cpu_s"] = round(sum(s["cpu_s"] for s in entry["stages"]), 1)
         start = time.perf_counter()
         try:
             entry.update(self._score(job.task, Path(student_dir), run_dir))
@@ -277,10 +280,12 @@ def machine(precision: str) -> dict[str, Any]:
 
 
 def _run(command: list[str], log: Path, timeout_s: int) -> tuple[float, int | None]:
-    """Run ``command`` with its output in ``log``; ``(wall seconds, exit status or None on timeout)``."""
+    """Run ``command`` with its output in ``log``; ``(wall seconds, exit status or None on timeout)``.
+    The CPU seconds it used (user + system, all threads) are appended to the log's last line, so a run
+    slowed or paused by other jobs on the machine can be told apart (see :func:`cpu_seconds`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as handle:
         handle.write(shlex.join(command) + "\n")
         handle.flush()
@@ -288,7 +293,19 @@ def _run(command: list[str], log: Path, timeout_s: int) -> tuple[float, int | No
             status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             status = None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        handle.write(f"\n[leaderboard] cpu seconds: {used:.1f}\n")
     return round(time.perf_counter() - start, 1), status
+
+
+def cpu_seconds(log: Path) -> float | None:
+    """The CPU seconds :func:`_run` recorded at the end of ``log`` (``None`` if absent)."""
+    try:
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("[leaderboard] cpu seconds:")]
+    except OSError:
+        return None
+    return float(last[-1].rsplit(":", 1)[1]) if last else None
 
 
 def _tail(log: Path, lines: int = 3) -> str:
@@ -296,6 +313,7 @@ def _tail(log: Path, lines: int = 3) -> str:
         text = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "(no log)"
+    text = [line for line in text if not line.startswith("[leaderboard] cpu seconds:")]
     return " | ".join(text[-lines:])[-600:]
 
 

@@ -109,6 +109,17 @@ def test_a_changed_row_is_stale_and_a_failed_run_fails_alone(board, tmp_path, fa
     assert names == {("KD", 1), ("Two", 1)}  # both rows read kd.yaml; the baseline did not change
 
 
+def test_a_real_subprocess_records_its_wall_and_cpu_seconds(tmp_path):
+    import sys
+
+    log = tmp_path / "run.log"
+    wall, status = runner_module._run([sys.executable, "-c", "sum(range(3_000_000)); print('hello')"], log, 60)
+    assert status == 0 and wall > 0 and "hello" in log.read_text()
+    assert 0 < runner_module.cpu_seconds(log) < 60
+    _, status = runner_module._run([sys.executable, "-c", "import time; time.sleep(5)"], tmp_path / "slow.log", 1)
+    assert status is None  # timed out
+
+
 def test_the_teacher_is_made_when_missing_and_scored_once(board, tmp_path, fake_subprocesses):
     calls, _ = fake_subprocesses
     runner = _runner(board, tmp_path)
