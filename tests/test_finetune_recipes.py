@@ -28,7 +28,8 @@ def _model_args(path: str) -> dict:
 
 
 def _readme_fine_tuning_classes() -> list[str]:
-    table = (ROOT / "README.md").read_text().split("## Methods", 1)[1].split("\n\n", 2)[1]
+    blocks = (ROOT / "README.md").read_text().split("## Methods", 1)[1].split("\n\n")
+    table = next(block for block in blocks if block.startswith("| method | class |"))
     classes = []
     for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
