@@ -174,7 +174,7 @@ def capture(
         upcast: cast captured floating tensors to float32 (used for low-precision teachers).
         rows: the ``(B, N)`` positions of token logits to compute, when they are not those
             ``request.logit_rows`` names in ``batch`` (a student whose hard labels differ from the
-            batch the losses read; see :meth:`~lightning_kd.core.module.DistillationModule._one_pass`).
+            batch the losses read; see :meth:`~lightning_kd.core.module.DistillationModule.run_pass`).
             Models without an MLM head lightning_kd knows (classifiers, other families) return whole logits.
     """
     layers = request.hooked_layers

@@ -1,64 +1,59 @@
-"""DistillationModule: the student, its frozen teacher(s), the training step and the student export.
+"""DistillationModule: the Lightning side of a distillation — the training step, evaluation,
+optimisation and export.
 
-A method subclasses :class:`DistillationModule` and overrides only what it adds:
+A method subclasses :class:`DistillationModule` and overrides only what it adds, through the hooks
+of :class:`~lightning_kd.core.method_hooks.MethodHooks` (its requests and its loss terms); a method
+whose step needs passes of its own (a perturbed or intervened forward) runs them with
+:meth:`DistillationModule.run_pass`. The other responsibilities live in one object or file each
+(``docs/architecture.md`` draws them):
 
-* :meth:`student_request` / :meth:`teacher_request` — which tensors it needs from each forward;
-* :meth:`teacher_terms` — its loss terms for one teacher (the prediction loss is included by default);
-* :meth:`student_terms` — terms that need no teacher (the hard loss by default).
-
-Everything else (loading, freezing, multi-teacher combination, logging, optimisation, checkpoint
-hygiene, export) lives here once.
+* the frozen teachers — loading, precision, placement, ZeRO-3, device following, the teacher
+  cache, the forward itself: :class:`~lightning_kd.core.teacher_pool.TeacherPool`;
+* the student — initialisation modes, vocabulary check, head inference, activation
+  checkpointing: :mod:`lightning_kd.core.student_builder`;
+* interventions and the checks of repeated / randomised passes: :mod:`lightning_kd.core.passes`;
+* checks after the whole constructor chain: :mod:`lightning_kd.core.construction`;
+* hyper-parameters and safe checkpoint loading: :mod:`lightning_kd.core.hparams`;
+* private Lightning / torch APIs: :mod:`lightning_kd.compat`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.core.mixins import HyperparametersMixin
-from pytorch_lightning.utilities.parsing import collect_init_args
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 
 from lightning_kd.cache import TeacherCache
+from lightning_kd.compat import attached_trainer, device_of_to_args, forget_train_loader
+from lightning_kd.core.construction import ChecksAfterConstruction, check_attention_requests
 from lightning_kd.core.export import export_model, load_tokenizer
-from lightning_kd.core.attention_capture import check_attention_layers
-from lightning_kd.core.features import Features, FeatureRequest, capture
-from lightning_kd.core.compact_head import compact_heads_default
-from lightning_kd.core.logit_rows import LogitRows, row_mask, widest
-from lightning_kd.core.optim import Schedule, build_optimizer
-from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
-from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
+from lightning_kd.core.features import FeatureRequest, Features, capture
+from lightning_kd.core.hparams import allow_in_checkpoints, save_constructor_arguments
+from lightning_kd.core.logit_rows import row_mask
 from lightning_kd.core.memory import MemoryCheck, check_memory
-from lightning_kd.core.placement import check_placements, partition_teacher, resolve_placement, teacher_device
-from lightning_kd.core.teachers import describe_source, load_teachers
+from lightning_kd.core.method_hooks import MethodHooks
+from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
+from lightning_kd.core.optim import Schedule, build_optimizer
+from lightning_kd.core.passes import Hooks, PassResult, TeacherHooks, TeacherTerms, check_repeats, entered, total_loss
+from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
+from lightning_kd.core.student_builder import StudentInit, build_student, check_vocabularies, infer_task_head
+from lightning_kd.core.teacher_pool import TeacherPool
 from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.models.loading import ModelSource, Precision, TaskHead, enable_activation_checkpointing, head_of, load_config, load_model
-from lightning_kd.models.student_init import select_teacher_layers, copy_teacher_weights, truncated_copy
+from lightning_kd.models.loading import ModelSource, Precision, TaskHead
 
 # Frozen teachers are in eval mode on purpose; Lightning would warn about them at every fit.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
-StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_layers"]
+__all__ = ["DistillationModule", "StudentInit"]
 
 
-class _ChecksAfterConstruction(type):
-    """Runs :meth:`DistillationModule.check_construction` once the *whole* constructor chain is done,
-    so a subclass's requests (set after ``super().__init__``) are known before any training step."""
-
-    def __call__(cls, *args, **kwargs):
-        module = super().__call__(*args, **kwargs)
-        module.check_construction()
-        return module
-
-
-class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction):
+class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterConstruction):
     """Base of every method: a trainable student distilled from frozen teachers.
 
     Args:
@@ -111,12 +106,6 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         adam_epsilon: AdamW epsilon.
     """
 
-    #: Methods whose every term compares with a teacher set this so a teacher-less run fails early.
-    requires_teacher: bool = True
-    #: Methods that use teacher modules or weights inside their step (not only through
-    #: :meth:`run_teacher`) set this: their teachers then always sit whole on the student's device.
-    reads_teacher_weights: bool = False
-
     def __init__(
         self,
         student: ModelSource | None = None,
@@ -146,12 +135,11 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         adam_epsilon: float = 1e-8,
     ) -> None:
         super().__init__()
-        frame = inspect.currentframe()
-        # Models given as objects (a student, a teacher, a method's head source) are never hyper-parameters:
-        # checkpoints would pickle them. Their sources are recorded by on_save_checkpoint instead.
-        objects = [name for name, value in _init_args(frame).items() if _holds_module(value)]
-        self.save_hyperparameters(ignore=["student", "teacher", "teachers", "multi_teacher", "teacher_cache", *objects], frame=frame)
-        _allow_in_checkpoints(dict(self.hparams))
+        # Models given as objects are never hyper-parameters: checkpoints would pickle them. Their
+        # sources are recorded by on_save_checkpoint instead.
+        save_constructor_arguments(
+            self, inspect.currentframe(), ignore=["student", "teacher", "teachers", "multi_teacher", "teacher_cache"]
+        )
         if teacher is not None and teachers:
             raise ValueError("Give either `teacher` or `teachers`, not both.")
         sources = list(teachers or ([teacher] if teacher is not None else []))
@@ -161,247 +149,106 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
             raise ValueError(f"{type(self).__name__} trains the student alone; remove `teacher`/`teachers`.")
         if prediction is not None and prediction.soft_weight > 0 and not sources:
             raise ValueError("prediction.soft_weight > 0 needs a teacher; set soft_weight=0 or give a teacher.")
-        self.teacher_sources = [describe_source(s) for s in sources]
         self.tokenizer_source = export_tokenizer or _first_str(sources) or _first_str([student])
-        self.task_head = task_head or _infer_head(sources, student)
+        self.task_head = task_head or infer_task_head(sources, student)
         self.num_labels = num_labels
         self.prediction = prediction
         self.multi_teacher = multi_teacher or Average()
         self.forward_repeats, self.random_inputs = forward_repeats, random_inputs
-        #: Index of the forward pass being computed (0 = the normal pass, i = the i-th repeat).
-        self.pass_index = 0
-        _check_repeats(forward_repeats, random_inputs, prediction)
+        self._pass_index = 0
+        check_repeats(forward_repeats, random_inputs, prediction)
         # A method whose intermediate losses live in a reusable module (so MixBaseline can combine
         # them) assigns it here after this constructor; the default hooks then use its requests and
         # terms. It provides student_request(), teacher_request(index) and forward(batch, student, teacher, index).
         self.intermediate: nn.Module | None = None
 
-        self.teacher_placement = check_placements(teacher_placement, len(sources))
-        # Teachers are kept outside the module tree on purpose (object.__setattr__ skips nn.Module's
-        # registration): no strategy wraps, casts, partitions or checkpoints them behind our back.
-        object.__setattr__(self, "_teachers", load_teachers(sources, self.task_head, num_labels, teacher_precision))
-        self._teacher_engines: list = []  # inference-only ZeRO-3 engines that keep partitioned teachers alive
+        # A plain object, not a submodule: no strategy wraps, casts, partitions or checkpoints the
+        # teachers behind our back. The cache is checked in check_construction, once the requests are known.
+        self.teacher_pool = TeacherPool(sources, self.task_head, num_labels, teacher_precision, teacher_placement, teacher_cache)
         self.memory_check = memory_check
-        # from_pretrained returns eval mode; Lightning keeps a module's mode, so switch dropout on here.
-        self.student = self._build_student(student, student_init, student_layers, allow_width_truncation).train()
-        if activation_checkpointing:
-            enable_activation_checkpointing(self.student)
+        self.student = build_student(
+            student, student_init, student_layers, head=self.task_head, num_labels=num_labels, teachers=self.teachers,
+            allow_width_truncation=allow_width_truncation, activation_checkpointing=activation_checkpointing,
+        )
         self._check_vocabularies()
         self._val_metrics = self._test_metrics = None
-        self.teacher_cache = teacher_cache  # checked in check_construction, once the method's requests are known
 
     # ------------------------------------------------------------------ construction
-    def _build_student(
-        self, source: ModelSource | None, init: StudentInit, layers: int | list[int] | None, allow_width_truncation: bool
-    ) -> PreTrainedModel:
-        head, labels = self.task_head, self.num_labels
-        if init in ("pretrained", "random"):
-            if source is None:
-                raise ValueError(f"student_init={init!r} needs `student` (a model, directory or name).")
-            if layers is not None:
-                raise ValueError("student_layers only applies when student_init copies teacher layers.")
-            return load_model(source, head, labels, role="student", random_init=init == "random")
-        if not self.teachers:
-            raise ValueError(f"student_init={init!r} copies teacher layers, so it needs a teacher.")
-        teacher = self.teachers[0]
-        depth = teacher.config.num_hidden_layers
-        if init == "teacher_layers":
-            if not isinstance(layers, list):
-                raise ValueError("student_init='teacher_layers' needs student_layers as a list of 0-based teacher layers.")
-            chosen = select_teacher_layers(layers, None, depth)
-        else:
-            if not isinstance(layers, int):
-                raise ValueError(f"student_init={init!r} needs student_layers as a layer count, e.g. student_layers: 3.")
-            chosen = select_teacher_layers(init.removeprefix("teacher_"), layers, depth)
-        if source is None:
-            return truncated_copy(teacher, chosen)
-        student = load_model(source, head, labels, role="student", random_init=True)
-        if student.config.num_hidden_layers != len(chosen):
-            raise ValueError(
-                f"The student config has {student.config.num_hidden_layers} layers but {len(chosen)} teacher layers were chosen."
-            )
-        copy_teacher_weights(teacher, student, chosen, allow_width_truncation)
-        return student
-
     def _check_vocabularies(self) -> None:
         """Teacher and student read the same input ids, so their embedding tables must agree."""
-        student_vocab = self.student.config.vocab_size
-        for index, teacher in enumerate(self.teachers):
-            if teacher.config.vocab_size != student_vocab:
-                raise ValueError(
-                    f"Teacher {index} has a vocabulary of {teacher.config.vocab_size} tokens but the student has "
-                    f"{student_vocab}; both read the same token ids, so they must share a tokenizer. "
-                    "Use a student built for the teacher's tokenizer (or VocabDistil for a compressed vocabulary)."
-                )
+        check_vocabularies(self.student, self.teachers)
 
     def __setstate__(self, state: dict) -> None:
         # A module unpickled in another process (ddp_spawn workers) registers its hyper-parameter
         # classes there too, or resuming from a checkpoint with weights_only loading fails.
         super().__setstate__(state)
-        _allow_in_checkpoints(dict(self.hparams))
+        allow_in_checkpoints(dict(self.hparams))
 
     def check_construction(self) -> None:
-        """Refuse, at construction, models whose attention this method cannot read exactly.
+        """Refuse, at construction, models whose attention this method cannot read exactly, and a
+        teacher cache the finished method cannot use.
 
-        Runs after the subclass's constructor (see :class:`_ChecksAfterConstruction`). Attention is
-        read from transformers' attention interface (:mod:`lightning_kd.core.attention_capture`): a
-        family that computes attention elsewhere, an attention layer out of range, or a student and
-        teacher whose compared layers attend differently (causal vs bidirectional, other windows) is
-        an error naming the family and the fix. A teacher cache checks the finished method here too.
+        Runs after the subclass's constructor (see :class:`~lightning_kd.core.construction.ChecksAfterConstruction`);
+        the attention rules are :func:`~lightning_kd.core.construction.check_attention_requests`.
         """
         if self.teacher_cache is not None:
             self.teacher_cache.check_module(self)
-        name = type(self).__name__
-        student_layers = self.student_request().hooked_layers
-        student = check_attention_layers(self.student, student_layers, "student", name) if student_layers else None
-        for index, teacher in enumerate(self.teachers):
-            layers = self.teacher_request(index).hooked_layers
-            if not layers:
-                continue
-            layout = check_attention_layers(teacher, layers, f"teacher {index}", name)
-            if student is None:
-                continue
-            ours, theirs = {student.kind(l) for l in student_layers}, {layout.kind(l) for l in layers}
-            if ours != theirs:
-                raise ValueError(
-                    f"{name} compares attention of student layers {sorted(student_layers)} with teacher {index} layers "
-                    f"{sorted(layers)}, but they attend differently (causal, sliding window): student {sorted(ours, key=str)} "
-                    f"vs teacher {sorted(theirs, key=str)}. Use a student and teacher of one attention type, or pair "
-                    "layers of the same type."
-                )
+        check_attention_requests(self)
 
-    # ------------------------------------------------------------------ method hooks
+    # ------------------------------------------------------------------ teachers
     @property
     def teachers(self) -> nn.ModuleList:
         """The frozen teachers (not submodules: absent from ``parameters()``, ``state_dict()`` and checkpoints)."""
-        return self._teachers
-
-    #: Set by methods whose token (MLM) logits are read only by their :class:`PredictionLoss` terms
-    #: (:meth:`prediction_losses`), the hard loss, the multi-teacher strategy and the metrics: each model
-    #: then computes only the logit rows those read (:meth:`student_logit_rows`). ``False`` (default):
-    #: the method's own terms may read any row, so every row is computed.
-    prediction_only_logits: bool = False
+        return self.teacher_pool.models
 
     @property
-    def compact_heads(self) -> bool:
-        """Compact heads: each model projects only the token-logit rows a step reads
-        (:mod:`lightning_kd.core.compact_head`). ``method.compact_heads = False`` computes every row
-        through each model's own forward, as HF does (same values; for parity checks and debugging);
-        unset, ``LIGHTNING_KD_COMPACT_HEADS`` decides (``0`` off, ``1`` or unset on)."""
-        explicit = self.__dict__.get("_compact_heads")
-        return compact_heads_default() if explicit is None else explicit
+    def teacher_sources(self) -> list[str]:
+        """Where each teacher came from, as a checkpoint and an export record it."""
+        return self.teacher_pool.sources
 
-    @compact_heads.setter
-    def compact_heads(self, value: bool) -> None:
-        self.__dict__["_compact_heads"] = bool(value)
+    @property
+    def teacher_placement(self) -> list[str]:
+        """Each teacher's placement as configured (``"auto"``, ``"student"``, ``"cpu"``, a device, ``"zero3"``)."""
+        return self.teacher_pool.placements
 
-    def student_request(self) -> FeatureRequest:
-        """Tensors the method needs from the student's forward (logits are always captured; their rows
-        come from :meth:`student_logit_rows`)."""
-        return self.intermediate.student_request() if self.intermediate is not None else FeatureRequest()
+    @property
+    def teacher_cache(self) -> TeacherCache | None:
+        """The teacher-output cache :meth:`run_teacher` reads, or ``None``."""
+        return self.teacher_pool.cache
 
-    def teacher_request(self, teacher_index: int) -> FeatureRequest:
-        """Tensors the method needs from teacher ``teacher_index``'s forward (logit rows: :meth:`teacher_logit_rows`)."""
-        return self.intermediate.teacher_request(teacher_index) if self.intermediate is not None else FeatureRequest()
+    @teacher_cache.setter
+    def teacher_cache(self, cache: TeacherCache | None) -> None:
+        self.teacher_pool.cache = cache
 
-    def prediction_losses(self) -> list[PredictionLoss]:
-        """The :class:`PredictionLoss` terms of a step (their soft positions name the logit rows read)."""
-        return [self.prediction] if self.prediction is not None else []
-
-    def student_logit_rows(self) -> LogitRows:
-        """The student's token-logit rows a training step reads: ``"all"`` unless
-        :attr:`prediction_only_logits`; then the soft terms' positions, the labelled rows when the
-        student's own loss is read, and what the multi-teacher strategy reads."""
-        if not self.prediction_only_logits:
-            return "all"
-        kinds = [loss.logit_rows() for loss in self.prediction_losses()]
-        if self.uses_student_loss() or self.multi_teacher.needs_student_loss:
-            kinds.append("labelled")
-        return widest(*kinds, self.multi_teacher.student_logit_rows())
-
-    def teacher_logit_rows(self, teacher_index: int) -> LogitRows:
-        """Teacher ``teacher_index``'s token-logit rows a training step reads (as :meth:`student_logit_rows`)."""
-        if not self.prediction_only_logits:
-            return "all"
-        return widest(*(loss.logit_rows() for loss in self.prediction_losses()), self.multi_teacher.teacher_logit_rows())
-
-    def student_features_request(self) -> FeatureRequest:
-        """What the student's training forward captures: :meth:`student_request` with its logit rows
-        (every row for sequence-level heads or with :attr:`compact_heads` off)."""
-        rows = self.student_logit_rows() if self.compact_heads and self.task_head == "masked_lm" else "all"
-        return dataclasses.replace(self.student_request(), logit_rows=rows)
-
-    def teacher_features_request(self, teacher_index: int) -> FeatureRequest:
-        """What teacher ``teacher_index``'s forward captures (and a teacher cache stores): its request with its logit rows."""
-        rows = self.teacher_logit_rows(teacher_index) if self.compact_heads and self.task_head == "masked_lm" else "all"
-        return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows)
-
-    def uses_student_loss(self) -> bool:
-        """Whether a training step reads the student's own task/MLM loss (``Features.loss``).
-
-        The student then runs with labels and its loss is computed (for an MLM head a softmax over
-        every labelled row). By default: when the prediction loss has a hard term, which is what
-        :meth:`student_terms` reads; a method that reads the loss elsewhere says so (MixBaseline).
-        """
-        return self.prediction is not None and self.prediction.hard_weight > 0
-
-    def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
-        """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
-        if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
-            return {"hard": self.prediction.hard_weight * student.loss}
-        return {}
-
-    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
-        """Weighted terms comparing the student with one teacher: the soft prediction term and the
-        :attr:`intermediate` module's terms."""
-        terms = {}
-        if self.prediction is not None and self.prediction.soft_weight > 0:
-            per_sample = self.multi_teacher.per_sample
-            terms["soft"] = self.prediction.soft_features(student, teacher, batch, per_sample=per_sample)
-        if self.intermediate is not None:
-            terms.update(self.intermediate(batch, student, teacher, teacher_index))
-        return terms
-
-    # ------------------------------------------------------------------ the step
     def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
         """Teacher ``index``'s features on ``batch`` (no graph, float32): read from :attr:`teacher_cache`
         when it holds every row of the batch, else from :meth:`teacher_forward` (the cache stores them)."""
-        if self.teacher_cache is not None:
-            return self.teacher_cache.teacher_features(self, index, batch)
-        return self.teacher_forward(index, batch)
+        return self.teacher_pool.run(index, batch, self)
 
-    def teacher_forward(self, index: int, batch: dict[str, Tensor]) -> Features:
+    def teacher_forward(self, index: int, batch: dict[str, Tensor], *, request: FeatureRequest | None = None) -> Features:
         """Run teacher ``index`` live on ``batch`` where :attr:`teacher_placement` puts it; the
-        features come back on the student's device, upcast to float32, without a graph."""
-        teacher, device = self._placed_teacher(index)
-        if device != self.device:
-            batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        with torch.no_grad():
-            features = capture(teacher, batch, self.teacher_features_request(index), upcast=True)
-        return features if device == self.device else features.to(self.device)
+        features come back on the student's device, upcast to float32, without a graph.
+
+        Args:
+            request: what to capture (default: :meth:`teacher_features_request`).
+        """
+        request = self.teacher_features_request(index) if request is None else request
+        return self.teacher_pool.forward(index, batch, request, device=self.device, **self._teacher_context())
 
     def resolved_placement(self, index: int) -> str:
         """Teacher ``index``'s placement for the current trainer: ``"student"``, ``"zero3"``, or a device string."""
-        reads = type(self).__name__ if self.reads_teacher_weights else None
-        return resolve_placement(self.teacher_placement[index], self._trainer, reads)
+        return self.teacher_pool.placement(index, **self._teacher_context())
 
-    def _placed_teacher(self, index: int) -> tuple[nn.Module, torch.device]:
-        """Teacher ``index`` and the device its forward runs on, moving it there the first time."""
-        teacher = self.teachers[index]
-        placement = self.resolved_placement(index)
-        if placement == "zero3":
-            if not self._teacher_engines:
-                self._partition_teachers()
-            return teacher, self.device
-        device = self.device if placement == "student" else torch.device(placement)
-        if teacher_device(teacher) != device:
-            teacher.to(device)
-        return teacher, device
+    def _teacher_context(self) -> dict:
+        """What decides where the teachers run: the trainer, and whether this method reads their weights."""
+        return {"trainer": attached_trainer(self), "reads_weights": type(self).__name__ if self.reads_teacher_weights else None}
 
-    def _partition_teachers(self) -> None:
-        for index, teacher in enumerate(self.teachers):
-            if self.resolved_placement(index) == "zero3":
-                self._teacher_engines.append(partition_teacher(teacher, self.trainer))
+    # ------------------------------------------------------------------ the step
+    @property
+    def pass_index(self) -> int:
+        """Index of the forward pass being computed (0 = the normal pass, ``i`` = the ``i``-th repeat
+        or a method's own extra pass); :meth:`run_pass` sets it while a pass runs."""
+        return self._pass_index
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The named, weighted loss terms of one training step plus ``"loss"``, their sum.
@@ -411,42 +258,92 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         """
         terms: dict[str, Tensor] = {}
         for pass_index in range(1 + self.forward_repeats):
-            self.pass_index = pass_index
-            for name, value in self._one_pass(batch).items():
+            for name, value in self.run_pass(batch, pass_index=pass_index).terms.items():
                 terms[name] = terms[name] + value if name in terms else value
-        self.pass_index = 0
-        if not terms:
-            raise RuntimeError(
-                f"{type(self).__name__} produced no loss term: every weight is 0 or the batch has no labels for the hard loss."
-            )
-        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
-        return terms
+        return total_loss(terms, type(self).__name__)
 
-    def _one_pass(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The terms of one forward pass: the student once, then the teachers one after the other,
-        each releasing its activations before the next starts."""
-        hard_batch = batch
-        if self.random_inputs is not None and self.pass_index in self.random_inputs.passes:
-            vocab_size = (self.teachers[0] if len(self.teachers) else self.student).config.vocab_size
-            batch, hard_batch = randomise_batch(batch, self.random_inputs, vocab_size)
-        # Labels only shape the student's own loss, so the student reads them from ``hard_batch``; its
-        # logit rows are those the terms read in ``batch`` (a superset of hard_batch's labelled rows).
-        with_labels = self.uses_student_loss() or self.multi_teacher.needs_student_loss
-        request = self.student_features_request()
-        student = capture(self.student, hard_batch, request, with_labels=with_labels, rows=row_mask(batch, request.logit_rows))
-        terms = self.student_terms(hard_batch, student)
-        if len(self.teachers):
-            indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)
+    def run_pass(
+        self,
+        batch: dict[str, Tensor],
+        *,
+        pass_index: int = 0,
+        student_hooks: Hooks = (),
+        teacher_hooks: TeacherHooks | None = None,
+        student_request: FeatureRequest | None = None,
+        teacher_request: Callable[[int], FeatureRequest] | None = None,
+        student_loss: bool | None = None,
+        teacher_terms: TeacherTerms | None = None,
+        teachers: list[int] | None = None,
+        combine: bool = True,
+    ) -> PassResult:
+        """One forward pass: the student once, then the selected teachers one after the other, each
+        releasing its activations before the next starts, and the terms of it all.
+
+        This is how a method runs a pass of its own: with interventions (``student_hooks`` /
+        ``teacher_hooks``: context managers active while that model runs, e.g.
+        :func:`~lightning_kd.core.passes.forward_hook`), other captures, or its own terms. Nothing
+        else of the step changes: random inputs, the multi-teacher selection and combination, the
+        teacher cache (for teachers run without interventions) and placement work as in the default step.
+
+        Args:
+            batch: the training batch.
+            pass_index: which pass this is (0 = the normal pass); :attr:`pass_index` reads it while
+                the pass runs, and ``random_inputs`` randomise the passes they list.
+            student_hooks: context managers entered around the student's forward.
+            teacher_hooks: for a teacher index, the context managers entered around that teacher's
+                forward. A teacher with hooks or a ``teacher_request`` runs live (:meth:`teacher_forward`):
+                a cache cannot serve intervened or other features.
+            student_request: what the student captures (default: :meth:`student_features_request`).
+            teacher_request: for a teacher index, what that teacher captures (default:
+                :meth:`teacher_features_request`).
+            student_loss: whether the student computes its own task/MLM loss (default: when
+                :meth:`uses_student_loss` or the strategy reads it); ``False`` saves that work in a
+                pass whose terms never read it.
+            teacher_terms: one teacher's terms, ``(batch, student, teacher, index) -> dict`` (default:
+                :meth:`teacher_terms`).
+            teachers: the teacher indices to run (default: the strategy's selection for this step).
+            combine: merge the teachers' terms with the multi-teacher strategy into ``terms``; ``False``
+                leaves them in ``per_teacher`` for a method that combines several passes at once.
+
+        Returns:
+            The pass's terms and features (:class:`~lightning_kd.core.passes.PassResult`).
+        """
+        previous, self._pass_index = self._pass_index, pass_index
+        try:
+            hard_batch = batch
+            if self.random_inputs is not None and pass_index in self.random_inputs.passes:
+                vocab_size = (self.teachers[0] if len(self.teachers) else self.student).config.vocab_size
+                batch, hard_batch = randomise_batch(batch, self.random_inputs, vocab_size)
+            # Labels only shape the student's own loss, so the student reads them from ``hard_batch``; its
+            # logit rows are those the terms read in ``batch`` (a superset of hard_batch's labelled rows).
+            if student_loss is None:
+                student_loss = self.uses_student_loss() or self.multi_teacher.needs_student_loss
+            request = self.student_features_request() if student_request is None else student_request
+            with entered(student_hooks):
+                student = capture(self.student, hard_batch, request, with_labels=student_loss, rows=row_mask(batch, request.logit_rows))
+            terms = self.student_terms(hard_batch, student)
+            if not len(self.teachers):
+                return PassResult(terms, student)
+            indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step) if teachers is None else teachers
+            live = teacher_hooks is not None or teacher_request is not None
+            terms_of = self.teacher_terms if teacher_terms is None else teacher_terms
             per_teacher, logits, rows = [], [], []
             for index in indices:
-                teacher = self.run_teacher(index, batch)
-                per_teacher.append(self.teacher_terms(batch, student, teacher, index))
+                if live:
+                    with entered(teacher_hooks(index) if teacher_hooks is not None else ()):
+                        teacher = self.teacher_forward(index, batch, request=teacher_request(index) if teacher_request else None)
+                else:
+                    teacher = self.run_teacher(index, batch)
+                per_teacher.append(terms_of(batch, student, teacher, index))
                 logits.append(teacher.logits)
                 rows.append(teacher.logit_rows)
                 del teacher  # release this teacher's activations before the next one runs
             step = TeacherStep(batch, student, logits, indices, self.global_step, rows)
-            terms.update(self.multi_teacher.combine(per_teacher, step))
-        return terms
+            if combine:
+                terms.update(self.multi_teacher.combine(per_teacher, step))
+            return PassResult(terms, student, per_teacher, step)
+        finally:
+            self._pass_index = previous
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.compute_losses(batch)
@@ -460,12 +357,12 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
 
     # ------------------------------------------------------------------ evaluation
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self._trainer is not None:
-            for index in range(len(self.teachers)):
-                self.resolved_placement(index)  # a wrong strategy or placement fails before any work
+        trainer = attached_trainer(self)
+        if stage == "fit" and trainer is not None:
+            self.teacher_pool.check(**self._teacher_context())  # a wrong strategy or placement fails before any work
             if self.memory_check != "off":
-                check_memory(self, self.trainer, self.memory_check)
-        builder = getattr(getattr(self.trainer, "datamodule", None), "build_metrics", None) if self._trainer else None
+                check_memory(self, trainer, self.memory_check)
+        builder = getattr(getattr(trainer, "datamodule", None), "build_metrics", None) if trainer is not None else None
         if builder is not None:
             self._val_metrics, self._test_metrics = builder("val/"), builder("test/")
         else:
@@ -498,37 +395,31 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return capture(self.student, batch, FeatureRequest()).logits
 
-    # ------------------------------------------------------------------ frozen teachers
+    # ------------------------------------------------------------------ modes and devices
     def train(self, mode: bool = True) -> "DistillationModule":
         """Switch the student (and method parts) to ``mode``; teachers stay in eval mode always."""
         super().train(mode)
-        for teacher in self.teachers:
-            teacher.eval()
+        self.teacher_pool.eval()
         return self
 
     def to(self, *args, **kwargs) -> "DistillationModule":
         """Move (or cast) the module; teachers placed on the student's device follow its *device* only,
         never a dtype (``teacher_precision`` stays theirs)."""
         module = super().to(*args, **kwargs)
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        device = device_of_to_args(*args, **kwargs)
         if device is not None:
-            self._teachers_follow(device)
+            self.teacher_pool.follow(device, **self._teacher_context())
         return module
 
     def cuda(self, device=None) -> "DistillationModule":
         module = super().cuda(device)
-        self._teachers_follow(self.device)
+        self.teacher_pool.follow(self.device, **self._teacher_context())
         return module
 
     def cpu(self) -> "DistillationModule":
         module = super().cpu()
-        self._teachers_follow(torch.device("cpu"))
+        self.teacher_pool.follow(torch.device("cpu"), **self._teacher_context())
         return module
-
-    def _teachers_follow(self, device: torch.device) -> None:
-        for index, teacher in enumerate(self.teachers):
-            if self.resolved_placement(index) == "student":
-                teacher.to(device)
 
     def trainable_named_parameters(self):
         """``(name, parameter)`` of the student and the method's own parts (never a teacher's)."""
@@ -546,11 +437,7 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
     def configure_optimizers(self):
         hp = self.hparams
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        # estimated_stepping_batches builds the train loader before a --ckpt_path checkpoint is restored,
-        # and Lightning then never hands that loader its saved position. Dropping it makes the fit
-        # loop rebuild it after the restore, so a resumed run continues mid-epoch with the same batches.
-        if getattr(self.trainer.fit_loop, "_combined_loader", None) is not None:
-            self.trainer.fit_loop._combined_loader = None
+        forget_train_loader(self.trainer)  # built by the line above, before a resumed run's restore
         return build_optimizer(
             self.trainable_named_parameters(),
             learning_rate=hp.learning_rate,
@@ -569,67 +456,5 @@ class DistillationModule(pl.LightningModule, metaclass=_ChecksAfterConstruction)
         return export_model(self.student, directory, load_tokenizer(self.tokenizer_source), metadata)
 
 
-def _check_repeats(repeats: int, random_inputs: RandomInputs | None, prediction: PredictionLoss | None) -> None:
-    """Validate ``forward_repeats`` and ``random_inputs`` together (see the constructor's docstring)."""
-    if repeats < 0:
-        raise ValueError(f"forward_repeats must be >= 0 (extra passes per step), got {repeats}.")
-    if random_inputs is None:
-        return
-    if max(random_inputs.passes) > repeats:
-        raise ValueError(
-            f"random_inputs.passes lists pass {max(random_inputs.passes)} but the step runs passes 0..{repeats}; "
-            f"set forward_repeats >= {max(random_inputs.passes)}."
-        )
-    if random_inputs.mode == "replace" and prediction is not None and prediction.hard_weight > 0:
-        raise ValueError(
-            "random_inputs mode 'replace' would score random tokens against the original labels: set the hard "
-            "loss weight to 0 (hard_weight=0) or use mode 'dual', whose original half alone feeds the hard loss."
-        )
-
-
-def _allow_in_checkpoints(value) -> None:
-    """Let ``torch.load(weights_only=True)`` (Lightning's resume default) read the knob dataclasses
-    (e.g. :class:`PredictionLoss`) stored in a checkpoint's hyper-parameters."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        torch.serialization.add_safe_globals([type(value)])
-        value = vars(value)
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _allow_in_checkpoints(item)
-
-
-def _init_args(frame) -> dict:
-    """The constructor arguments Lightning's ``save_hyperparameters`` would collect from ``frame``."""
-    found: dict = {}
-    for local in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
-        found.update(local)
-    return found
-
-
-def _holds_module(value) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(_holds_module(item) for item in value)
-    return isinstance(value, nn.Module)
-
-
 def _first_str(items) -> str | None:
     return next((s for s in items if isinstance(s, str)), None)
-
-
-def _infer_head(teachers: list[ModelSource], student: ModelSource | None) -> TaskHead:
-    """The stage's head when the data module does not say: the first teacher's (or student's) head."""
-    for source in [*teachers, student]:
-        if isinstance(source, PreTrainedModel) and head_of(source):
-            return head_of(source)
-        if isinstance(source, str):
-            for arch in load_config(source).architectures or []:
-                if arch.endswith("ForSequenceClassification"):
-                    return "sequence_classification"
-                if arch.endswith(("ForMaskedLM", "ForPreTraining")):
-                    return "masked_lm"
-    raise ValueError(
-        "Cannot tell whether this is fine-tuning or pre-training: set task_head to 'sequence_classification' "
-        "or 'masked_lm' (the CLI links it from the data module)."
-    )

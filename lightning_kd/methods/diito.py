@@ -39,7 +39,8 @@ Deliberate choices and differences from the GKD reference:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -47,7 +48,7 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features, capture
 from lightning_kd.core.module import DistillationModule
-from lightning_kd.core.multi_teacher import TeacherStep
+from lightning_kd.core.passes import total_loss
 from lightning_kd.losses.interchange import (
     Interchange,
     InterchangeWay,
@@ -201,9 +202,10 @@ class DIITO(DistillationModule):
         """The positions swapped for this batch (global RNG, so ``seed_everything`` fixes them)."""
         return sample_interchange(batch["attention_mask"], self.interchange_prop, self.interchange_way, self.interchange_max_token)
 
-    def intervened(self, model: nn.Module, batch: dict[str, Tensor], sites: list[int], values: dict[int, Tensor],
-                   swap: Interchange, request: FeatureRequest, **kwargs) -> Features:
-        """``model``'s features when hidden state ``site`` gets ``values[site]`` at the swap's base positions."""
+    @contextmanager
+    def interchanged(self, model: nn.Module, sites: list[int], values: dict[int, Tensor], swap: Interchange) -> Iterator[None]:
+        """While active, ``model``'s hidden state ``site`` gets ``values[site]`` at the swap's base positions
+        (an intervention for :meth:`~lightning_kd.core.module.DistillationModule.run_pass`)."""
         stack = find_layer_stack(model)
         handles = []
         for site in sites:
@@ -221,67 +223,92 @@ class DIITO(DistillationModule):
                 return apply_interchange(output, swap, values[site])
             handles.append(stack.modules[slot].register_forward_hook(hook))
         try:
-            return capture(model, batch, request, **kwargs)
+            yield
         finally:
             for handle in handles:
                 handle.remove()
 
+    def intervened(self, model: nn.Module, batch: dict[str, Tensor], sites: list[int], values: dict[int, Tensor],
+                   swap: Interchange, request: FeatureRequest, **kwargs) -> Features:
+        """``model``'s features when hidden state ``site`` gets ``values[site]`` at the swap's base positions."""
+        with self.interchanged(model, sites, values, swap):
+            return capture(model, batch, request, **kwargs)
+
     # ------------------------------------------------------------------ the step
+    def student_request(self) -> FeatureRequest:
+        # Pass 0 reads hidden states: the interchange's source activations and the cosine term's last one.
+        return FeatureRequest(hidden_states=True)
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        return FeatureRequest(hidden_states=True)
+
+    def intervened_request(self) -> FeatureRequest:
+        """What pass 1 captures of each model: the last hidden state for the causal cosine term only,
+        and the token-logit rows of the causal soft term (none when it is off)."""
+        rows = self.causal_prediction.logit_rows() if self.compact_heads else "all"
+        return FeatureRequest(hidden_states=self.causal_cosine_weight > 0, logit_rows=rows)
+
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Pass 0 and the intervened pass 1 of student and teachers; the terms of both, summed.
+        """Pass 0 and the intervened pass 1 of student and teachers (two :meth:`run_pass` calls); the
+        terms of both, each teacher's combined once by the multi-teacher strategy.
 
-        Each pass projects only the token-logit rows its terms read: pass 0 the soft term's positions
-        (and the labelled rows of the MLM loss), pass 1 the causal soft term's (none when it is off).
+        Pass 0 is the normal pass; its teacher terms also keep each teacher's source activations at
+        its sites. Pass 1 swaps those in (:meth:`interchanged`) and computes the causal terms; the
+        student's sources keep their graph, so the causal terms train pass 0 too. Each pass projects
+        only the token-logit rows its terms read: pass 0 the soft term's positions (and the labelled
+        rows of the MLM loss), pass 1 the causal soft term's (none when it is off).
         """
-        request = FeatureRequest(hidden_states=True)
-        student_request = replace(request, logit_rows=self.student_features_request().logit_rows)
         layer = layer_draw(self.global_step, self.student.config.num_hidden_layers) if self.alignment == "full" else None
-        indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step)
-        student_sites = self.alignment_sites(indices[0], layer)[0]
         swap = self.draw_interchange(batch)
+        teacher_sources: dict[int, dict[int, Tensor]] = {}
 
-        self.pass_index = 0
-        with_labels = self.uses_student_loss() or self.multi_teacher.needs_student_loss
-        student0 = capture(self.student, batch, student_request, with_labels=with_labels)
-        terms = self.student_terms(batch, student0)
-        student_values = {site: source_values(student0.hidden_states[site], swap) for site in student_sites}
-        self.pass_index = 1
-        causal_rows = self.causal_prediction.logit_rows() if self.compact_heads else "all"
-        need_hidden = FeatureRequest(hidden_states=self.causal_cosine_weight > 0, logit_rows=causal_rows)
-        student1 = self.intervened(self.student, batch, student_sites, student_values, swap, need_hidden)
-        self.pass_index = 0
+        def terms_keeping_sources(batch: dict[str, Tensor], student: Features, teacher: Features, index: int) -> dict[str, Tensor]:
+            sites = self.alignment_sites(index, layer)[1]
+            teacher_sources[index] = {site: source_values(teacher.hidden_states[site], swap) for site in sites}
+            return self.normal_terms(batch, student, teacher)
 
-        per_teacher, logits, rows = [], [], []
-        for index in indices:
-            teacher_sites = self.alignment_sites(index, layer)[1]
-            teacher_request = replace(request, logit_rows=self.teacher_features_request(index).logit_rows)
-            with torch.no_grad():
-                teacher0 = capture(self.teachers[index], batch, teacher_request, upcast=True)
-                values = {site: source_values(teacher0.hidden_states[site], swap) for site in teacher_sites}
-                teacher1 = self.intervened(self.teachers[index], batch, teacher_sites, values, swap, need_hidden, upcast=True)
-            per_teacher.append(self.pair_terms(batch, student0, teacher0, student1, teacher1))
-            logits.append(teacher0.logits)
-            rows.append(teacher0.logit_rows)
-            del teacher0, teacher1
-        step = TeacherStep(batch, student0, logits, indices, self.global_step, rows)
-        terms.update(self.multi_teacher.combine(per_teacher, step))
-        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
-        return terms
+        normal = self.run_pass(batch, pass_index=0, teacher_terms=terms_keeping_sources, combine=False)
+        indices = normal.step.teacher_indices
+        student_sites = self.alignment_sites(indices[0], layer)[0]
+        student_sources = {site: source_values(normal.student.hidden_states[site], swap) for site in student_sites}
+        request = self.intervened_request()
+        intervened = self.run_pass(
+            batch,
+            pass_index=1,
+            student_hooks=[self.interchanged(self.student, student_sites, student_sources, swap)],
+            teacher_hooks=lambda index: [
+                self.interchanged(self.teachers[index], self.alignment_sites(index, layer)[1], teacher_sources.pop(index), swap)
+            ],
+            student_request=request,
+            teacher_request=lambda index: request,
+            student_loss=False,  # pass 1's terms never read the student's own loss
+            teacher_terms=lambda batch, student, teacher, index: self.causal_terms(batch, student, teacher),
+            teachers=indices,
+            combine=False,
+        )
+        per_teacher = [{**first, **second} for first, second in zip(normal.per_teacher, intervened.per_teacher)]
+        terms = {**normal.terms, **intervened.terms}
+        terms.update(self.multi_teacher.combine(per_teacher, normal.step))
+        return total_loss(terms, type(self).__name__)
 
-    def pair_terms(self, batch: dict[str, Tensor], student0: Features, teacher0: Features,
-                   student1: Features, teacher1: Features) -> dict[str, Tensor]:
-        """The weighted terms of one teacher: soft and cosine (pass 0), causal soft and causal cosine (pass 1)."""
-        per_sample, parity = self.multi_teacher.per_sample, self.reduction == "gkd"
-        mask = batch["attention_mask"]
+    def normal_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features) -> dict[str, Tensor]:
+        """One teacher's weighted terms of the normal pass 0: soft and cosine."""
         terms = {}
         if self.prediction.soft_weight > 0:
-            terms["soft"] = self.prediction.soft_features(student0, teacher0, batch, per_sample=per_sample)
+            terms["soft"] = self.prediction.soft_features(student, teacher, batch, per_sample=self.multi_teacher.per_sample)
         if self.cosine_weight > 0:
-            terms["cosine"] = self.cosine_weight * cosine_rows(student0.hidden_states[-1], teacher0.hidden_states[-1], mask, parity)
+            terms["cosine"] = self.cosine_weight * cosine_rows(
+                student.hidden_states[-1], teacher.hidden_states[-1], batch["attention_mask"], self.reduction == "gkd"
+            )
+        return terms
+
+    def causal_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features) -> dict[str, Tensor]:
+        """One teacher's weighted terms of the intervened pass 1: causal soft and causal cosine."""
+        terms = {}
         if self.causal_prediction.soft_weight > 0:
-            terms["causal_soft"] = self.causal_prediction.soft_features(student1, teacher1, batch, per_sample=per_sample)
+            terms["causal_soft"] = self.causal_prediction.soft_features(student, teacher, batch, per_sample=self.multi_teacher.per_sample)
         if self.causal_cosine_weight > 0:
             terms["causal_cosine"] = self.causal_cosine_weight * cosine_rows(
-                student1.hidden_states[-1], teacher1.hidden_states[-1], mask, parity
+                student.hidden_states[-1], teacher.hidden_states[-1], batch["attention_mask"], self.reduction == "gkd"
             )
         return terms

@@ -37,9 +37,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_kd.compat import attached_trainer
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.layer_map import LayerMap, hidden_state_pairs, resolve_layer_map
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.passes import forward_hook, total_loss
 from lightning_kd.losses.contrastive import (
     PositiveTerm,
     contrastive_per_sample,
@@ -139,7 +141,7 @@ class LRCBERT(DistillationModule):
 
     def _gathered(self, teacher: Tensor) -> tuple[Tensor, int]:
         """Teacher states ``(L, B, N, D)`` of every process and the column offset of this process's rows."""
-        if not self.gather_negatives or self._trainer is None or self.trainer.world_size == 1:
+        if not self.gather_negatives or attached_trainer(self) is None or self.trainer.world_size == 1:
             return teacher, 0
         gathered = self.all_gather(teacher.contiguous())  # (W, L, B, N, D); the teacher has no gradient
         world, layers, batch = gathered.shape[:3]
@@ -168,15 +170,9 @@ class LRCBERT(DistillationModule):
 
         def keep(_module, _inputs, output):
             captured["e"] = output
-            return output
 
-        self.pass_index = 0
-        handle = module.register_forward_hook(keep)
-        try:
-            with torch.enable_grad():
-                first = self._one_pass(batch)
-        finally:
-            handle.remove()
+        with torch.enable_grad():
+            first = self.run_pass(batch, pass_index=0, student_hooks=[forward_hook(module, keep)]).terms
         delta = None
         embedding = captured.get("e")
         loss0 = torch.stack([v.float().sum() for v in first.values()]).sum() if first else None
@@ -192,18 +188,8 @@ class LRCBERT(DistillationModule):
         def shift(_module, _inputs, output):
             return output + delta.to(output.dtype)
 
-        self.pass_index = 1
-        handle = module.register_forward_hook(shift) if delta is not None else None
-        try:
-            terms = self._one_pass(batch)
-        finally:
-            if handle is not None:
-                handle.remove()
-            self.pass_index = 0
-        if not terms:
-            raise RuntimeError("LRCBERT produced no loss term: every weight is 0.")
-        terms["loss"] = torch.stack([v.float() for v in terms.values()]).sum()
-        return terms
+        hooks = [forward_hook(module, shift)] if delta is not None else []
+        return total_loss(self.run_pass(batch, pass_index=1, student_hooks=hooks).terms, type(self).__name__)
 
 
 def perturbation(grad: Tensor, scale: float = 1.0) -> Tensor:

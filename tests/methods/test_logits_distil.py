@@ -280,6 +280,7 @@ def test_student_loss_is_computed_only_when_a_term_reads_it(monkeypatch):
     """Without a hard term the student runs without labels (no full-vocabulary CE nobody reads);
     with one, or under RL-KD (its reward is the student's loss), labels are passed."""
     import lightning_kd.core.module as module_code
+    import lightning_kd.core.teacher_pool as pool_code
     from lightning_kd.methods.multi_teacher import RLKD
 
     seen = []
@@ -289,7 +290,8 @@ def test_student_loss_is_computed_only_when_a_term_reads_it(monkeypatch):
         seen.append(kwargs.get("with_labels", False))
         return real_capture(model, batch, request, **kwargs)
 
-    monkeypatch.setattr(module_code, "capture", spy)
+    monkeypatch.setattr(module_code, "capture", spy)  # the student's forward
+    monkeypatch.setattr(pool_code, "capture", spy)  # the teachers' forwards
     teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2, hidden=16)
     batch = make_batch("mlm")
     LogitsDistil(teacher=teacher, student=copy.deepcopy(student)).compute_losses(batch)

@@ -1,0 +1,124 @@
+"""The hooks a distillation method overrides, with the defaults every method starts from.
+
+:class:`~lightning_kd.core.module.DistillationModule` inherits them; a method overrides only what it
+adds:
+
+* :meth:`~MethodHooks.student_request` / :meth:`~MethodHooks.teacher_request` — which tensors it
+  needs from each forward (hidden states, Q/K/V, attention scores);
+* :meth:`~MethodHooks.teacher_terms` — its loss terms for one teacher (the soft prediction term and
+  the :attr:`intermediate` module's terms by default);
+* :meth:`~MethodHooks.student_terms` — terms that need no teacher (the hard loss by default);
+* the token-logit rows its terms read (:attr:`~MethodHooks.prediction_only_logits`,
+  :meth:`~MethodHooks.student_logit_rows`), so compact heads compute only those rows.
+
+The hooks read attributes the module's constructor sets: ``prediction``, ``multi_teacher``,
+``intermediate`` and ``task_head``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+from lightning_kd.core.compact_head import compact_heads_default
+from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.logit_rows import LogitRows, widest
+from lightning_kd.losses.prediction import PredictionLoss
+
+
+class MethodHooks:
+    """What a method declares and overrides (mixed into ``DistillationModule``)."""
+
+    #: Methods whose every term compares with a teacher set this so a teacher-less run fails early.
+    requires_teacher: bool = True
+    #: Methods that use teacher modules or weights inside their step (not only through
+    #: ``run_teacher``) set this: their teachers then always sit whole on the student's device.
+    reads_teacher_weights: bool = False
+    #: Set by methods whose token (MLM) logits are read only by their :class:`PredictionLoss` terms
+    #: (:meth:`prediction_losses`), the hard loss, the multi-teacher strategy and the metrics: each model
+    #: then computes only the logit rows those read (:meth:`student_logit_rows`). ``False`` (default):
+    #: the method's own terms may read any row, so every row is computed.
+    prediction_only_logits: bool = False
+
+    @property
+    def compact_heads(self) -> bool:
+        """Compact heads: each model projects only the token-logit rows a step reads
+        (:mod:`lightning_kd.core.compact_head`). ``method.compact_heads = False`` computes every row
+        through each model's own forward, as HF does (same values; for parity checks and debugging);
+        unset, ``LIGHTNING_KD_COMPACT_HEADS`` decides (``0`` off, ``1`` or unset on)."""
+        explicit = self.__dict__.get("_compact_heads")
+        return compact_heads_default() if explicit is None else explicit
+
+    @compact_heads.setter
+    def compact_heads(self, value: bool) -> None:
+        self.__dict__["_compact_heads"] = bool(value)
+
+    # ------------------------------------------------------------------ requests
+    def student_request(self) -> FeatureRequest:
+        """Tensors the method needs from the student's forward (logits are always captured; their rows
+        come from :meth:`student_logit_rows`)."""
+        return self.intermediate.student_request() if self.intermediate is not None else FeatureRequest()
+
+    def teacher_request(self, teacher_index: int) -> FeatureRequest:
+        """Tensors the method needs from teacher ``teacher_index``'s forward (logit rows: :meth:`teacher_logit_rows`)."""
+        return self.intermediate.teacher_request(teacher_index) if self.intermediate is not None else FeatureRequest()
+
+    def prediction_losses(self) -> list[PredictionLoss]:
+        """The :class:`PredictionLoss` terms of a step (their soft positions name the logit rows read)."""
+        return [self.prediction] if self.prediction is not None else []
+
+    def student_logit_rows(self) -> LogitRows:
+        """The student's token-logit rows a training step reads: ``"all"`` unless
+        :attr:`prediction_only_logits`; then the soft terms' positions, the labelled rows when the
+        student's own loss is read, and what the multi-teacher strategy reads."""
+        if not self.prediction_only_logits:
+            return "all"
+        kinds = [loss.logit_rows() for loss in self.prediction_losses()]
+        if self.uses_student_loss() or self.multi_teacher.needs_student_loss:
+            kinds.append("labelled")
+        return widest(*kinds, self.multi_teacher.student_logit_rows())
+
+    def teacher_logit_rows(self, teacher_index: int) -> LogitRows:
+        """Teacher ``teacher_index``'s token-logit rows a training step reads (as :meth:`student_logit_rows`)."""
+        if not self.prediction_only_logits:
+            return "all"
+        return widest(*(loss.logit_rows() for loss in self.prediction_losses()), self.multi_teacher.teacher_logit_rows())
+
+    def student_features_request(self) -> FeatureRequest:
+        """What the student's training forward captures: :meth:`student_request` with its logit rows
+        (every row for sequence-level heads or with :attr:`compact_heads` off)."""
+        rows = self.student_logit_rows() if self.compact_heads and self.task_head == "masked_lm" else "all"
+        return dataclasses.replace(self.student_request(), logit_rows=rows)
+
+    def teacher_features_request(self, teacher_index: int) -> FeatureRequest:
+        """What teacher ``teacher_index``'s forward captures (and a teacher cache stores): its request with its logit rows."""
+        rows = self.teacher_logit_rows(teacher_index) if self.compact_heads and self.task_head == "masked_lm" else "all"
+        return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows)
+
+    # ------------------------------------------------------------------ terms
+    def uses_student_loss(self) -> bool:
+        """Whether a training step reads the student's own task/MLM loss (``Features.loss``).
+
+        The student then runs with labels and its loss is computed (for an MLM head a softmax over
+        every labelled row). By default: when the prediction loss has a hard term, which is what
+        :meth:`student_terms` reads; a method that reads the loss elsewhere says so (MixBaseline).
+        """
+        return self.prediction is not None and self.prediction.hard_weight > 0
+
+    def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
+        """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
+        if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
+            return {"hard": self.prediction.hard_weight * student.loss}
+        return {}
+
+    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
+        """Weighted terms comparing the student with one teacher: the soft prediction term and the
+        :attr:`intermediate` module's terms."""
+        terms = {}
+        if self.prediction is not None and self.prediction.soft_weight > 0:
+            per_sample = self.multi_teacher.per_sample
+            terms["soft"] = self.prediction.soft_features(student, teacher, batch, per_sample=per_sample)
+        if self.intermediate is not None:
+            terms.update(self.intermediate(batch, student, teacher, teacher_index))
+        return terms

@@ -1,0 +1,141 @@
+"""Building the student: from its own weights, at random, or from teacher layers; then checked.
+
+:func:`build_student` turns the constructor's student arguments into a trainable HF model with the
+stage's head: ``"pretrained"`` loads ``student``'s weights, ``"random"`` builds it from its config,
+and the ``teacher_*`` modes copy chosen teacher layers (into ``student``'s architecture, or into a
+shortened copy of the teacher's). :func:`check_vocabularies` refuses a student that cannot read the
+teachers' token ids, and :func:`infer_task_head` tells fine-tuning from pre-training when the data
+module does not say. None of this needs a ``DistillationModule``::
+
+    student = build_student(None, "teacher_uniform", 3, head="sequence_classification", teachers=[teacher])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from transformers import PreTrainedModel
+
+from lightning_kd.models.loading import (
+    ModelSource,
+    TaskHead,
+    enable_activation_checkpointing,
+    head_of,
+    load_config,
+    load_model,
+)
+from lightning_kd.models.student_init import copy_teacher_weights, select_teacher_layers, truncated_copy
+
+StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_layers"]
+
+
+def build_student(
+    source: ModelSource | None,
+    init: StudentInit,
+    layers: int | list[int] | None,
+    *,
+    head: TaskHead,
+    num_labels: int | None = None,
+    teachers: Sequence[PreTrainedModel] = (),
+    allow_width_truncation: bool = False,
+    activation_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """The student, in train mode, as the constructor's arguments describe it.
+
+    Args:
+        source: the student (a built model, a directory, ``embedded:<name>`` or a hub name); may be
+            ``None`` for the ``teacher_*`` modes, which then build the teacher's class with fewer layers.
+        init: ``"pretrained"``, ``"random"``, ``"teacher_first"``, ``"teacher_uniform"`` or ``"teacher_layers"``.
+        layers: a layer count (``teacher_first``/``teacher_uniform``) or 0-based teacher layers
+            (``teacher_layers``); ``None`` otherwise.
+        head: the stage's head.
+        num_labels: the task's label count (classification heads).
+        teachers: the frozen teachers; the ``teacher_*`` modes copy from the first.
+        allow_width_truncation: copy the leading slice of wider teacher weights instead of refusing.
+        activation_checkpointing: recompute the student's layer activations in the backward pass.
+
+    Raises:
+        ValueError: arguments that do not fit the mode, a layer choice out of range, a student whose
+            tensors do not match the teacher's, or a family without activation checkpointing.
+    """
+    # from_pretrained returns eval mode and Lightning keeps a module's mode: switch dropout on here.
+    student = _initialised(source, init, layers, head, num_labels, teachers, allow_width_truncation).train()
+    if activation_checkpointing:
+        enable_activation_checkpointing(student)
+    return student
+
+
+def _initialised(
+    source: ModelSource | None,
+    init: StudentInit,
+    layers: int | list[int] | None,
+    head: TaskHead,
+    num_labels: int | None,
+    teachers: Sequence[PreTrainedModel],
+    allow_width_truncation: bool,
+) -> PreTrainedModel:
+    if init in ("pretrained", "random"):
+        if source is None:
+            raise ValueError(f"student_init={init!r} needs `student` (a model, directory or name).")
+        if layers is not None:
+            raise ValueError("student_layers only applies when student_init copies teacher layers.")
+        return load_model(source, head, num_labels, role="student", random_init=init == "random")
+    if not teachers:
+        raise ValueError(f"student_init={init!r} copies teacher layers, so it needs a teacher.")
+    teacher = teachers[0]
+    depth = teacher.config.num_hidden_layers
+    if init == "teacher_layers":
+        if not isinstance(layers, list):
+            raise ValueError("student_init='teacher_layers' needs student_layers as a list of 0-based teacher layers.")
+        chosen = select_teacher_layers(layers, None, depth)
+    else:
+        if not isinstance(layers, int):
+            raise ValueError(f"student_init={init!r} needs student_layers as a layer count, e.g. student_layers: 3.")
+        chosen = select_teacher_layers(init.removeprefix("teacher_"), layers, depth)
+    if source is None:
+        return truncated_copy(teacher, chosen)
+    student = load_model(source, head, num_labels, role="student", random_init=True)
+    if student.config.num_hidden_layers != len(chosen):
+        raise ValueError(
+            f"The student config has {student.config.num_hidden_layers} layers but {len(chosen)} teacher layers were chosen."
+        )
+    copy_teacher_weights(teacher, student, chosen, allow_width_truncation)
+    return student
+
+
+def check_vocabularies(student: PreTrainedModel, teachers: Sequence[PreTrainedModel]) -> None:
+    """Teacher and student read the same input ids, so their embedding tables must agree.
+
+    Raises:
+        ValueError: naming the teacher whose vocabulary size differs from the student's.
+    """
+    student_vocab = student.config.vocab_size
+    for index, teacher in enumerate(teachers):
+        if teacher.config.vocab_size != student_vocab:
+            raise ValueError(
+                f"Teacher {index} has a vocabulary of {teacher.config.vocab_size} tokens but the student has "
+                f"{student_vocab}; both read the same token ids, so they must share a tokenizer. "
+                "Use a student built for the teacher's tokenizer (or VocabDistil for a compressed vocabulary)."
+            )
+
+
+def infer_task_head(teachers: Sequence[ModelSource], student: ModelSource | None) -> TaskHead:
+    """The stage's head when the data module does not say: the first teacher's (or else the student's).
+
+    Raises:
+        ValueError: no source names a classification or masked-LM head.
+    """
+    for source in [*teachers, student]:
+        if isinstance(source, PreTrainedModel) and head_of(source):
+            return head_of(source)
+        if isinstance(source, str):
+            for arch in load_config(source).architectures or []:
+                if arch.endswith("ForSequenceClassification"):
+                    return "sequence_classification"
+                if arch.endswith(("ForMaskedLM", "ForPreTraining")):
+                    return "masked_lm"
+    raise ValueError(
+        "Cannot tell whether this is fine-tuning or pre-training: set task_head to 'sequence_classification' "
+        "or 'masked_lm' (the CLI links it from the data module)."
+    )
