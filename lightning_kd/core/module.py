@@ -175,7 +175,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
 
     # ------------------------------------------------------------------ construction
     def _check_vocabularies(self) -> None:
-        """Teacher and student read the same input ids, so their embedding tables must agree."""
+        """Teacher and student read the same input ids, so their embedding tables must agree (a hook:
+        VocabDistil's student reads mapped ids and checks its vocabulary map instead)."""
         check_vocabularies(self.student, self.teachers)
 
     def __setstate__(self, state: dict) -> None:
