@@ -17,11 +17,12 @@ test on other labelled data, pass ``test_file``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from lightning_kd.data.readers.fields import TextColumns
+from lightning_kd.data.readers.layouts import JsonlLayout, TsvLayout
 from lightning_kd.data.readers.twenty_newsgroups import NEWSGROUPS
 from lightning_kd.data.readers.superglue import (
     copa_texts,
@@ -47,33 +48,6 @@ class Splits:
 
     def __getitem__(self, split: str) -> str:
         return getattr(self, split)
-
-
-@dataclass(frozen=True)
-class TsvLayout:
-    """An unquoted tab-separated GLUE file.
-
-    Args:
-        columns: ``(file column, flat field)`` pairs; the file column is a header name, or a
-            0-based index when the file has no header.
-        header: whether the first line names the columns.
-        num_columns: the exact column count of a header-less file.
-    """
-
-    columns: tuple[tuple[str | int, str], ...]
-    header: bool = True
-    num_columns: int | None = None
-
-
-@dataclass(frozen=True)
-class JsonlLayout:
-    """A JSON-lines SuperGLUE file; ``flatten`` turns one record into flat rows (default: itself)."""
-
-    flatten: Callable[[Mapping[str, Any]], Iterator[dict[str, Any]]] | None = None
-
-    def rows(self, record: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
-        """The flat rows of one record."""
-        return self.flatten(record) if self.flatten is not None else (record,)
 
 
 @dataclass(frozen=True)

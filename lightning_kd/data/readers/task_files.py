@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_kd.data.readers.examples import Encode, make_example
+from lightning_kd.data.readers.layouts import JsonlLayout, TsvLayout
 from lightning_kd.data.readers.lines import at_line, iter_jsonl, iter_tsv_lines, located, require_file
 
-if TYPE_CHECKING:
-    from lightning_kd.data.tasks import JsonlLayout, TaskSpec, TsvLayout
+if TYPE_CHECKING:  # type only: the task table imports the readers
+    from lightning_kd.data.tasks import TaskSpec
 
 
 def iter_task_file(path: str | Path, spec: TaskSpec, encode: Encode) -> Iterator[dict[str, Any]]:
@@ -20,8 +21,6 @@ def iter_task_file(path: str | Path, spec: TaskSpec, encode: Encode) -> Iterator
         FileNotFoundError: ``path`` does not exist.
         ValueError: a malformed row, naming the file and line.
     """
-    from lightning_kd.data.tasks import TsvLayout
-
     if spec.layout is None or spec.texts is None:
         raise ValueError(f"task {spec.name!r} has no standard file layout; pass text_columns and label_column")
     path = require_file(path, _how_to_fix(spec))
