@@ -17,6 +17,10 @@ from lightning_kd.data.collators import EXAMPLE_INDEX
 def check_method(module: Any) -> None:
     """Refuse methods and knobs whose teacher inputs or requests change from step to step.
 
+    A method says so itself with ``teacher_inputs_vary`` (a class attribute, or a property where a knob
+    decides): ``None`` when a cache can serve it, else the reason, quoted in the error. The cache never
+    imports method classes (they import the core, which imports the cache).
+
     Raises:
         ValueError: naming the method or knob and what to do instead.
     """
@@ -25,25 +29,9 @@ def check_method(module: Any) -> None:
             "teacher_cache cannot be combined with random_inputs: the teacher then reads fresh random token ids "
             "every step, so there is nothing to reuse. Remove random_inputs or the cache."
         )
-    # Imported here: the methods import the core, which imports this package.
-    from lightning_kd.methods.diito import DIITO
-    from lightning_kd.methods.mobilebert import MobileBERT
-    from lightning_kd.methods.sid import SID
-    from lightning_kd.methods.theseus import Theseus
-
-    reasons = {
-        DIITO: "its teacher also runs an interchange-intervened pass that depends on the step's random swap",
-        Theseus: "its teacher never runs a forward of its own (teacher blocks run inside the hybrid student)",
-        SID: "the teacher tensors it requests change with the training stage",
-    }
-    for cls, reason in reasons.items():
-        if isinstance(module, cls):  # a configuration error, reported as ValueError like every other one
-            raise ValueError(f"{cls.__name__} cannot use a teacher cache: {reason}. Remove teacher_cache.")  # noqa: TRY004
-    if isinstance(module, MobileBERT) and getattr(module, "progressive", False):
-        raise ValueError(
-            "MobileBERT(progressive=True) cannot use a teacher cache: the teacher tensors it requests change with "
-            "the stage. Remove teacher_cache, or train with progressive: false."
-        )
+    reason = getattr(module, "teacher_inputs_vary", None)
+    if reason:  # a configuration error, reported as ValueError like every other one
+        raise ValueError(f"{type(module).__name__} cannot use a teacher cache: {reason}. Remove teacher_cache.")
     _check_attention(module)
 
 

@@ -3,6 +3,7 @@
 from lightning_kd.callbacks.continuation_weight import ContinuationWeight
 from lightning_kd.callbacks.export_student import ExportStudent
 from lightning_kd.callbacks.mobilebert_stages import MobileBERTStages
+from lightning_kd.callbacks.module_driver import ModuleDriver
 from lightning_kd.callbacks.progress_log import ProgressLog
 from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
 from lightning_kd.callbacks.sid_stages import SIDStages
@@ -14,6 +15,7 @@ __all__ = [
     "ContinuationWeight",
     "ExportStudent",
     "MobileBERTStages",
+    "ModuleDriver",
     "ProgressLog",
     "RailKDResampling",
     "SIDStages",

@@ -1,5 +1,6 @@
-"""Checks shared by the schedule callbacks: the method they drive, the strategy they run under, and
-the training length their schedule is a fraction of.
+"""Checks and helpers shared by the schedule callbacks: the strategy they run under, the training
+length their schedule is a fraction of, and rank-consistent random draws. (What they need from the
+module they drive is in :mod:`lightning_kd.callbacks.protocols`.)
 
 Every check fails before the first step with a message that names the fix.
 """
@@ -16,16 +17,6 @@ from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 UNUSED_PARAMETERS_FLAG = "--trainer.strategy=ddp_find_unused_parameters_true"
-
-
-def require_method(callback: pl.Callback, pl_module: pl.LightningModule, *methods: type) -> None:
-    """Refuse to drive a module that is not one of ``methods``."""
-    if not isinstance(pl_module, methods):
-        names = " or ".join(m.__name__ for m in methods)
-        raise MisconfigurationException(
-            f"{type(callback).__name__} drives {names}, but the module is a {type(pl_module).__name__}. "
-            f"Remove it from trainer.callbacks, or train with lightning_kd.methods.{methods[0].__name__}."
-        )
 
 
 def require_unused_parameter_support(callback: pl.Callback, trainer: pl.Trainer, why: str) -> None:
@@ -59,28 +50,6 @@ def require_unused_parameter_support(callback: pl.Callback, trainer: pl.Trainer,
             f"{name}: {why}; FSDP is not supported for this method. Use DDP with "
             f"{UNUSED_PARAMETERS_FLAG} or DeepSpeed ZeRO stage 1 or 2."
         )
-
-
-def require_callback(pl_module: pl.LightningModule, callback_type: type, purpose: str) -> pl.Callback:
-    """The first callback of ``callback_type`` in the module's trainer; fails clearly without one.
-
-    Methods whose schedule lives in a callback call this in ``on_fit_start``, so a run never trains
-    with a schedule that silently stays at its initial value.
-    """
-    found = [c for c in pl_module.trainer.callbacks if isinstance(c, callback_type)]
-    if not found:
-        raise MisconfigurationException(
-            f"{type(pl_module).__name__} needs {callback_type.__name__} ({purpose}). Add it to the trainer, e.g. "
-            f"in YAML `trainer: callbacks: [{{class_path: lightning_kd.callbacks.{callback_type.__name__}}}]`, "
-            f"on the command line `--trainer.callbacks+=lightning_kd.callbacks.{callback_type.__name__}`, or in "
-            f"Python `pl.Trainer(callbacks=[{callback_type.__name__}()])`."
-        )
-    if len(found) > 1:
-        raise MisconfigurationException(
-            f"{type(pl_module).__name__} got {len(found)} {callback_type.__name__} callbacks; they would overwrite "
-            "each other's schedule. Keep one."
-        )
-    return found[0]
 
 
 def planned_steps(trainer: pl.Trainer, callback: pl.Callback) -> int:

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 from typing_extensions import override
 
-from lightning_kd.callbacks.compatibility import require_method
+from lightning_kd.callbacks.protocols import HasHardMix
 from lightning_kd.callbacks.step_schedule import StepSchedule
 
 
 class ContinuationWeight(StepSchedule):
-    """Sets ``ContinuationKD.hard_mix`` (``ψ``) before every training batch, from
-    ``i = trainer.global_step`` and the planned total ``I``:
+    """Sets ``hard_mix`` (``ψ``) of :class:`~lightning_kd.methods.ContinuationKD` (or any module with
+    that attribute, :class:`~lightning_kd.callbacks.protocols.HasHardMix`) before every training
+    batch, from ``i = trainer.global_step`` and the planned total ``I``:
 
     ``ψ(i) = i / (δ·I)`` while ``i ≤ σ·I``, then 1.
 
     The loss is ``ψ·hard + (1 − ψ)·soft``: the student starts on the teacher's logits alone and ends
     on the labels alone. With the seed's ``σ = 0.666`` and ``δ = 1.333``, ``ψ`` rises linearly to
-    ≈ 0.5 at two thirds of training, then jumps to 1. Every strategy works.
+    ≈ 0.5 at two thirds of training, then jumps to 1. Every strategy works. ContinuationKD attaches
+    one with these defaults; an instance in the trainer's callbacks wins.
 
     Args:
         switch_fraction: ``σ``, the fraction of training after which ``ψ = 1`` (GKD
@@ -26,6 +27,9 @@ class ContinuationWeight(StepSchedule):
     """
 
     log_name = "hard_mix"
+    protocol = HasHardMix
+    methods = ("ContinuationKD",)
+    sets = ("hard_mix",)
 
     def __init__(self, switch_fraction: float = 0.666, ramp_denominator: float = 1.333) -> None:
         super().__init__()
@@ -47,11 +51,5 @@ class ContinuationWeight(StepSchedule):
         return 1.0
 
     @override
-    def apply(self, pl_module: pl.LightningModule, value: float) -> None:
+    def apply(self, pl_module: HasHardMix, value: float) -> None:
         pl_module.hard_mix = value
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_kd.methods.continuation_kd import ContinuationKD  # the method imports this module
-
-        require_method(self, pl_module, ContinuationKD)

@@ -9,11 +9,18 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lightning_kd.callbacks.compatibility import planned_steps, require_method, require_unused_parameter_support
+from lightning_kd.callbacks.compatibility import planned_steps, require_unused_parameter_support
+from lightning_kd.callbacks.module_driver import ModuleDriver
+from lightning_kd.callbacks.protocols import Staged
 
 
-class MobileBERTStages(pl.Callback):
+class MobileBERTStages(ModuleDriver):
     """Sets ``MobileBERT.stage`` (``s = 1 … L_S+1``) before every training batch, from ``trainer.global_step``.
+
+    :class:`~lightning_kd.methods.MobileBERT` with ``progressive=True`` attaches one with the defaults
+    below (the reference's equal phases over the planned steps); an instance in the trainer's callbacks
+    wins. Any module with ``stage`` and ``num_stages`` (:class:`~lightning_kd.callbacks.protocols.Staged`)
+    can be driven; one whose ``progressive`` attribute is ``False`` is refused.
 
     * ``steps_per_stage=n``: each of the ``L_S`` layer stages lasts ``n`` optimizer steps,
       ``s = min(L_S+1, 1 + ⌊i/n⌋)``; the last stage runs to the end.
@@ -31,6 +38,10 @@ class MobileBERTStages(pl.Callback):
         steps_per_stage: optimizer steps per layer stage; exclusive with ``total_steps``.
         total_steps: the ``A`` the equal phases divide (GKD ``--lr_decay_iters``); default: the planned steps.
     """
+
+    protocol = Staged
+    methods = ("MobileBERT",)
+    sets = ("stage",)
 
     def __init__(self, steps_per_stage: int | None = None, total_steps: int | None = None) -> None:
         if steps_per_stage is not None and total_steps is not None:
@@ -54,13 +65,12 @@ class MobileBERTStages(pl.Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_kd.methods.mobilebert import MobileBERT  # the method imports this module
-
-        require_method(self, pl_module, MobileBERT)
-        if not pl_module.progressive:
+        super().setup(trainer, pl_module, stage)
+        # A module may switch its stages off (MobileBERT's `progressive`); stages it would ignore are a mistake.
+        if getattr(pl_module, "progressive", True) is False:
             raise MisconfigurationException(
-                "MobileBERTStages drives progressive stages but MobileBERT has progressive=False; remove the callback "
-                "or set model.init_args.progressive: true."
+                f"MobileBERTStages drives progressive stages but {type(pl_module).__name__} has progressive=False; remove "
+                "the callback or set model.init_args.progressive: true."
             )
         if stage == "fit":
             require_unused_parameter_support(

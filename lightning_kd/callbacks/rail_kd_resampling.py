@@ -9,11 +9,18 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lightning_kd.callbacks.compatibility import keyed_generator, require_method, run_seed
+from lightning_kd.callbacks.compatibility import keyed_generator, run_seed
+from lightning_kd.callbacks.module_driver import ModuleDriver
+from lightning_kd.callbacks.protocols import ResamplesTeacherLayers
 
 
-class RailKDResampling(pl.Callback):
+class RailKDResampling(ModuleDriver):
     """Draws a new sorted set ``Λ`` of teacher layers for :class:`~lightning_kd.methods.RAILKD`.
+
+    RAILKD with ``layer_selection="random"`` attaches one with the defaults below (a draw per epoch,
+    as in the paper); an instance in the trainer's callbacks wins. Any module with
+    ``resample_teacher_layers``, ``set_teacher_layers`` and ``layer_selection="random"``
+    (:class:`~lightning_kd.callbacks.protocols.ResamplesTeacherLayers`) can be driven.
 
     * every ``k`` epochs (default 1: at the first batch of each epoch, kept for the whole epoch; GKD
       ``--rail_kd_epochs``): when ``current_epoch % k == 0`` and no draw was made for that epoch yet;
@@ -32,6 +39,10 @@ class RailKDResampling(pl.Callback):
         log_draws: log each new ``Λ`` (GKD ``--rail_kd_show_hook_change``).
     """
 
+    protocol = ResamplesTeacherLayers
+    methods = ("RAILKD",)
+    sets = ("teacher_layers",)
+
     def __init__(self, every_n_epochs: int | None = None, every_n_steps: int | None = None, log_draws: bool = False) -> None:
         if every_n_epochs is not None and every_n_steps is not None:
             raise ValueError("Set either every_n_epochs or every_n_steps, not both.")
@@ -45,10 +56,10 @@ class RailKDResampling(pl.Callback):
         self.last_epoch: int | None = None
         self.last_step: int | None = None
 
-    def draw(self, pl_module: pl.LightningModule, unit: str, index: int) -> list[list[int]]:
-        """Draw ``Λ`` for epoch/step ``index`` and hand it to the module."""
-        layers = pl_module.draw_teacher_layers(keyed_generator(run_seed(), "rail_kd", unit, index))
-        pl_module.set_teacher_layers(layers)
+    def draw(self, pl_module: ResamplesTeacherLayers, unit: str, index: int) -> list[list[int]]:
+        """Draw ``Λ`` for epoch/step ``index`` (the module uses it from now on) and remember it."""
+        drawn = pl_module.resample_teacher_layers(keyed_generator(run_seed(), "rail_kd", unit, index))
+        layers = [list(chosen) for chosen in drawn]  # our own copy: it is saved with the callback's state
         self.teacher_layers = layers
         if self.log_draws:
             rank_zero_info(f"RAIL-KD teacher layers from {unit} {index}: {layers}")
@@ -56,9 +67,7 @@ class RailKDResampling(pl.Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_kd.methods.rail_kd import RAILKD  # the method imports this module
-
-        require_method(self, pl_module, RAILKD)
+        super().setup(trainer, pl_module, stage)
         if pl_module.layer_selection != "random":
             raise MisconfigurationException(
                 f"RailKDResampling re-draws random teacher layers, but the module uses layer_selection="

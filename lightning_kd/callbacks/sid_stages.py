@@ -9,13 +9,20 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_kd.callbacks.compatibility import planned_steps, require_method, require_unused_parameter_support
+from lightning_kd.callbacks.compatibility import planned_steps, require_unused_parameter_support
+from lightning_kd.callbacks.module_driver import ModuleDriver
+from lightning_kd.callbacks.protocols import Staged, StagedByDistance
 
 TimeLimit = Literal["equal_phases", "epochs", "none"]
 
 
-class SIDStages(pl.Callback):
+class SIDStages(ModuleDriver):
     """Sets ``SID.stage`` (``n = 1 … L_S+1``) before every training batch; ``n`` never decreases.
+
+    :class:`~lightning_kd.methods.SID` attaches one with the defaults below (the GKD seed's equal
+    phases); an instance in the trainer's callbacks wins. Any module with ``stage`` and ``num_stages``
+    (:class:`~lightning_kd.callbacks.protocols.Staged`) can be driven; with ``cosine_threshold`` it
+    also needs ``last_cls_distance`` (:class:`~lightning_kd.callbacks.protocols.StagedByDistance`).
 
     Two rules advance it:
 
@@ -40,6 +47,10 @@ class SIDStages(pl.Callback):
         epochs_per_stage: epochs per stage; required with (and only with) ``time_limit="epochs"``.
         cosine_threshold: advance early when the step's summed [CLS] cosine distance is below it.
     """
+
+    protocol = Staged  # StagedByDistance with a cosine_threshold: see required_protocol
+    methods = ("SID",)
+    sets = ("stage",)
 
     def __init__(
         self, time_limit: TimeLimit = "equal_phases", epochs_per_stage: int | None = None, cosine_threshold: float = 0.0
@@ -67,10 +78,13 @@ class SIDStages(pl.Callback):
         return 1
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_kd.methods.sid import SID  # the method imports this module
+    def required_protocol(self) -> type:
+        # The distance is read only by the threshold rule.
+        return StagedByDistance if self.cosine_threshold > 0 else Staged
 
-        require_method(self, pl_module, SID)
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage == "fit":
             require_unused_parameter_support(
                 self, trainer, "before its last stage SID leaves the head and the layers above the current stage unused"

@@ -14,14 +14,17 @@ from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_kd.callbacks.compatibility import planned_steps
+from lightning_kd.callbacks.module_driver import ModuleDriver
 
 
-class StepSchedule(pl.Callback):
+class StepSchedule(ModuleDriver):
     """Before every training batch, compute :meth:`value` and hand it to the module with :meth:`apply`.
 
-    Subclasses implement :meth:`value` (a pure function of the step) and :meth:`apply`, and check
-    their method and strategy in :meth:`setup`. Override :meth:`value` in a subclass of a concrete
-    schedule to try another curve with everything else (checks, logging, checkpointing) unchanged.
+    Subclasses implement :meth:`value` (a pure function of the step) and :meth:`apply`, name what they
+    need from the module (:attr:`protocol`, :attr:`methods`, :attr:`sets`; checked in :meth:`setup`)
+    and extend :meth:`setup` with strategy checks where needed. Override :meth:`value` in a subclass
+    of a concrete schedule to try another curve with everything else (checks, logging, checkpointing)
+    unchanged.
 
     Attributes:
         log_name: the value is logged as ``schedule/<log_name>`` each step.

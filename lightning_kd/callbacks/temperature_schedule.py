@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 from typing_extensions import override
 
-from lightning_kd.callbacks.compatibility import require_method
+from lightning_kd.callbacks.protocols import HasTeacherScale
 from lightning_kd.callbacks.step_schedule import StepSchedule
 
 
@@ -26,7 +25,8 @@ def annealing_teacher_scale(step: int, total: int, max_temperature: float) -> fl
 
 class TemperatureSchedule(StepSchedule):
     """Sets ``teacher_scale`` (``φ``, the factor on the teacher's logits in the logit MSE) of
-    :class:`~lightning_kd.methods.AnnealingKD` / :class:`~lightning_kd.methods.ContinuationKD` before
+    :class:`~lightning_kd.methods.AnnealingKD` / :class:`~lightning_kd.methods.ContinuationKD` (or any
+    module with that attribute, :class:`~lightning_kd.callbacks.protocols.HasTeacherScale`) before
     every training batch, from ``i = trainer.global_step`` and the planned total ``I``:
 
     ``τ(i) = (1 − i/I)·τ_max`` and ``φ(i) = 1 − (max(1, ⌈τ(i)⌉) − 1)/τ_max``
@@ -36,12 +36,17 @@ class TemperatureSchedule(StepSchedule):
     epoch-like phase; here the phases are equal fractions of the step budget, as in the GKD code.
     Every strategy works (the schedule changes no parameter's use).
 
+    Both methods attach one with their seed's ``τ_max``; an instance in the trainer's callbacks wins.
+
     Args:
         max_temperature: ``τ_max`` (GKD ``--annealing_kd_max_t``, 7; Continuation-KD
             ``--continuation_kd_max_t``, 10); >= 1.
     """
 
     log_name = "teacher_scale"
+    protocol = HasTeacherScale
+    methods = ("AnnealingKD", "ContinuationKD")
+    sets = ("teacher_scale",)
 
     def __init__(self, max_temperature: float = 7.0) -> None:
         super().__init__()
@@ -54,12 +59,5 @@ class TemperatureSchedule(StepSchedule):
         return annealing_teacher_scale(step, total, self.max_temperature)
 
     @override
-    def apply(self, pl_module: pl.LightningModule, value: float) -> None:
+    def apply(self, pl_module: HasTeacherScale, value: float) -> None:
         pl_module.teacher_scale = value
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_kd.methods.annealing_kd import AnnealingKD  # the methods import this module
-        from lightning_kd.methods.continuation_kd import ContinuationKD
-
-        require_method(self, pl_module, AnnealingKD, ContinuationKD)

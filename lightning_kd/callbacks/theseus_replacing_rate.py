@@ -7,15 +7,18 @@ from typing import Literal
 import pytorch_lightning as pl
 from typing_extensions import override
 
-from lightning_kd.callbacks.compatibility import require_method, require_unused_parameter_support
+from lightning_kd.callbacks.compatibility import require_unused_parameter_support
+from lightning_kd.callbacks.protocols import HasReplacingRate
 from lightning_kd.callbacks.step_schedule import StepSchedule
 
 RateSchedule = Literal["linear", "constant"]
 
 
 class TheseusReplacingRate(StepSchedule):
-    """Sets ``Theseus.replacing_rate`` (the probability that a position runs its *student* layer)
+    """Sets ``replacing_rate`` (the probability that a position runs its *student* layer) on the module
     before every training batch, from ``i = trainer.global_step`` and the planned total ``I``.
+    :class:`~lightning_kd.methods.Theseus` attaches one with the defaults below; any module with a
+    ``replacing_rate`` attribute (:class:`~lightning_kd.callbacks.protocols.HasReplacingRate`) can be driven.
 
     * ``"linear"`` (the paper's curriculum, GKD default): ``p(i) = min(1, r0 + (1 − r0)·i / (ρ·I))``,
       i.e. ``min(1, k·i + b)`` with ``b = r0`` and ``k = (1 − r0)/(ρI)``. With ``r0 = 0.3`` and
@@ -38,6 +41,9 @@ class TheseusReplacingRate(StepSchedule):
     """
 
     log_name = "replacing_rate"
+    protocol = HasReplacingRate
+    methods = ("Theseus",)
+    sets = ("replacing_rate",)
 
     def __init__(self, replacing_rate: float = 0.3, not_replaced_steps: float = 0.66, schedule: RateSchedule = "linear") -> None:
         super().__init__()
@@ -60,13 +66,11 @@ class TheseusReplacingRate(StepSchedule):
         return min(1.0, self.replacing_rate + (1.0 - self.replacing_rate) * step / horizon)
 
     @override
-    def apply(self, pl_module: pl.LightningModule, value: float) -> None:
+    def apply(self, pl_module: HasReplacingRate, value: float) -> None:
         pl_module.replacing_rate = value
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_kd.methods.theseus import Theseus  # the method imports this module
-
-        require_method(self, pl_module, Theseus)
+        super().setup(trainer, pl_module, stage)
         if stage == "fit":
             require_unused_parameter_support(self, trainer, "Theseus leaves the student layers it replaces unused in a step")

@@ -3,7 +3,8 @@
 Phase 1 of the paper: the student regresses the teacher's logits scaled by an annealing factor,
 ``L = soft_weight · mean_{b,c}(z^S − φ(i)·z^T)²`` (plus an optional hard term), where ``φ`` climbs a
 staircase ``1/τ_max, 2/τ_max, …, 1`` over training. ``φ`` comes from the
-:class:`~lightning_kd.callbacks.TemperatureSchedule` callback, which the method requires. Phase 2
+:class:`~lightning_kd.callbacks.TemperatureSchedule` callback, which the method attaches itself
+(``τ_max = 7``) unless the trainer has its own. Phase 2
 (hard labels only) is plain fine-tuning: :class:`~lightning_kd.methods.StudentOnly`.
 
 Where we differ from the paper and the GKD reference: the paper lowers the temperature by one per
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytorch_lightning as pl
 from torch import Tensor
 
-from lightning_kd.callbacks.compatibility import require_callback
+from lightning_kd.callbacks.defaults import unless_configured
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
 from lightning_kd.core.features import Features
 from lightning_kd.core.module import DistillationModule
@@ -29,9 +31,10 @@ from lightning_kd.losses.prediction import PredictionLoss, SoftPositions
 class AnnealingKD(DistillationModule):
     """Logit regression onto the annealed teacher logits ``φ(i)·z^T``.
 
-    Needs :class:`~lightning_kd.callbacks.TemperatureSchedule` in the trainer's callbacks (it sets
-    :attr:`teacher_scale` before every training batch); when calling :meth:`compute_losses`
-    directly, set :attr:`teacher_scale` yourself.
+    :attr:`teacher_scale` is set before every training batch by
+    :class:`~lightning_kd.callbacks.TemperatureSchedule`: ``fit`` attaches one with ``τ_max = 7``
+    (:meth:`default_callbacks`) unless the trainer's callbacks hold one (then that one drives the
+    run). When calling :meth:`compute_losses` directly, set :attr:`teacher_scale` yourself.
 
     Args:
         soft_weight: weight of the logit MSE (GKD ``--distill_soft_rate``; > 0).
@@ -70,8 +73,8 @@ class AnnealingKD(DistillationModule):
         """The prediction loss with the current ``φ`` on the teacher's logits."""
         if self.teacher_scale is None:
             raise RuntimeError(
-                f"{type(self).__name__} has no teacher scale φ: train with the TemperatureSchedule callback, or set "
-                "`method.teacher_scale = φ` before calling compute_losses directly."
+                f"{type(self).__name__} has no teacher scale φ: a Trainer fit sets it (TemperatureSchedule, attached by "
+                "default); set `method.teacher_scale = φ` before calling compute_losses directly."
             )
         return replace(self.prediction, mse_teacher_scale=self.teacher_scale)
 
@@ -81,6 +84,11 @@ class AnnealingKD(DistillationModule):
         per_sample = self.multi_teacher.per_sample
         return {"soft": self.scaled_prediction().soft_features(student, teacher, batch, per_sample=per_sample)}
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        require_callback(self, TemperatureSchedule, "it anneals the teacher scale φ")
+    # ------------------------------------------------------------------ schedule
+    def default_callbacks(self) -> list[pl.Callback]:
+        """The schedule ``fit`` attaches when the trainer has none: ``φ`` in ``τ_max = 7`` equal steps
+        (GKD ``--annealing_kd_max_t=7``)."""
+        return [TemperatureSchedule(max_temperature=7)]
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), *unless_configured(self, self.default_callbacks())]

@@ -8,7 +8,8 @@ The annealed logit regression of Annealing-KD, moved gradually onto the labels a
 
 ``φ`` (the annealed teacher scale, a staircase up to 1) comes from
 :class:`~lightning_kd.callbacks.TemperatureSchedule` and ``ψ`` (0 → ½ linearly, then 1) from
-:class:`~lightning_kd.callbacks.ContinuationWeight`; the method requires both callbacks. The hard
+:class:`~lightning_kd.callbacks.ContinuationWeight`; the method attaches both (the seed's ``τ_max = 10``,
+``σ = 0.666``, ``δ = 1.333``) unless the trainer has its own of a type. The hard
 term is left out while ``ψ = 0`` and the soft term once ``ψ = 1``. Examples already within the margin
 contribute nothing; the indicator is a constant, so the gradient equals that of the hinge
 ``max(0, ℓ_b − margin·φ)`` — only the logged value differs (:func:`~lightning_kd.losses.continuation.margin_gated`).
@@ -19,10 +20,11 @@ each example's chosen positions (``reduction="masked_mean"``); ``"gkd"`` divides
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 from torch import Tensor
 
-from lightning_kd.callbacks.compatibility import require_callback
 from lightning_kd.callbacks.continuation_weight import ContinuationWeight
+from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
 from lightning_kd.core.features import Features
 from lightning_kd.losses.continuation import margin_gated
 from lightning_kd.losses.masking import Reduction
@@ -33,9 +35,11 @@ from lightning_kd.methods.annealing_kd import AnnealingKD
 class ContinuationKD(AnnealingKD):
     """Annealed logit regression with a margin, handed over to the hard labels by ``ψ``.
 
-    Needs :class:`~lightning_kd.callbacks.TemperatureSchedule` (sets :attr:`teacher_scale`) and
-    :class:`~lightning_kd.callbacks.ContinuationWeight` (sets :attr:`hard_mix`) in the trainer's
-    callbacks; when calling :meth:`compute_losses` directly, set both attributes yourself.
+    :class:`~lightning_kd.callbacks.TemperatureSchedule` sets :attr:`teacher_scale` and
+    :class:`~lightning_kd.callbacks.ContinuationWeight` sets :attr:`hard_mix` before every training
+    batch: ``fit`` attaches both with the seed's values (:meth:`default_callbacks`) unless the
+    trainer's callbacks hold one of a type (then that one drives its attribute). When calling
+    :meth:`compute_losses` directly, set both attributes yourself.
 
     Args:
         margin: ``m``; an example's soft loss counts only while it exceeds ``m·φ`` (GKD
@@ -74,8 +78,8 @@ class ContinuationKD(AnnealingKD):
     def _hard_mix(self) -> float:
         if self.hard_mix is None:
             raise RuntimeError(
-                "ContinuationKD has no hard/soft mix ψ: train with the ContinuationWeight callback, or set "
-                "`method.hard_mix = ψ` before calling compute_losses directly."
+                "ContinuationKD has no hard/soft mix ψ: a Trainer fit sets it (ContinuationWeight, attached by "
+                "default); set `method.hard_mix = ψ` before calling compute_losses directly."
             )
         return self.hard_mix
 
@@ -96,6 +100,10 @@ class ContinuationKD(AnnealingKD):
         gated = (1.0 - psi) * margin_gated(per_example, self.margin * prediction.mse_teacher_scale)
         return {"soft": gated if self.multi_teacher.per_sample else gated.mean()}
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        require_callback(self, ContinuationWeight, "it moves the loss from the teacher's logits to the labels (ψ)")
+    # ------------------------------------------------------------------ schedule
+    def default_callbacks(self) -> list[pl.Callback]:
+        """The schedules ``fit`` attaches when the trainer has none of their type (each on its own):
+        ``φ`` in ``τ_max = 10`` equal steps (GKD ``--continuation_kd_max_t=10``) and ``ψ`` rising as
+        ``i/(1.333·I)`` until ``0.666·I``, then 1 (``--continuation_kd_psi_sep=0.666
+        --continuation_kd_psi_denominator=1.333``). ``configure_callbacks`` is AnnealingKD's."""
+        return [TemperatureSchedule(max_temperature=10), ContinuationWeight(switch_fraction=0.666, ramp_denominator=1.333)]

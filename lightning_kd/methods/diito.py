@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,10 @@ class DIITO(DistillationModule):
 
     #: The interchange pass runs the teacher with hooks from inside the method's step.
     reads_teacher_weights = True
+    #: Why a teacher cache cannot serve DIITO (read by :mod:`lightning_kd.cache.compatibility`).
+    teacher_inputs_vary: ClassVar[str | None] = (
+        "its teacher also runs an interchange-intervened pass that depends on the step's random swap"
+    )
     #: Pass 0's logits are read by the soft and hard terms only, pass 1's by the causal soft term only,
     #: so compact heads compute only those rows (see :meth:`compute_losses`).
     prediction_only_logits = True

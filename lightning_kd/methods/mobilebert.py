@@ -12,7 +12,8 @@ several stacked FFNs) is distilled during **pre-training** from an inverted-bott
 Their sum is multiplied by ``intermediate_weight`` (GKD ``--mobilebert_kd_w``, 0.5).
 
 Progressive knowledge transfer (``progressive=True``, the default) runs ``L_S + 1`` stages set by the
-:class:`~lightning_kd.callbacks.MobileBERTStages` callback. In stage ``s ≤ L_S`` the attention terms of
+:class:`~lightning_kd.callbacks.MobileBERTStages` callback (attached by the method, equal phases of the
+planned steps, unless the trainer has its own). In stage ``s ≤ L_S`` the attention terms of
 layers ``k < s`` and the hidden terms ``k ≤ s`` train and there is no prediction loss; from stage
 ``L_S + 1`` on every term has full weight and the prediction loss (the seed: the hard MLM loss) is added.
 
@@ -34,10 +35,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+import pytorch_lightning as pl
 from torch import Tensor
 
-from lightning_kd.callbacks.compatibility import require_callback
+from lightning_kd.callbacks.defaults import unless_configured
 from lightning_kd.callbacks.mobilebert_stages import MobileBERTStages
 from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.layer_map import uniform_boundaries
@@ -65,7 +66,9 @@ class MobileBERT(DistillationModule):
         attention_weight: weight of each layer's attention KL.
         hidden_weight: weight of each hidden-state MSE.
         progressive: train in ``L_S + 1`` layer-wise stages driven by the
-            :class:`~lightning_kd.callbacks.MobileBERTStages` callback (required then); ``False``
+            :class:`~lightning_kd.callbacks.MobileBERTStages` callback (``fit`` attaches one unless the
+            trainer's callbacks hold one; set :attr:`stage` yourself to call :meth:`compute_losses`
+            directly); ``False``
             trains every term and the prediction loss from the first step.
         lower_layers: how layers below the current stage are treated: ``"down_weight"`` multiplies
             their terms by ``lower_layer_weight`` (GKD reference) or ``"freeze"`` stops their gradients
@@ -163,8 +166,8 @@ class MobileBERT(DistillationModule):
             return self.num_stages
         if self.stage is None:
             raise RuntimeError(
-                "MobileBERT(progressive=True) has no stage: train with the MobileBERTStages callback, or set "
-                "`method.stage = s` (1-based) before calling compute_losses."
+                "MobileBERT(progressive=True) has no stage: a Trainer fit sets it (MobileBERTStages, attached by "
+                "default); set `method.stage = s` (1-based) before calling compute_losses directly."
             )
         if not 1 <= self.stage <= self.num_stages:
             raise ValueError(f"MobileBERT's stage must be in 1..{self.num_stages}, got {self.stage}.")
@@ -195,14 +198,22 @@ class MobileBERT(DistillationModule):
             return 0
         return stage - 1
 
-    def on_fit_start(self) -> None:
-        if self.progressive:
-            require_callback(self, MobileBERTStages, "it sets the progressive stage")
-        elif any(isinstance(c, MobileBERTStages) for c in self.trainer.callbacks):
-            raise MisconfigurationException(
-                "MobileBERTStages drives progressive stages but MobileBERT has progressive=False; remove the callback "
-                "or set model.init_args.progressive: true."
-            )
+    @property
+    def teacher_inputs_vary(self) -> str | None:
+        """Why a teacher cache cannot serve this method (read by :mod:`lightning_kd.cache.compatibility`)."""
+        if not self.progressive:
+            return None
+        return "with progressive=True the teacher tensors it requests change with the stage (progressive: false can use one)"
+
+    # ------------------------------------------------------------------ schedule
+    def default_callbacks(self) -> list[pl.Callback]:
+        """The stages ``fit`` attaches when the trainer has none: with ``progressive``, ``L_S + 1`` equal
+        phases of the planned steps (the reference's rule; GKD ``--lr_decay_iters`` is
+        ``MobileBERTStages(total_steps=N)``). Without, nothing (a MobileBERTStages in the trainer is refused)."""
+        return [MobileBERTStages()] if self.progressive else []
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), *unless_configured(self, self.default_callbacks())]
 
     # ------------------------------------------------------------------ features
     def check_construction(self) -> None:

@@ -3,7 +3,8 @@ Distillation" (Findings of NAACL 2022).
 
 Each student intermediate layer ``H^S_1 … H^S_{L_S−1}`` is paired with a teacher layer from a
 *random* sorted set ``Λ`` of ``L_S − 1`` distinct teacher layers out of ``1 … L_T−1``, re-drawn every
-epoch (or every ``n`` steps) by the :class:`~lightning_kd.callbacks.RailKDResampling` callback; the
+epoch (or every ``n`` steps) by the :class:`~lightning_kd.callbacks.RailKDResampling` callback
+(attached by the method, once per epoch as in the paper, unless the trainer has its own); the
 embeddings (``H_0``) and last layers (``H_L``) can be added as fixed pairs. Every selected state is
 mean-pooled over the sequence, projected to ``u`` dimensions by learnable linear maps (Xavier-normal
 weights, zero bias; trained, saved in checkpoints, not exported) and L2-normalised:
@@ -38,10 +39,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_kd.callbacks.compatibility import require_callback
+from lightning_kd.callbacks.defaults import unless_configured
 from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.layer_map import uniform_boundaries
@@ -60,9 +62,10 @@ Pooling = Literal["mean", "mean_with_padding", "auto", "first", "last"]
 class RAILKD(DistillationModule):
     """Random intermediate-layer mapping with pooled, projected, normalised layer states.
 
-    With ``layer_selection="random"`` it needs :class:`~lightning_kd.callbacks.RailKDResampling` in
-    the trainer's callbacks; when calling :meth:`compute_losses` directly, call
-    :meth:`resample_teacher_layers` first.
+    With ``layer_selection="random"`` the teacher layers are drawn by
+    :class:`~lightning_kd.callbacks.RailKDResampling`: ``fit`` attaches one drawing once per epoch
+    (:meth:`default_callbacks`) unless the trainer's callbacks hold one (then that one drives the run).
+    When calling :meth:`compute_losses` directly, call :meth:`resample_teacher_layers` first.
 
     Args:
         inter_weight: weight of the RAIL loss (GKD ``--rail_kd_inter_rate``).
@@ -186,8 +189,8 @@ class RAILKD(DistillationModule):
         """Teacher hidden-state indices paired with :attr:`student_indices`, in order."""
         if self.teacher_layers is None:
             raise RuntimeError(
-                "RAIL-KD has no teacher layers drawn yet: train with the RailKDResampling callback, or call "
-                "`method.resample_teacher_layers()` before calling compute_losses directly."
+                "RAIL-KD has no teacher layers drawn yet: a Trainer fit draws them (RailKDResampling, attached by "
+                "default); call `method.resample_teacher_layers()` before calling compute_losses directly."
             )
         depth = self.teachers[teacher_index].config.num_hidden_layers
         return [0] * self.include_embedding + self.teacher_layers[teacher_index] + [depth] * self.include_final
@@ -230,10 +233,14 @@ class RAILKD(DistillationModule):
         terms["rail"] = self.inter_weight * self.rail_loss(batch, student, teacher, teacher_index)
         return terms
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.layer_selection == "random":
-            require_callback(self, RailKDResampling, "it draws the random teacher layers each epoch or every n steps")
+    # ------------------------------------------------------------------ schedule
+    def default_callbacks(self) -> list[pl.Callback]:
+        """What ``fit`` attaches when the trainer has none: with random layers, a fresh ``Λ`` at the
+        start of every epoch (the paper; GKD ``--rail_kd_epochs=1``). Fixed layers need nothing."""
+        return [RailKDResampling(every_n_epochs=1)] if self.layer_selection == "random" else []
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), *unless_configured(self, self.default_callbacks())]
 
 
 def _xavier_linear(fan_in: int, fan_out: int) -> nn.Linear:

@@ -11,7 +11,7 @@ segment (``g(k)``; 12→6: 2, 4, …, 12, so stage ``L_S`` pairs the final outpu
 with no prediction loss at all. In the last stage (``n = L_S + 1``) only the prediction loss trains
 (the seed: soft cross-entropy at ``T = 1``, no hard labels). The stage counter lives in the
 :class:`~lightning_kd.callbacks.SIDStages` callback (equal step phases by default), which the method
-requires. Student and teachers need equal widths and head counts (no projection).
+attaches itself unless the trainer has its own. Student and teachers need equal widths and head counts (no projection).
 
 Where we differ from the GKD reference, and why:
 
@@ -29,9 +29,12 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import pytorch_lightning as pl
 from torch import Tensor
 
-from lightning_kd.callbacks.compatibility import require_callback
+from lightning_kd.callbacks.defaults import unless_configured
 from lightning_kd.callbacks.sid_stages import SIDStages
 from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
 from lightning_kd.core.layer_map import uniform_boundaries
@@ -46,9 +49,10 @@ from lightning_kd.losses.prediction import PredictionLoss
 class SID(DistillationModule):
     """Stacked internal distillation: layer-by-layer attention and [CLS] matching, then the prediction loss.
 
-    Needs :class:`~lightning_kd.callbacks.SIDStages` in the trainer's callbacks (it sets
-    :attr:`stage` before every training batch); when calling :meth:`compute_losses` directly, set
-    :attr:`stage` yourself (1 … ``num_stages``).
+    :attr:`stage` is set before every training batch by :class:`~lightning_kd.callbacks.SIDStages`:
+    ``fit`` attaches one with equal step phases (:meth:`default_callbacks`) unless the trainer's
+    callbacks hold one (then that one drives the run). When calling :meth:`compute_losses` directly,
+    set :attr:`stage` yourself (1 … ``num_stages``).
 
     Args:
         reduction: averaging of the attention KL over query rows: ``"masked_mean"`` (real tokens) or
@@ -60,6 +64,9 @@ class SID(DistillationModule):
         prediction: the prediction loss of the last stage (seed: soft at ``T = 1``, no hard term).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
+
+    #: Why a teacher cache cannot serve SID (read by :mod:`lightning_kd.cache.compatibility`).
+    teacher_inputs_vary: ClassVar[str | None] = "the teacher tensors it requests change with the training stage"
 
     def __init__(
         self,
@@ -102,8 +109,8 @@ class SID(DistillationModule):
     def _current_stage(self) -> int:
         if self.stage is None:
             raise RuntimeError(
-                "SID has no stage: train with the SIDStages callback, or set `method.stage = n` (1-based) before "
-                "calling compute_losses directly."
+                "SID has no stage: a Trainer fit sets it (SIDStages, attached by default); set `method.stage = n` "
+                "(1-based) before calling compute_losses directly."
             )
         if not 1 <= self.stage <= self.num_stages:
             raise ValueError(f"SID's stage must be in 1..{self.num_stages}, got {self.stage}.")
@@ -161,6 +168,12 @@ class SID(DistillationModule):
         self.last_cls_distance = cls.detach() if cls is not None else None
         return terms
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        require_callback(self, SIDStages, "it advances the stage counter")
+    # ------------------------------------------------------------------ schedule
+    def default_callbacks(self) -> list[pl.Callback]:
+        """The stage counter ``fit`` attaches when the trainer has none: ``L_S + 1`` equal phases of the
+        planned steps, no threshold (GKD ``--sid_lim_e=avg --sid_accumulate_t=0``). The paper's
+        per-layer epoch limit is ``SIDStages(time_limit="epochs", epochs_per_stage=k)``."""
+        return [SIDStages(time_limit="equal_phases", cosine_threshold=0.0)]
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), *unless_configured(self, self.default_callbacks())]

@@ -8,7 +8,7 @@ embeddings, pooler and head are always the student's. The loss is the student's 
 hybrid's output, times ``hard_weight``. Gradients flow through the frozen teacher blocks into the
 student layers and embeddings below them. ``p`` comes from the
 :class:`~lightning_kd.callbacks.TheseusReplacingRate` callback (the paper's constant rate or linear
-curriculum), which the method requires; once ``p = 1`` the pure student trains ("successor
+curriculum), which the method attaches itself; once ``p = 1`` the pure student trains ("successor
 fine-tuning"). Validation, test, prediction and export use the pure student.
 
 The teacher's own forward never runs (GKD ``--mt_disable_operation=1``). With several teachers (all
@@ -38,12 +38,16 @@ head already read. Training warns when the first batch shows a pure student that
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
+import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_kd.callbacks.compatibility import keyed_generator, require_callback, run_seed
+from lightning_kd.callbacks.compatibility import keyed_generator, run_seed
+from lightning_kd.callbacks.defaults import unless_configured
 from lightning_kd.callbacks.theseus_replacing_rate import TheseusReplacingRate
 from lightning_kd.core.features import FeatureRequest, capture
 from lightning_kd.core.module import DistillationModule
@@ -54,9 +58,10 @@ from lightning_kd.models.theseus import Layout, LayoutGuard, check_hybrid_compat
 class Theseus(DistillationModule):
     """Progressive module replacing: student layers stand in for frozen teacher blocks at rate ``p``.
 
-    Needs :class:`~lightning_kd.callbacks.TheseusReplacingRate` in the trainer's callbacks (it sets
-    :attr:`replacing_rate` before every training batch); when calling :meth:`compute_losses`
-    directly, set :attr:`replacing_rate` yourself.
+    :attr:`replacing_rate` is set before every training batch by
+    :class:`~lightning_kd.callbacks.TheseusReplacingRate`: ``fit`` attaches one with the paper's linear
+    curriculum (:meth:`default_callbacks`) unless the trainer's callbacks hold one (then that one
+    drives the run). When calling :meth:`compute_losses` directly, set :attr:`replacing_rate` yourself.
 
     Args:
         hard_weight: weight of the task loss on the hybrid's output (GKD ``--distill_hard_rate``
@@ -78,6 +83,10 @@ class Theseus(DistillationModule):
 
     #: The hybrid stack runs teacher layers inside the student forward.
     reads_teacher_weights = True
+    #: Why a teacher cache cannot serve Theseus (read by :mod:`lightning_kd.cache.compatibility`).
+    teacher_inputs_vary: ClassVar[str | None] = (
+        "its teacher never runs a forward of its own (teacher blocks run inside the hybrid student)"
+    )
 
     def __init__(self, *, hard_weight: float = 1.0, layout_guard: LayoutGuard = "at_least_one_student", **kwargs) -> None:
         if kwargs.get("multi_teacher") is not None:
@@ -120,8 +129,8 @@ class Theseus(DistillationModule):
         """The weighted task loss of the hybrid stack drawn at :attr:`replacing_rate`, plus ``"loss"``."""
         if self.replacing_rate is None:
             raise RuntimeError(
-                "Theseus has no replacing rate: train with the TheseusReplacingRate callback, or set "
-                "`method.replacing_rate = p` before calling compute_losses directly."
+                "Theseus has no replacing rate: a Trainer fit sets it (TheseusReplacingRate, attached by default); "
+                "set `method.replacing_rate = p` before calling compute_losses directly."
             )
         layout = self.draw_layout(self.replacing_rate)
         with hybrid_layers(self.student, self.teachers, layout):
@@ -169,7 +178,12 @@ class Theseus(DistillationModule):
         self.log("train/student_layers", float(student_layers), batch_size=batch["input_ids"].shape[0])
         return loss
 
-    # ------------------------------------------------------------------ checks
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        require_callback(self, TheseusReplacingRate, "it sets the replacing rate p before every training batch")
+    # ------------------------------------------------------------------ schedule
+    def default_callbacks(self) -> list[pl.Callback]:
+        """The replacing-rate schedule ``fit`` attaches when the trainer has none: the linear curriculum
+        from ``r0 = 0.3`` to 1 at 66 % of the steps (GKD ``--theseus_replacing_rate=0.3
+        --theseus_not_replaced_steps=0.66``), then the pure student."""
+        return [TheseusReplacingRate(replacing_rate=0.3, not_replaced_steps=0.66, schedule="linear")]
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [*super().configure_callbacks(), *unless_configured(self, self.default_callbacks())]

@@ -27,7 +27,8 @@ def assets(tmp_path_factory):
 
 
 def _tiny_method_config(assets: dict, root: Path) -> Path:
-    """The shipped Annealing-KD config with tiny models/data and a 4-step trainer; its callbacks list stays."""
+    """The shipped Annealing-KD config with tiny models/data, a 4-step trainer and a trainer.callbacks list
+    (the schedule the method would attach by default, listed as a config that overrides it does)."""
     document = yaml.safe_load(METHOD.read_text())
     teacher = str(assets["teacher_classification"])
     document["model"]["init_args"]["teacher"] = teacher
@@ -35,7 +36,8 @@ def _tiny_method_config(assets: dict, root: Path) -> Path:
         task="text-classification", tokenizer=teacher, train_file=str(assets["train"]), validation_file=str(assets["validation"]),
         text_columns=["text"], label_column="label", batch_size=4, max_length=16,
     )
-    document["trainer"] = quick_trainer_section(root, document["trainer"]["callbacks"], steps=4)
+    callbacks = [{"class_path": "lightning_kd.callbacks.TemperatureSchedule", "init_args": {"max_temperature": 7}}]
+    document["trainer"] = quick_trainer_section(root, callbacks, steps=4)
     document["export"] = {"dirpath": str(root / "student")}
     path = root / "method.yaml"
     path.write_text(yaml.safe_dump(document))

@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import torch
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lightning_kd.callbacks import TemperatureSchedule
 from lightning_kd.methods import AnnealingKD
 from tests.callbacks.runs import fit, tiny
 from tests.conftest import make_batch
@@ -83,5 +83,6 @@ def test_bad_inputs_fail_fast(tmp_path):
     method = AnnealingKD(teacher=tiny(), student=tiny(seed=2, layers=2, hidden=16))
     with pytest.raises(RuntimeError, match="TemperatureSchedule"):
         method.compute_losses(make_batch())
-    with pytest.raises(MisconfigurationException, match="needs TemperatureSchedule"):
-        fit(method, [], tmp_path, max_steps=1)
+    trainer = fit(method, [], tmp_path, max_steps=1)  # a fit needs no callback: TemperatureSchedule is attached
+    (schedule,) = [c for c in trainer.callbacks if isinstance(c, TemperatureSchedule)]
+    assert schedule.max_temperature == 7 and method.teacher_scale == pytest.approx(1 / 7)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lightning_kd.callbacks import TemperatureSchedule
+from lightning_kd.callbacks import ContinuationWeight, TemperatureSchedule
 from lightning_kd.losses.continuation import margin_gated
 from lightning_kd.methods import ContinuationKD
 from tests.callbacks.runs import fit, tiny
@@ -95,7 +94,12 @@ def test_bad_inputs_fail_fast(tmp_path):
     method.teacher_scale = 0.5
     with pytest.raises(RuntimeError, match="ContinuationWeight"):
         method.compute_losses(make_batch())
-    with pytest.raises(MisconfigurationException, match="needs TemperatureSchedule"):
-        fit(ContinuationKD(teacher=teacher, student=student), [], tmp_path, max_steps=1)
-    with pytest.raises(MisconfigurationException, match="needs ContinuationWeight"):
-        fit(ContinuationKD(teacher=teacher, student=student), [TemperatureSchedule(10)], tmp_path, max_steps=1)
+    # a fit needs no callback: both schedules are attached with the seed's values
+    trainer = fit(ContinuationKD(teacher=teacher, student=student), [], tmp_path / "none", max_steps=1)
+    (phi,) = [c for c in trainer.callbacks if isinstance(c, TemperatureSchedule)]
+    (psi,) = [c for c in trainer.callbacks if isinstance(c, ContinuationWeight)]
+    assert (phi.max_temperature, psi.switch_fraction, psi.ramp_denominator) == (10, 0.666, 1.333)
+    own = TemperatureSchedule(4)  # the user's φ schedule drives; ψ is still attached
+    trainer = fit(ContinuationKD(teacher=teacher, student=student), [own], tmp_path / "own", max_steps=1)
+    assert [c for c in trainer.callbacks if isinstance(c, TemperatureSchedule)] == [own]
+    assert len([c for c in trainer.callbacks if isinstance(c, ContinuationWeight)]) == 1

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from transformers import MobileBertConfig, MobileBertForMaskedLM, MobileBertForSequenceClassification
 
 from lightning_kd.core.attention_capture import attention_layout
@@ -273,11 +272,16 @@ def test_bad_input():
         m.compute_losses(make_batch("mlm"))
 
 
-def test_progressive_fit_needs_the_callback(tmp_path):
+def test_progressive_fit_attaches_the_stages_callback(tmp_path):
+    from lightning_kd.callbacks import MobileBERTStages
     from tests.callbacks.runs import fit
 
-    with pytest.raises(MisconfigurationException, match="MobileBERTStages"):
-        fit(method("classification", progressive=True), [], tmp_path, max_steps=1)
+    progressive = method("classification", progressive=True)
+    trainer = fit(progressive, [], tmp_path / "progressive", max_steps=1)
+    (stages,) = [c for c in trainer.callbacks if isinstance(c, MobileBERTStages)]
+    assert (stages.steps_per_stage, stages.total_steps, progressive.stage) == (None, None, 1)
+    trainer = fit(method("classification", progressive=False), [], tmp_path / "joint", max_steps=1)
+    assert not any(isinstance(c, MobileBERTStages) for c in trainer.callbacks)
 
 
 # ----------------------------------------------------------------- configs on tiny MobileBERTs
@@ -306,7 +310,7 @@ def test_config_trains_on_tiny_mobilebert(config, tmp_path):
         "class_path": "lightning_kd.data.PretrainDataModule",
         "init_args": {"tokenizer": paths["teacher"], "train_files": [str(write_corpus(tmp_path))], "block_size": 16, "batch_size": 4, "validation_fraction": 0.1},
     }
-    callbacks = document["trainer"]["callbacks"]
+    callbacks = (document.get("trainer") or {}).get("callbacks")  # the stages need none: the method attaches them
     document["trainer"] = quick_trainer_section(tmp_path, callbacks)
     document["export"] = {"dirpath": str(tmp_path / "export")}
     patched = tmp_path / "config.yaml"

@@ -187,9 +187,12 @@ def test_bad_inputs_fail_fast():
         RAILKD(teacher=teacher, student=student).set_teacher_layers([[4]])
 
 
-def test_fit_needs_the_resampling_callback_and_it_refuses_fixed_layers(tmp_path):
-    with pytest.raises(MisconfigurationException, match="needs RailKDResampling"):
-        fit(RAILKD(teacher=tiny(), student=tiny(seed=2, layers=2, hidden=16)), [], tmp_path, max_steps=1)
+def test_fit_attaches_the_resampling_callback_and_it_refuses_fixed_layers(tmp_path):
+    method = RAILKD(teacher=tiny(), student=tiny(seed=2, layers=2, hidden=16))
+    trainer = fit(method, [], tmp_path / "random", max_steps=1)
+    (resampling,) = [c for c in trainer.callbacks if isinstance(c, RailKDResampling)]
+    assert (resampling.every_n_epochs, resampling.every_n_steps) == (1, None)
+    assert method.teacher_layers is not None
     fixed = RAILKD(teacher=tiny(), student=tiny(seed=2, layers=2, hidden=16), layer_selection="uniform")
     with pytest.raises(MisconfigurationException, match="fixed layers"):
         fit(fixed, [RailKDResampling()], tmp_path, max_steps=1)

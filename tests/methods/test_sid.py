@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lightning_kd.callbacks import SIDStages
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import SID
 from tests.callbacks.runs import fit, tiny
@@ -167,5 +167,7 @@ def test_bad_inputs_fail_fast(tmp_path):
     method.stage = 4
     with pytest.raises(ValueError, match="1..3"):
         method.compute_losses(make_batch())
-    with pytest.raises(MisconfigurationException, match="needs SIDStages"):
-        fit(SID(teacher=teacher, student=tiny(seed=2, layers=2)), [], tmp_path, max_steps=1)
+    fitted = SID(teacher=teacher, student=tiny(seed=2, layers=2))  # a fit needs no callback: SIDStages is attached
+    trainer = fit(fitted, [], tmp_path, max_steps=1)
+    (stages,) = [c for c in trainer.callbacks if isinstance(c, SIDStages)]
+    assert (stages.time_limit, stages.cosine_threshold, fitted.stage) == ("equal_phases", 0.0, 1)

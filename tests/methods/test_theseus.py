@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from lightning_kd.callbacks import TheseusReplacingRate
 from lightning_kd.callbacks.compatibility import keyed_generator
 from lightning_kd.methods import Theseus
 from lightning_kd.models.theseus import sample_student_positions, teacher_blocks
@@ -173,10 +173,12 @@ def test_bad_inputs_fail_fast():
         Theseus(teacher=teacher, student_init="teacher_first", student_layers=2).compute_losses(make_batch())
 
 
-def test_fit_without_the_rate_callback_fails_clearly(tmp_path):
+def test_fit_without_the_rate_callback_attaches_the_papers_schedule(tmp_path):
     method = Theseus(teacher=tiny(layers=4), student_init="teacher_first", student_layers=2)
-    with pytest.raises(MisconfigurationException, match="needs TheseusReplacingRate"):
-        fit(method, [], tmp_path, max_steps=1)
+    trainer = fit(method, [], tmp_path, max_steps=1)
+    (schedule,) = [c for c in trainer.callbacks if isinstance(c, TheseusReplacingRate)]
+    assert (schedule.replacing_rate, schedule.not_replaced_steps, schedule.schedule) == (0.3, 0.66, "linear")
+    assert method.replacing_rate == pytest.approx(0.3)
 
 
 def test_a_pure_student_that_answers_alike_is_reported_at_the_first_batch():
