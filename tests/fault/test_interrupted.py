@@ -43,8 +43,11 @@ def fit_args(assets: dict, root: Path, *extra: str) -> list[str]:
 def run_and_signal(args: list[str], marker: Path, signum: int) -> subprocess.CompletedProcess:
     """Start ``python -m lightning_kd`` and send it ``signum`` once it pauses mid-training (PauseAfterStep)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    # A job started in the background of a non-interactive shell inherits SIGINT as *ignored*, and
+    # Python then installs no KeyboardInterrupt handler: give the child the default disposition.
     process = subprocess.Popen([sys.executable, "-m", "lightning_kd", *args], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -24,12 +24,12 @@ from tests.families import DECODERS, FAMILIES, make_family_model
 TERMS = {"pkd": "patience", "alp_kd": "alp", "universal_kd": "intermediate", "sid": "cls_cosine", "rail_kd": "rail", "mgskd": "sample"}
 
 
-def build(name: str, family: str, pooling: str = "auto", teacher_family: str | None = None):
+def build(name: str, family: str, pooling: str = "auto", teacher_family: str | None = None, **knobs):
     """``name`` on a 4-layer teacher and a 2-layer student of ``family`` (teacher of ``teacher_family`` if given)."""
     teacher = make_family_model(teacher_family or family, layers=4, seed=1)
     common = {"teacher": teacher, "student": make_family_model(family, layers=2, seed=2), "task_head": "sequence_classification", "num_labels": 2}
     if name == "pkd":
-        method = PKD(pooling=pooling, **common)
+        method = PKD(pooling=pooling, **common, **knobs)
     elif name == "alp_kd":
         method = ALPKD(pooling=pooling, prediction=None, **common)
     elif name == "universal_kd":
@@ -125,7 +125,9 @@ def test_first_is_refused_on_a_decoder(name):
 
 def test_a_decoder_teacher_and_an_encoder_student_each_use_their_own_token():
     """PKD's patience with a GPT-2 teacher and a BERT student: student [CLS] against teacher last real token."""
-    method, batch = build("pkd", "bert", teacher_family="gpt2"), family_batch("bert")
+    # The distance summed over features, as the formula below writes it (the default averages them).
+    method = build("pkd", "bert", teacher_family="gpt2", feature_reduction="sum", pair_reduction="sum")
+    batch = family_batch("bert")
     assert resolve_pair(method.pooling, method.student, method.teachers[0], 0) == ("first", "last")
     with torch.no_grad():
         patience = method.compute_losses(batch)["patience"].item()
