@@ -51,7 +51,9 @@ def score(model, batches, metrics) -> dict:
 def evaluate_export(model_dir: str, task: str, data_args: dict, max_eval_samples: int | None = None) -> dict:
     """``{"validation": {...}, "test": {...}}`` for the exported model in ``model_dir``."""
     args = {"max_length": 64, "eval_batch_size": 128, **data_args}
-    data = GlueDataModule(task=task, tokenizer=model_dir, max_eval_samples=max_eval_samples, **args)
+    if max_eval_samples is not None:  # a smoke run's subset wins over the task's own
+        args["max_eval_samples"] = max_eval_samples
+    data = GlueDataModule(task=task, tokenizer=model_dir, **args)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     results = {}
     for split, stage, loader in (("validation", "validate", "val_dataloader"), ("test", "test", "test_dataloader")):
