@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from lightning_kd.config_keys import mapping_key_problem
+
 #: Keys a spec file, a task and a row may have.
 _SPEC_KEYS = {"seeds", "precision", "trainer_config", "stage_timeout_s", "tasks", "rows"}
 _TASK_KEYS = {"title", "teacher", "teacher_config", "data", "train_examples", "rows", "note"}
@@ -314,8 +316,6 @@ def _task(name: str, entry: dict, row_names: list[str]) -> Task:
 
 
 def _check_keys(mapping: Any, allowed: set[str], where: str) -> None:
-    if not isinstance(mapping, dict):
-        raise SpecError(f"{where} must be a mapping.")
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+    problem = mapping_key_problem(mapping, allowed, where)
+    if problem is not None:
+        raise SpecError(problem)

@@ -87,6 +87,18 @@ def class_keys(class_path: str) -> list[str]:
         return []
 
 
+def mapping_key_problem(mapping: object, allowed: Iterable[str], where: str) -> str | None:
+    """What is wrong with the keys of one mapping in a YAML file we read ourselves (a pipeline, the
+    leaderboard), as one sentence naming ``where``; ``None`` when nothing is. The caller raises it as
+    its own error type."""
+    if not isinstance(mapping, dict):
+        return f"{where} must be a mapping."
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        return f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}."
+    return None
+
+
 def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Up to ``n`` candidates that look like ``word`` (difflib ratio ≥ 0.6), best first."""
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)

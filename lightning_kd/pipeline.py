@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from lightning_kd.config_keys import mapping_key_problem
+
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 STAGE_REFERENCE = re.compile(r"stages\.([A-Za-z0-9_.-]+?)\.export")
 EXPORT_KEY = "export.dirpath"
@@ -222,11 +224,9 @@ def main(argv: list[str] | None = None) -> None:
 
 # ---------------------------------------------------------------------- helpers
 def _check_keys(mapping: Any, allowed: set[str], where: str) -> None:
-    if not isinstance(mapping, dict):
-        raise PipelineError(f"{where} must be a mapping.")
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise PipelineError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+    problem = mapping_key_problem(mapping, allowed, where)
+    if problem is not None:
+        raise PipelineError(problem)
 
 
 def _as_list(value: Any) -> list[str]:

@@ -59,18 +59,21 @@ class PassResult:
 def forward_hook(module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> Iterator[None]:
     """``hook(module, inputs, output)`` runs after each forward of ``module`` while active; a value it
     returns replaces the output (see ``nn.Module.register_forward_hook``)."""
-    handle = module.register_forward_hook(hook, with_kwargs=with_kwargs)
-    try:
+    with _removed_on_exit(module.register_forward_hook(hook, with_kwargs=with_kwargs)):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
 def forward_pre_hook(module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> Iterator[None]:
     """``hook(module, inputs)`` runs before each forward of ``module`` while active; a value it
     returns replaces the inputs (see ``nn.Module.register_forward_pre_hook``)."""
-    handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
+    with _removed_on_exit(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)):
+        yield
+
+
+@contextmanager
+def _removed_on_exit(handle) -> Iterator[None]:
+    """Keep a registered hook while the block runs; remove it however the block ends."""
     try:
         yield
     finally:
