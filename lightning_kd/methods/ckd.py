@@ -24,12 +24,12 @@ Where we differ from the GKD reference, and why:
   mean over the entries it sums. ``reduction="gkd"`` restores the reference's denominators and its
   padded neighbours.
 * **Memory.** Angles are built from Gram matrices, so the windowed term needs ``B·K·S·(S + w²)``
-  floats instead of the reference's ``B·K·S·w·D`` (spec §1.1 (b)).
+  floats instead of the reference's ``B·K·S·w·D``.
 * **Prediction loss.** The library default soft term is ``T²``·KL; the reference fine-tunes with
   soft cross-entropy without ``T²`` (at the seed's T=3 that is a 9× smaller soft term). The GKD
   presets (``configs/gkd/ckd``) set ``soft_loss: ce`` and ``t2_scale: false``.
 * **Per-sample losses.** The relation functions can return per-sample values (``per_sample=True``),
-  which the reference could not (spec §1.1 (c)).
+  which the reference could not.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def hidden(model, batch):
         return model(**{k: batch[k] for k in INPUTS}, output_hidden_states=True).hidden_states
 
 
-# ---------------------------------------------------------------- layer pairs (spec §1.3 tables)
+# ---------------------------------------------------------------- layer pairs (the reference's tables)
 @pytest.mark.parametrize(
     "depths, hidden_teacher, attention_teacher",
     [
