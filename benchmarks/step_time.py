@@ -89,7 +89,7 @@ def load_teacher(stage: str = "finetune"):
 
 # Knobs that make each method run its full set of terms in one fine-tuning stage.
 METHODS = {
-    "KD": lambda **kw: KD(temperature=2.0, **kw),
+    "KD": lambda **kw: KD(prediction=PredictionLoss(temperature=2.0), **kw),
     "TinyBERT": lambda **kw: TinyBERT(prediction=PredictionLoss(), **kw),
     "MiniLM": lambda **kw: MiniLM(prediction=PredictionLoss(), **kw),
     "MiniLMv2": lambda **kw: MiniLMv2(relation_heads=12, prediction=PredictionLoss(), **kw),
@@ -111,7 +111,7 @@ def full_heads(method):
 # Pre-training stage: MLM-stage methods (intermediate stages without a prediction loss, as run before
 # fine-tuning), each with compact heads, and KD with full heads for the figure before them.
 PRETRAIN_METHODS = {
-    "KD": lambda **kw: KD(temperature=2.0, **kw),
+    "KD": lambda **kw: KD(prediction=PredictionLoss(temperature=2.0), **kw),
     "StudentOnly": None,  # the student step with compact heads: built from KD's student in build_step
     "DistilBERT": lambda **kw: DistilBERT(**kw),
     "TinyBERT (MLM stage)": lambda **kw: TinyBERT(**kw),

@@ -11,9 +11,11 @@ them, and a message no pattern matches is still shown, only without suggestions.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import re
+import typing
 from collections.abc import Callable, Iterable
 
 from jsonargparse import ArgumentError, ArgumentParser
@@ -55,7 +57,7 @@ def describe_parse_error(error: ArgumentError, top_level_keys: Callable[[], Iter
         elif match := _NOT_ACCEPTED.match(message):
             key = ".".join([*parts, match[1]])
             if class_path:  # an init argument of that class: compare with its argument names
-                return _unknown_key(key, match[1], class_keys(class_path))
+                return _unknown_key(key, match[1], class_keys(class_path), moved_keys(class_path))
             return _unknown_key(key, key, list(top_level_keys()))
         elif match := _SUBCOMMAND_OPTION.match(message):
             return _unknown_key(match[1], match[1], list(top_level_keys()))
@@ -76,15 +78,45 @@ def describe_parse_error(error: ArgumentError, top_level_keys: Callable[[], Iter
 
 
 def class_keys(class_path: str) -> list[str]:
-    """The init-argument names of ``class_path`` as jsonargparse sees them (``[]`` if it cannot be imported)."""
+    """The init-argument names of ``class_path`` as jsonargparse sees them (``[]`` if it cannot be imported).
+
+    Nested arguments are named as a config writes them (``prediction.temperature``, never
+    ``prediction.init_args.temperature``).
+    """
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
         parser = ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(cls, fail_untyped=False)
-        return list(parser.get_defaults().keys())
+        keys = [key.replace(".init_args.", ".") for key in parser.get_defaults().keys()]
+        keys = [key for key in keys if key.rpartition(".")[2] not in ("class_path", "__subclasses_disabled__")]
     except Exception:  # only a hint: a class jsonargparse cannot describe gets the message without it
         return []
+    return keys + [key for key in _dataclass_argument_keys(cls) if key not in keys]
+
+
+def _dataclass_argument_keys(cls: type) -> list[str]:
+    """``argument.field`` for each constructor argument typed as a dataclass (or ``… | None``): the
+    nested keys jsonargparse does not list when the default is ``None``."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # only a hint
+        return []
+    keys = []
+    for name, hint in hints.items():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate) and isinstance(candidate, type):
+                keys += [f"{name}.{field.name}" for field in dataclasses.fields(candidate)]
+    return keys
+
+
+def moved_keys(class_path: str) -> dict[str, str]:
+    """``{old argument: its key now}`` a class declares in ``moved_arguments`` (``{}`` if none)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return dict(getattr(getattr(importlib.import_module(module), name), "moved_arguments", {}))
+    except Exception:  # only a hint
+        return {}
 
 
 def mapping_key_problem(mapping: object, allowed: Iterable[str], where: str) -> str | None:
@@ -104,14 +136,24 @@ def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
 
 
-def _unknown_key(key: str, word: str, valid: list[str]) -> UserInputError:
-    """``key`` is unknown; suggest the entries of ``valid`` closest to ``word`` (the part the user may have misspelt)."""
+def _unknown_key(key: str, word: str, valid: list[str], moved: dict[str, str] | None = None) -> UserInputError:
+    """``key`` is unknown; suggest the entries of ``valid`` closest to ``word`` (the part the user may have misspelt).
+
+    A ``word`` that is an argument nested one level down (``temperature`` of ``prediction``), or one
+    the class says has moved (``moved``: ``alpha_ce`` → ``prediction.soft_weight``), is pointed there.
+    """
     section, _, rest = key.partition(".")
     sections = {k.split(".", 1)[0] for k in valid}
-    if word == key and rest and section not in sections:  # a misspelt section (``trainr.max_epochs``)
+    nested = [k for k in valid if "." in k and k.split(".", 1)[1] == word]
+    if moved and word in moved:
+        matches = [moved[word]]
+    elif nested:
+        matches = nested
+    elif word == key and rest and section not in sections:  # a misspelt section (``trainr.max_epochs``)
         matches = [f"{root}.{rest}" for root in closest(section, sections)]
-    else:
-        matches = closest(word, valid)
+    else:  # keys at the word's own level first (``temperature`` before ``prediction.temperature``)
+        level = [k for k in valid if k.count(".") == word.count(".")]
+        matches = closest(word, level) or closest(word, valid)
     if matches:
         return UserInputError(f"Unknown key {key}; did you mean {_or(matches)}?")
     if not valid:

@@ -177,6 +177,31 @@ def _built_by(error: BaseException) -> str | None:
             for base, key in ((LightningModule, "model"), (LightningDataModule, "data")):
                 if isinstance(instance, base):
                     return f"{key} ({name})"
-            return "trainer" if isinstance(instance, Trainer) else name
+            # A part built before its owner (a method's `prediction:` dataclass): name the owner.
+            return "trainer" if isinstance(instance, Trainer) else (_owner_being_built(error) or name)
+        traceback = traceback.tb_next
+    return None
+
+
+def _owner_being_built(error: BaseException) -> str | None:
+    """``model (KD)`` when jsonargparse raised ``error`` while building a model's (or data module's)
+    arguments: its frames hold the ``class_path`` they are building. ``None`` when none is found."""
+    import importlib
+
+    from pytorch_lightning import LightningDataModule, LightningModule
+
+    traceback = error.__traceback__
+    while traceback is not None:
+        for value in traceback.tb_frame.f_locals.values():
+            class_path = getattr(value, "class_path", None)
+            if isinstance(class_path, str) and "." in class_path:
+                module, _, name = class_path.rpartition(".")
+                try:
+                    cls = getattr(importlib.import_module(module), name)
+                except Exception:  # only a label
+                    continue
+                for base, key in ((LightningModule, "model"), (LightningDataModule, "data")):
+                    if isinstance(cls, type) and issubclass(cls, base) and cls is not base:
+                        return f"{key} ({name})"
         traceback = traceback.tb_next
     return None

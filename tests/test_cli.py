@@ -27,7 +27,7 @@ def _kd_args(assets, root, steps=2, extra=(), teacher_key="teacher_classificatio
         f"--model.teacher={teacher}",
         "--model.student_init=teacher_uniform",
         "--model.student_layers=3",
-        "--model.temperature=2.0",
+        "--model.prediction.temperature=2.0",
         *classification_data_args(teacher, assets),
         *quick_trainer_args(root, steps),
         *extra,

@@ -73,10 +73,16 @@ def _assert_short(code, err: str, *expected: str) -> str:
     return messages[0]
 
 
+def _flat_temperature_model(assets) -> tuple[str, ...]:
+    """A method whose ``temperature`` is an argument of its own (KD's is ``prediction.temperature``)."""
+    return ("--model=lightning_kd.methods.LogitsDistil", f"--model.teacher={assets['teacher_classification']}",
+            "--model.student_init=teacher_uniform", "--model.student_layers=3")
+
+
 def _bad_input_cases(assets, root: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
     teacher, student = assets["teacher_classification"], assets["student_classification"]
     return {
-        "negative temperature": (_args(assets, root, "--model.temperature=-1"), (r"model \(KD\): temperature must be > 0, got -1",)),
+        "negative temperature": (_args(assets, root, "--model.prediction.temperature=-1"), (r"model \(KD\): temperature must be > 0, got -1",)),
         "layer map out of range": (
             _args(assets, root, model=("--model=lightning_kd.methods.PKD", f"--model.teacher={teacher}",
                                        "--model.student_init=teacher_uniform", "--model.student_layers=3", "--model.layer_map=[2,4,40]")),
@@ -90,7 +96,7 @@ def _bad_input_cases(assets, root: Path) -> dict[str, tuple[list[str], tuple[str
         "unknown task": (_args(assets, root, "--data.task=sst3"), (r"data \(GlueDataModule\): Unknown task 'sst3'", r"Valid tasks: cola")),
         "malformed data row": (_args(assets, root, f"--data.train_file={assets['bad_row']}"),
                                (re.escape(str(assets["bad_row"])) + ", line 4", r"expected 2 columns")),
-        "misspelt key": (_args(assets, root, "--model.init_args.temprature=3"),
+        "misspelt key": (_args(assets, root, "--model.init_args.temprature=3", model=_flat_temperature_model(assets)),
                          (r"Unknown key model\.init_args\.temprature; did you mean temperature\?",)),
         "misspelt trainer key": (_args(assets, root, "--trainer.max_epochx=3"), (r"Unknown key trainer\.max_epochx; did you mean trainer\.max_epochs",)),
         "misspelt section": (_args(assets, root, "--trainr.max_epochs=3"), (r"Unknown key trainr\.max_epochs; did you mean trainer\.max_epochs\?",)),
@@ -105,7 +111,7 @@ def _bad_input_cases(assets, root: Path) -> dict[str, tuple[list[str], tuple[str
         ),
         "bad student_init": (_args(assets, root, "--model.student_init=teacher_uniformm"),
                              (r"model\.init_args\.student_init: Expected a .*Literal.*Got value: teacher_uniformm",)),
-        "value of the wrong type": (_args(assets, root, "--model.temperature=hot"), (r"model\.init_args\.temperature: Expected a <class 'float'>",)),
+        "value of the wrong type": (_args(assets, root, "--model.temperature=hot", model=_flat_temperature_model(assets)), (r"model\.init_args\.temperature: Expected a <class 'float'>",)),
         "unknown method class": (_args(assets, root, model=("--model=lightning_kd.methods.KDD",)),
                                  (r"^lightning-kd: error: model: .*'KDD'.*did you mean lightning_kd\.methods\.KD\b",)),
         "teacher whose config lies about its head": (
@@ -142,6 +148,24 @@ def test_misspelt_key_in_a_config_file_lists_the_closest(assets, tmp_path, monke
     _assert_short(code, err, r"Unknown key (model\.init_args\.student_layer; did you mean student_layers|trainer\.max_epoch; did you mean trainer\.max_epochs)")
 
 
+@pytest.mark.parametrize(
+    ("model", "yaml_key", "suggestion"),
+    [
+        ("KD", "temperature: 2.0", "prediction.temperature"),
+        ("KD", "soft_weight: 1.0", "prediction.soft_weight"),
+        ("DistilBERT", "alpha_ce: 5.0", "prediction.soft_weight"),
+        ("DIITO", "mlm_weight: 0.25", "prediction.hard_weight"),
+        ("LogitsDistil", "hard_weight: 0.0", "prediction.hard_weight"),
+    ],
+)
+def test_a_flat_prediction_key_points_to_the_prediction_block(assets, tmp_path, monkeypatch, capsys, model, yaml_key, suggestion):
+    config = tmp_path / "flat.yaml"
+    config.write_text(f"model:\n  class_path: lightning_kd.methods.{model}\n  init_args:\n    {yaml_key}\n")
+    code, err = _main(monkeypatch, capsys, [*_args(assets, tmp_path), f"--config={config}"])
+    key = yaml_key.split(":")[0]
+    _assert_short(code, err, rf"Unknown key model\.init_args\.{key}; did you mean {re.escape(suggestion)}\?")
+
+
 def test_a_key_with_no_close_match_lists_the_valid_ones(assets, tmp_path, monkeypatch, capsys):
     code, err = _main(monkeypatch, capsys, _args(assets, tmp_path, "--model.init_args.zzzz=1"))
     _assert_short(code, err, r"Unknown key model\.init_args\.zzzz; valid keys here: .*adam_epsilon.*see --help")
@@ -149,7 +173,7 @@ def test_a_key_with_no_close_match_lists_the_valid_ones(assets, tmp_path, monkey
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_debug_shows_the_traceback(assets, tmp_path, monkeypatch, how):
-    argv = _args(assets, tmp_path, "--model.temperature=-1")
+    argv = _args(assets, tmp_path, "--model.prediction.temperature=-1")
     if how == "flag":
         argv.append("--debug")
     else:
@@ -186,7 +210,7 @@ def test_python_callers_still_get_the_original_exception(assets, tmp_path):
     from lightning_kd.cli import run_cli
 
     with pytest.raises(ValueError) as error:
-        run_cli(_args(assets, tmp_path, "--model.temperature=-1"))
+        run_cli(_args(assets, tmp_path, "--model.prediction.temperature=-1"))
     assert any("temperature must be > 0" in str(e) for e in exception_chain(error.value))
 
 
@@ -195,7 +219,8 @@ def test_python_callers_still_get_the_original_exception(assets, tmp_path):
     [(["--model.init_args.temprature=3"], "did you mean temperature?"), (["--data.train_file={latin1}"], ", line 5: byte 0xe9")],
 )
 def test_the_installed_command_prints_no_traceback(assets, tmp_path, extra, expected):
-    argv = _args(assets, tmp_path, *[e.format(latin1=assets["latin1"]) for e in extra])
+    model = _flat_temperature_model(assets) if "temprature" in extra[0] else None
+    argv = _args(assets, tmp_path, *[e.format(latin1=assets["latin1"]) for e in extra], model=model)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(DEBUG_ENV, None)
     done = subprocess.run([sys.executable, "-m", "lightning_kd", *argv], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

@@ -6,7 +6,9 @@ adds:
 * :meth:`~MethodHooks.student_request` / :meth:`~MethodHooks.teacher_request` — which tensors it
   needs from each forward (hidden states, Q/K/V, attention scores);
 * :meth:`~MethodHooks.teacher_terms` — its loss terms for one teacher (the soft prediction term and
-  the :attr:`intermediate` module's terms by default);
+  the :attr:`intermediate` module's terms by default), as typed
+  :class:`~lightning_kd.core.terms.LossTerms` (a role and, for per-example strategies, per-example
+  values: :attr:`~MethodHooks.per_example_terms`);
 * :meth:`~MethodHooks.student_terms` — terms that need no teacher (the hard loss by default);
 * the token-logit rows its terms read (:attr:`~MethodHooks.prediction_only_logits`,
   :meth:`~MethodHooks.student_logit_rows`), so compact heads compute only those rows.
@@ -24,6 +26,7 @@ from torch import Tensor
 from lightning_kd.core.compact_head import compact_heads_default
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.logit_rows import LogitRows, widest
+from lightning_kd.core.terms import LossTerms
 from lightning_kd.losses.prediction import PredictionLoss
 
 
@@ -106,19 +109,38 @@ class MethodHooks:
         """
         return self.prediction is not None and self.prediction.hard_weight > 0
 
-    def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
-        """Terms that need no teacher; default: the weighted hard (task or MLM) loss."""
-        if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
-            return {"hard": self.prediction.hard_weight * student.loss}
-        return {}
+    @property
+    def per_example_terms(self) -> bool:
+        """Whether :meth:`teacher_terms` should give per-example values, shape ``(B,)``: set when the
+        multi-teacher strategy weights examples (``per_sample``). The soft prediction term must then
+        be per example; any other term may be (it is then weighted per example too) or stay a scalar
+        when it cannot be computed per example (it is then combined unweighted)."""
+        return self.multi_teacher.per_sample
 
-    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
-        """Weighted terms comparing the student with one teacher: the soft prediction term and the
-        :attr:`intermediate` module's terms."""
-        terms = {}
+    def student_terms(self, batch: dict[str, Tensor], student: Features) -> LossTerms:
+        """Terms that need no teacher; default: the weighted hard (task or MLM) loss (role ``HARD``).
+
+        A plain dict returned by an override is typed by the step: every term is ``HARD`` unless
+        named ``"soft"`` (:func:`~lightning_kd.core.terms.default_role`).
+        """
+        terms = LossTerms()
+        if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
+            terms.hard("hard", self.prediction.hard_weight * student.loss)
+        return terms
+
+    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> LossTerms:
+        """Weighted terms comparing the student with one teacher: the soft prediction term (role
+        ``SOFT``, per example when :attr:`per_example_terms`) and the :attr:`intermediate` module's
+        terms (role ``INTERMEDIATE``).
+
+        An override adds its terms with their role (``terms.intermediate("alp", value)``); a plain
+        dict it returns, or ``terms[name] = value``, is typed by name: ``"soft"`` / ``"hard"`` keep
+        those roles, any other name is ``INTERMEDIATE`` (:func:`~lightning_kd.core.terms.default_role`).
+        """
+        terms = LossTerms()
         if self.prediction is not None and self.prediction.soft_weight > 0:
-            per_sample = self.multi_teacher.per_sample
-            terms["soft"] = self.prediction.soft_features(student, teacher, batch, per_sample=per_sample)
+            terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
         if self.intermediate is not None:
-            terms.update(self.intermediate(batch, student, teacher, teacher_index))
+            for name, value in self.intermediate(batch, student, teacher, teacher_index).items():
+                terms.intermediate(name, value)
         return terms

@@ -39,10 +39,20 @@ from lightning_kd.core.memory import MemoryCheck, check_memory
 from lightning_kd.core.method_hooks import MethodHooks
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.optim import Schedule, build_optimizer
-from lightning_kd.core.passes import Hooks, PassResult, TeacherHooks, TeacherTerms, check_repeats, entered, total_loss
+from lightning_kd.core.passes import (
+    Hooks,
+    PassResult,
+    TeacherHooks,
+    TeacherTerms,
+    check_repeats,
+    entered,
+    merge_combined,
+    total_loss,
+)
 from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
 from lightning_kd.core.student_builder import StudentInit, build_student, check_vocabularies, infer_task_head
 from lightning_kd.core.teacher_pool import TeacherPool
+from lightning_kd.core.terms import LossTerms, Role
 from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.models.loading import ModelSource, Precision, TaskHead
@@ -300,8 +310,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             student_loss: whether the student computes its own task/MLM loss (default: when
                 :meth:`uses_student_loss` or the strategy reads it); ``False`` saves that work in a
                 pass whose terms never read it.
-            teacher_terms: one teacher's terms, ``(batch, student, teacher, index) -> dict`` (default:
-                :meth:`teacher_terms`).
+            teacher_terms: one teacher's terms, ``(batch, student, teacher, index) -> LossTerms`` (or a
+                plain dict, typed by name; default: :meth:`teacher_terms`).
             teachers: the teacher indices to run (default: the strategy's selection for this step).
             combine: merge the teachers' terms with the multi-teacher strategy into ``terms``; ``False``
                 leaves them in ``per_teacher`` for a method that combines several passes at once.
@@ -322,7 +332,9 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             request = self.student_features_request() if student_request is None else student_request
             with entered(student_hooks):
                 student = capture(self.student, hard_batch, request, with_labels=student_loss, rows=row_mask(batch, request.logit_rows))
-            terms = self.student_terms(hard_batch, student)
+            # Typed here once, so strategies read roles whatever a method returned (a plain dict is
+            # typed by name; see lightning_kd.core.terms).
+            terms = LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD)
             if not len(self.teachers):
                 return PassResult(terms, student)
             indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step) if teachers is None else teachers
@@ -335,13 +347,13 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
                         teacher = self.teacher_forward(index, batch, request=teacher_request(index) if teacher_request else None)
                 else:
                     teacher = self.run_teacher(index, batch)
-                per_teacher.append(terms_of(batch, student, teacher, index))
+                per_teacher.append(LossTerms.wrap(terms_of(batch, student, teacher, index)))
                 logits.append(teacher.logits)
                 rows.append(teacher.logit_rows)
                 del teacher  # release this teacher's activations before the next one runs
             step = TeacherStep(batch, student, logits, indices, self.global_step, rows)
             if combine:
-                terms.update(self.multi_teacher.combine(per_teacher, step))
+                terms = merge_combined(terms, self.multi_teacher.combine(per_teacher, step), self.multi_teacher)
             return PassResult(terms, student, per_teacher, step)
         finally:
             self._pass_index = previous

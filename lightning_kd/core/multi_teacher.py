@@ -1,17 +1,20 @@
 """The contract of a multi-teacher strategy, and the default :class:`Average`.
 
-More strategies live in :mod:`lightning_kd.methods.multi_teacher`, one per file.
+More strategies live in :mod:`lightning_kd.methods.multi_teacher`, one per file. A strategy reads
+each teacher's terms as :class:`~lightning_kd.core.terms.LossTerms`: by role and shape (per example
+or scalar), never by name; names only pass through to the combined terms for logging.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from lightning_kd.core.features import Features
 from lightning_kd.core.logit_rows import LogitRows, rows_at
+from lightning_kd.core.terms import LossTerms, typed
 
 
 @dataclass
@@ -50,15 +53,22 @@ class TeacherStep:
 
 
 class MultiTeacherStrategy(nn.Module):
-    """Combines the per-teacher loss terms of one training step into one dict of terms.
+    """Combines the per-teacher loss terms of one training step into one set of scalar terms.
 
     A strategy is an ``nn.Module`` so it may own learnable parts (optimised and checkpointed with
     the method, never exported with the student). Subclasses implement :meth:`combine` and may
     override :meth:`select_teachers`.
 
+    Each teacher's terms are :class:`~lightning_kd.core.terms.LossTerms`: a strategy iterates
+    ``terms.typed_items()`` and reads each term's ``role`` (``SOFT``, ``HARD``, ``INTERMEDIATE``) and
+    ``per_example`` (shape ``(B,)``) — never a name, so a method may call its terms anything.
+
     Attributes:
-        per_sample: when ``True`` the prediction-level soft term arrives per example, shape ``(B,)``,
-            so the strategy can weight examples (MT-BERT, Uncertainty); other terms stay scalars.
+        per_sample: when ``True`` the method gives per-example values, shape ``(B,)``: always for
+            the soft prediction term, and for any other term it can compute per example; a term it
+            cannot stays a scalar and is combined unweighted. The strategy can then weight examples
+            (MT-BERT, Uncertainty, RL-KD); :meth:`LossTerms.check_per_example
+            <lightning_kd.core.terms.LossTerms.check_per_example>` checks the shapes.
         needs_student_loss: the strategy reads the student's own task/MLM loss (RL-KD's reward), so
             the student runs with labels even when the method has no hard term.
 
@@ -81,16 +91,25 @@ class MultiTeacherStrategy(nn.Module):
         """Indices of the teachers to run this step (default: all). Teachers not listed never run."""
         return list(range(num_teachers))
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
-        """Merge ``per_teacher[k]`` (the weighted terms of teacher ``step.teacher_indices[k]``) into scalar terms."""
+    def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
+        """Merge ``per_teacher[k]`` (the weighted terms of teacher ``step.teacher_indices[k]``) into scalar terms.
+
+        ``per_teacher[k]`` is :class:`~lightning_kd.core.terms.LossTerms` in a training step; a
+        hand-built plain dict is typed by name (``typed(per_teacher)``). Return the combined terms
+        with their roles (a plain dict is typed by name too).
+        """
         raise NotImplementedError
 
 
 class Average(MultiTeacherStrategy):
-    """Mean over teachers of each loss term (GKD ``AvgTeacher``); one teacher's terms pass through unchanged."""
+    """Mean over teachers of each loss term (GKD ``AvgTeacher``), per-example terms first averaged
+    over the batch; one teacher's terms pass through unchanged. A term missing for some teacher
+    counts as 0 for it."""
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
-        if len(per_teacher) == 1:
-            return {name: value.mean() for name, value in per_teacher[0].items()}
-        names = list(dict.fromkeys(name for terms in per_teacher for name in terms))
-        return {name: torch.stack([t[name].mean() for t in per_teacher if name in t]).sum() / len(per_teacher) for name in names}
+    def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
+        out = LossTerms()
+        for terms in typed(per_teacher):
+            for name, term in terms.typed_items():
+                out.accumulate(name, term.value.mean(), term.role)
+        # One teacher passes through unchanged; dividing by 1 would add a node to the graph for nothing.
+        return out if len(per_teacher) == 1 else out.map(lambda value: value / len(per_teacher))

@@ -16,7 +16,7 @@ step's terms.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -26,14 +26,16 @@ from torch import Tensor, nn
 from lightning_kd.core.features import Features
 from lightning_kd.core.multi_teacher import TeacherStep
 from lightning_kd.core.random_inputs import RandomInputs
+from lightning_kd.core.terms import LossTerms
 from lightning_kd.losses.prediction import PredictionLoss
 
 #: Context managers active while one model's forward runs (see :func:`forward_hook`).
 Hooks = Sequence[AbstractContextManager]
 #: For a teacher index, the hooks active while that teacher runs (built when it is its turn).
 TeacherHooks = Callable[[int], Hooks]
-#: ``(batch, student, teacher, teacher_index) -> terms``: one teacher's weighted terms in a pass.
-TeacherTerms = Callable[[dict[str, Tensor], Features, Features, int], dict[str, Tensor]]
+#: ``(batch, student, teacher, teacher_index) -> terms``: one teacher's weighted terms in a pass
+#: (:class:`~lightning_kd.core.terms.LossTerms`; a plain dict is typed by name).
+TeacherTerms = Callable[[dict[str, Tensor], Features, Features, int], Mapping[str, Tensor]]
 
 
 @dataclass
@@ -42,16 +44,17 @@ class PassResult:
 
     Attributes:
         terms: the student's own terms, plus the strategy's combination of the teachers' terms
-            (when the pass combined them).
+            (when the pass combined them), typed (:class:`~lightning_kd.core.terms.LossTerms`).
         student: the student's features (with their graph).
-        per_teacher: each teacher's terms, in the order of ``step.teacher_indices``.
+        per_teacher: each teacher's typed terms, in the order of ``step.teacher_indices`` (merge two
+            passes' with ``first | second``, which keeps the roles).
         step: what the multi-teacher strategy sees of this pass (``None`` without teachers); a
             method that combines several passes' terms at once passes it to ``combine`` itself.
     """
 
-    terms: dict[str, Tensor]
+    terms: LossTerms
     student: Features
-    per_teacher: list[dict[str, Tensor]] = field(default_factory=list)
+    per_teacher: list[LossTerms] = field(default_factory=list)
     step: TeacherStep | None = None
 
 
@@ -91,6 +94,23 @@ def _all_of(hooks: Hooks) -> Iterator[None]:
         for hook in hooks:
             stack.enter_context(hook)
         yield
+
+
+def merge_combined(student_terms: LossTerms, combined: Mapping[str, Tensor], strategy: object) -> LossTerms:
+    """A pass's terms: the student's own terms and ``strategy``'s combination of the teachers' terms.
+
+    Raises:
+        ValueError: a combined term has the name of a student term; one would silently replace the other
+            (e.g. a strategy returning the hard loss, which the student's own terms already hold).
+    """
+    combined = LossTerms.wrap(combined)
+    clash = [name for name in combined if name in student_terms]
+    if clash:
+        raise ValueError(
+            f"{type(strategy).__name__} returned the terms {clash}, which the student's own terms already hold; "
+            "a strategy combines teacher terms only (the hard loss is the method's, added once)."
+        )
+    return student_terms | combined
 
 
 def total_loss(terms: dict[str, Tensor], method: str) -> dict[str, Tensor]:

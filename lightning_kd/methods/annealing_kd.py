@@ -7,6 +7,12 @@ staircase ``1/τ_max, 2/τ_max, …, 1`` over training. ``φ`` comes from the
 (``τ_max = 7``) unless the trainer has its own. Phase 2
 (hard labels only) is plain fine-tuning: :class:`~lightning_kd.methods.StudentOnly`.
 
+Its knobs (``soft_weight``, ``hard_weight``, ``soft_positions``, ``reduction``) are the method's own
+arguments, not a ``prediction:`` block: the annealed term is a logit MSE against ``φ(i)·z^T``,
+which the schedule rewrites every step, so the other knobs of a prediction loss (``soft_loss``,
+``temperature``, ``t2_scale``, ``mse_teacher_scale``, ``class_mean``) would be meaningless or would
+break the method.
+
 Where we differ from the paper and the GKD reference: the paper lowers the temperature by one per
 epoch-like phase; the reference (and we) use equal fractions of the step budget. For MLM logits the
 MSE averages over the chosen positions (``reduction="masked_mean"``); ``"gkd"`` divides by all

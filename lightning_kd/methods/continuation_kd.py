@@ -14,6 +14,10 @@ term is left out while ``ψ = 0`` and the soft term once ``ψ = 1``. Examples al
 contribute nothing; the indicator is a constant, so the gradient equals that of the hinge
 ``max(0, ℓ_b − margin·φ)`` — only the logged value differs (:func:`~lightning_kd.losses.continuation.margin_gated`).
 
+As in Annealing-KD, the knobs are the method's own arguments, not a ``prediction:`` block: the
+soft term is the margin-gated, annealed logit MSE, not a prediction loss with a free ``soft_loss``
+or ``temperature``.
+
 Where we differ from the GKD reference: nothing in the math. For MLM logits ``ℓ_b`` averages over
 each example's chosen positions (``reduction="masked_mean"``); ``"gkd"`` divides by all positions.
 """

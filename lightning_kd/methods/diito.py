@@ -3,13 +3,20 @@
 
 Pre-training only. Each step runs student and teacher twice on the same batch:
 
-* pass 0 (normal): ``mlm_weight``·MLM + ``soft_weight``·T²·KL(student ‖ teacher logits) +
-  ``cosine_weight``·(1 − cos) between the last hidden states (this needs equal widths);
+* pass 0 (normal): the prediction loss, ``prediction.hard_weight``·MLM +
+  ``prediction.soft_weight``·T²·KL(student ‖ teacher logits), + ``cosine_weight``·(1 − cos)
+  between the last hidden states (this needs equal widths);
 * pass 1 (counterfactual): at the aligned sites, the activations of example ``b`` at some positions
   are replaced by pass 0's activations of its source example ``b+1`` (cyclic) at other positions —
   in the student *and* in the teacher — and ``causal_soft_weight``·T²·KL +
   ``causal_cosine_weight``·(1 − cos) compare the intervened outputs. The student's source
   activations keep their graph, so the counterfactual loss also trains pass 0.
+
+Pass 0's soft and MLM terms are a plain prediction loss, so they are the ``prediction:`` block every
+method shares (its temperature and positions also serve the causal soft term). The causal terms and
+the cosine terms are not: they compare the outputs of an intervened pass, or hidden states, so their
+weights (``causal_soft_weight``, ``cosine_weight``, ``causal_cosine_weight``) and the cosine
+``reduction`` stay DIITO's own arguments.
 
 Alignment sites (hidden-state indices, 1 = first layer's output): ``full`` draws a student layer
 ``ℓ`` per optimizer step (shared by both passes and all micro-batches) and aligns it with the
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
@@ -49,6 +57,7 @@ from torch import Tensor, nn
 from lightning_kd.core.features import FeatureRequest, Features, capture
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.core.passes import total_loss
+from lightning_kd.core.terms import LossTerms
 from lightning_kd.losses.interchange import (
     Interchange,
     InterchangeWay,
@@ -65,7 +74,8 @@ from lightning_kd.models.layer_stack import find_layer_stack
 from lightning_kd.models.loading import is_activation_checkpointing
 
 Alignment = Literal["full", "middle", "late"]
-DiitoSoftPositions = Literal["masked_tokens", "all_tokens"]
+#: DIITO's default pass-0 prediction loss, the seed's: ``0.25``·T²·KL at ``T = 2`` on the MLM targets + ``0.25``·MLM.
+DIITO_PREDICTION = PredictionLoss(soft_weight=0.25, hard_weight=0.25, temperature=2.0, soft_positions="masked_tokens")
 
 
 class DIITO(DistillationModule):
@@ -78,15 +88,16 @@ class DIITO(DistillationModule):
         interchange_way: ``"consecutive"`` (a contiguous block) or ``"random"`` (positions anywhere in the
             padded length) (GKD ``--diito_interchange_way``).
         interchange_max_token: cap on swapped tokens per example; ``None`` = no cap (GKD ``-1``).
-        mlm_weight: weight of the student's MLM loss in pass 0 (GKD ``--diito_alpha_mlm``).
-        soft_weight: weight of ``T²``·KL between the logits in pass 0 (GKD ``--diito_alpha_ce``).
-        causal_soft_weight: weight of ``T²``·KL between the intervened logits (GKD ``--diito_alpha_causal_ce``).
+        causal_soft_weight: weight of ``T²``·KL between the intervened logits (GKD ``--diito_alpha_causal_ce``);
+            its temperature, positions and reduction are ``prediction``'s.
         cosine_weight: weight of the last-hidden-state cosine distance in pass 0 (GKD ``--diito_alpha_cos``).
         causal_cosine_weight: the same for the intervened pass (GKD ``--diito_alpha_causal_cos``).
-        temperature: softmax temperature ``T`` (GKD ``--distill_temperature``).
-        soft_positions: positions of the KL terms: ``"masked_tokens"`` (MLM targets) or ``"all_tokens"``
-            (every non-padding token, GKD ``--distill_only_mask_pad``).
-        reduction: ``"masked_mean"`` or ``"gkd"`` (reference normalisation, for parity).
+        reduction: of the cosine terms: ``"masked_mean"`` or ``"gkd"`` (reference normalisation, for parity).
+        prediction: pass 0's soft and MLM terms: ``soft_weight`` (GKD ``--diito_alpha_ce``, 0.25),
+            ``hard_weight`` (the MLM loss, GKD ``--diito_alpha_mlm``, 0.25), ``temperature`` (GKD
+            ``--distill_temperature``, 2), ``soft_positions``: ``"masked_tokens"`` (MLM targets) or
+            ``"all_tokens"`` (every non-padding token, GKD ``--distill_only_mask_pad``), ``reduction``
+            (``"gkd"`` for parity).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule` (``forward_repeats`` may
             be 1 (GKD ``--forward_repeat_num=1``) or left at its default: the method always runs its two passes).
     """
@@ -100,6 +111,8 @@ class DIITO(DistillationModule):
     #: Pass 0's logits are read by the soft and hard terms only, pass 1's by the causal soft term only,
     #: so compact heads compute only those rows (see :meth:`compute_losses`).
     prediction_only_logits = True
+    #: Arguments of earlier releases and where they are now (the CLI's "did you mean" reads it).
+    moved_arguments: ClassVar[dict[str, str]] = {"mlm_weight": "prediction.hard_weight"}
 
     def __init__(
         self,
@@ -108,28 +121,25 @@ class DIITO(DistillationModule):
         interchange_prop: float = 0.3,
         interchange_way: InterchangeWay = "consecutive",
         interchange_max_token: int | None = None,
-        mlm_weight: float = 0.25,
-        soft_weight: float = 0.25,
         causal_soft_weight: float = 0.25,
         cosine_weight: float = 0.25,
         causal_cosine_weight: float = 0.0,
-        temperature: float = 2.0,
-        soft_positions: DiitoSoftPositions = "masked_tokens",
         reduction: Reduction = "masked_mean",
+        prediction: PredictionLoss = DIITO_PREDICTION,
         **kwargs,
     ) -> None:
         repeats = kwargs.pop("forward_repeats", 1)
         if repeats not in (0, 1):  # 0 is the base default (the CLI passes it), 1 the seed's value
             raise ValueError(f"DIITO always runs two passes (normal and intervened); set forward_repeats to 1, got {repeats}.")
-        weights = {"mlm_weight": mlm_weight, "soft_weight": soft_weight, "causal_soft_weight": causal_soft_weight,
-                       "cosine_weight": cosine_weight, "causal_cosine_weight": causal_cosine_weight}
+        if prediction is None:
+            raise ValueError("DIITO's pass 0 is its prediction loss: give `prediction` (set its weights to 0 to turn terms off), not None.")
+        weights = {"prediction.hard_weight": prediction.hard_weight, "prediction.soft_weight": prediction.soft_weight,
+                   "causal_soft_weight": causal_soft_weight, "cosine_weight": cosine_weight, "causal_cosine_weight": causal_cosine_weight}
         bad = {k: v for k, v in weights.items() if v < 0}
         if bad:
             raise ValueError(f"DIITO weights must be >= 0 (0 turns a term off), got {bad}.")
-        if soft_positions not in ("masked_tokens", "all_tokens"):
-            raise ValueError(f"soft_positions must be 'masked_tokens' or 'all_tokens', got {soft_positions!r}.")
-        prediction = PredictionLoss(soft_weight=soft_weight, hard_weight=mlm_weight, temperature=temperature,
-                                    soft_loss="kl", t2_scale=True, soft_positions=soft_positions, reduction=reduction)
+        if prediction.soft_positions not in ("masked_tokens", "all_tokens"):
+            raise ValueError(f"prediction.soft_positions must be 'masked_tokens' or 'all_tokens', got {prediction.soft_positions!r}.")
         super().__init__(prediction=prediction, forward_repeats=1, **kwargs)
         if self.task_head != "masked_lm":
             raise ValueError(
@@ -151,8 +161,7 @@ class DIITO(DistillationModule):
             raise ValueError(f"alignment must be 'full', 'middle' or 'late', got {alignment!r}.")
         if max(weights.values()) == 0:
             raise ValueError("Every DIITO weight is 0: nothing to train.")
-        self.causal_prediction = PredictionLoss(soft_weight=causal_soft_weight, hard_weight=0.0, temperature=temperature,
-                                                soft_loss="kl", t2_scale=True, soft_positions=soft_positions, reduction=reduction)
+        self.causal_prediction = replace(prediction, soft_weight=causal_soft_weight, hard_weight=0.0)
         self.alignment, self.interchange_prop = alignment, interchange_prop
         self.interchange_way, self.interchange_max_token = interchange_way, interchange_max_token
         self.cosine_weight, self.causal_cosine_weight = cosine_weight, causal_cosine_weight
@@ -290,27 +299,28 @@ class DIITO(DistillationModule):
             teachers=indices,
             combine=False,
         )
-        per_teacher = [{**first, **second} for first, second in zip(normal.per_teacher, intervened.per_teacher)]
+        per_teacher = [first | second for first, second in zip(normal.per_teacher, intervened.per_teacher)]  # roles kept
         terms = {**normal.terms, **intervened.terms}
         terms.update(self.multi_teacher.combine(per_teacher, normal.step))
         return total_loss(terms, type(self).__name__)
 
-    def normal_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features) -> dict[str, Tensor]:
+    def normal_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features) -> LossTerms:
         """One teacher's weighted terms of the normal pass 0: soft and cosine."""
-        terms = {}
+        terms = LossTerms()
         if self.prediction.soft_weight > 0:
-            terms["soft"] = self.prediction.soft_features(student, teacher, batch, per_sample=self.multi_teacher.per_sample)
+            terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
         if self.cosine_weight > 0:
             terms["cosine"] = self.cosine_weight * cosine_rows(
                 student.hidden_states[-1], teacher.hidden_states[-1], batch["attention_mask"], self.reduction == "gkd"
             )
         return terms
 
-    def causal_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features) -> dict[str, Tensor]:
+    def causal_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features) -> LossTerms:
         """One teacher's weighted terms of the intervened pass 1: causal soft and causal cosine."""
-        terms = {}
+        terms = LossTerms()
         if self.causal_prediction.soft_weight > 0:
-            terms["causal_soft"] = self.causal_prediction.soft_features(student, teacher, batch, per_sample=self.multi_teacher.per_sample)
+            # The intervened models' predictions compared: a soft prediction term under another name.
+            terms.soft("causal_soft", self.causal_prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
         if self.causal_cosine_weight > 0:
             terms["causal_cosine"] = self.causal_cosine_weight * cosine_rows(
                 student.hidden_states[-1], teacher.hidden_states[-1], batch["attention_mask"], self.reduction == "gkd"

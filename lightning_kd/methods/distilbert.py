@@ -5,10 +5,16 @@ Triple loss, pre-training stage (it also runs in fine-tuning, on task logits):
 
 ``L = α_ce · T² · KL(p^T_T ‖ p^S_T) + α_mlm · L_hard + α_cos · (1 − cos(H^S_L, H^T_L))``
 
-* soft term: masked KL at temperature ``T`` over the positions chosen by ``ce_positions``;
+* soft term: masked KL at temperature ``T`` over the positions chosen by ``prediction.soft_positions``;
 * hard term: the student's own MLM loss (task cross-entropy when fine-tuning);
 * cosine term: between the last hidden states, averaged over the rows chosen by ``cos_positions``.
   It needs equal widths (inside MixBaseline, TinyBERT's fit layer may bridge them).
+
+The soft and hard terms are the method's prediction loss, the ``prediction:`` block every method
+shares: ``α_ce`` is ``prediction.soft_weight`` (default 5), ``α_mlm`` ``prediction.hard_weight``
+(default 2), ``T`` ``prediction.temperature`` (default 2). The cosine term, DistilBERT's own, is the
+reusable :class:`DistilBERTIntermediate` (MixBaseline's ``distilbert`` block: ``alpha_cos``,
+``cos_positions``, ``reduction``).
 
 Student initialisation: the paper takes every other teacher layer, keeping both ends (12→6:
 layers 0, 2, 4, 7, 9, 11). Use ``student_init: teacher_layers`` with ``student_layers`` from
@@ -16,14 +22,15 @@ layers 0, 2, 4, 7, 9, 11). Use ``student_init: teacher_layers`` with ``student_l
 
 Where we differ from the GKD reference, and why:
 
-* Soft-term positions default to every non-padding token (``ce_positions="all_tokens"``, the paper
-  and official code); the reference's default is the MLM target positions only
+* Soft-term positions default to every non-padding token (``prediction.soft_positions="all_tokens"``,
+  the paper and official code); the reference's default is the MLM target positions only
   (``"masked_tokens"``; its ``--distilbert_ce_mask_padding`` is ``"all_tokens"``).
 * Cosine rows default to non-padding tokens (``cos_positions="all_tokens"``, the reference's
   ``--distilbert_cos_mask_padding`` and the paper); ``"masked_tokens"`` is the reference default.
-* ``reduction="masked_mean"`` (default) divides by the kept rows; ``"gkd"`` divides by every
-  position and, for the cosine, counts each masked row as a loss of 1 (the reference zeroes both
-  vectors, whose cosine is 0), reproducing its logged value exactly.
+* ``reduction="masked_mean"`` (default) divides the cosine term by the kept rows; ``"gkd"`` divides
+  by every position and counts each masked row as a loss of 1 (the reference zeroes both vectors,
+  whose cosine is 0), reproducing its logged value exactly. ``prediction.reduction`` does the same
+  for the soft term (the GKD presets set both).
 * The reference silently skips the cosine whenever no MLM loss mask exists, i.e. always in
   classification fine-tuning. We compute it over the chosen tokens there too, and refuse
   ``cos_positions="masked_tokens"`` when there are no MLM targets; set ``alpha_cos: 0`` for parity.
@@ -33,70 +40,40 @@ Where we differ from the GKD reference, and why:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.method_settings import method_settings
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.hidden import cosine_distance
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
-from lightning_kd.losses.prediction import PredictionLoss, SoftPositions
+from lightning_kd.losses.prediction import PredictionLoss
 
 CosinePositions = Literal["all_tokens", "masked_tokens"]
 
 
-@dataclass
-class DistilBERTSettings:
-    """DistilBERT's knobs (the :class:`DistilBERT` arguments, and MixBaseline's ``distilbert`` block).
+#: DistilBERT's default prediction loss: ``α_ce = 5`` on ``T²``·KL at ``T = 2`` over every real token, ``α_mlm = 2``.
+DISTILBERT_PREDICTION = PredictionLoss(soft_weight=5.0, hard_weight=2.0, temperature=2.0, soft_positions="all_tokens")
 
-    Attributes:
-        temperature: softmax temperature ``T`` of the soft term.
-        alpha_ce: weight of the soft term (0 disables it).
-        alpha_mlm: weight of the student's own MLM/task loss (0 disables it).
-        alpha_cos: weight of the hidden-state cosine term (0 disables it).
-        ce_positions: MLM positions of the soft term: ``"all_tokens"`` (non-padding),
-            ``"masked_tokens"`` (MLM targets; GKD default) or ``"all_positions"`` (padding included).
-            Task logits have one row per example, so it does not apply when fine-tuning.
-        cos_positions: rows of the cosine term: ``"all_tokens"`` (non-padding) or
-            ``"masked_tokens"`` (MLM targets; pre-training only).
-        reduction: ``"masked_mean"`` or ``"gkd"`` (divide by all positions, for parity).
-    """
 
-    temperature: float = 2.0
-    alpha_ce: float = 5.0
-    alpha_mlm: float = 2.0
-    alpha_cos: float = 1.0
-    ce_positions: SoftPositions = "all_tokens"
-    cos_positions: CosinePositions = "all_tokens"
-    reduction: Reduction = "masked_mean"
+def check_distilbert_settings(settings: DistilBERTSettings) -> None:
+    """Refuse a negative ``alpha_cos``, unknown ``cos_positions`` or ``reduction`` (run on every :data:`DistilBERTSettings`)."""
+    if settings.alpha_cos < 0:
+        raise ValueError(f"DistilBERT weights must be >= 0 (0 disables a term), got alpha_cos={settings.alpha_cos}.")
+    if settings.cos_positions not in ("all_tokens", "masked_tokens"):
+        raise ValueError(f"cos_positions must be 'all_tokens' or 'masked_tokens', got {settings.cos_positions!r}.")
+    if settings.reduction not in ("masked_mean", "gkd"):
+        raise ValueError(f"Unknown reduction {settings.reduction!r}; choose 'masked_mean' or 'gkd'.")
 
-    def __post_init__(self) -> None:
-        weights = {"alpha_ce": self.alpha_ce, "alpha_mlm": self.alpha_mlm, "alpha_cos": self.alpha_cos}
-        negative = {k: v for k, v in weights.items() if v < 0}
-        if negative:
-            raise ValueError(f"DistilBERT weights must be >= 0 (0 disables a term), got {negative}.")
-        if self.cos_positions not in ("all_tokens", "masked_tokens"):
-            raise ValueError(f"cos_positions must be 'all_tokens' or 'masked_tokens', got {self.cos_positions!r}.")
-        self.prediction_loss()  # validates temperature, ce_positions and reduction
 
-    def prediction_loss(self) -> PredictionLoss:
-        """The soft + hard part as a :class:`PredictionLoss`: ``α_ce·T²·KL`` and ``α_mlm·L_hard``."""
-        if self.ce_positions not in ("masked_tokens", "all_tokens", "all_positions"):
-            raise ValueError(
-                f"ce_positions must be 'all_tokens', 'masked_tokens' or 'all_positions', got {self.ce_positions!r}."
-            )
-        if self.reduction not in ("masked_mean", "gkd"):
-            raise ValueError(f"Unknown reduction {self.reduction!r}; choose 'masked_mean' or 'gkd'.")
-        return PredictionLoss(
-            soft_weight=self.alpha_ce,
-            hard_weight=self.alpha_mlm,
-            temperature=self.temperature,
-            soft_loss="kl",
-            t2_scale=True,
-            soft_positions=self.ce_positions,
-            reduction=self.reduction,
+def check_distilbert_prediction(prediction: PredictionLoss) -> None:
+    """Refuse soft-term positions that do not exist (``PredictionLoss`` reads them only at a step)."""
+    if prediction.soft_positions not in ("masked_tokens", "all_tokens", "all_positions"):
+        raise ValueError(
+            "prediction.soft_positions (DistilBERT's ce_positions before it) must be 'all_tokens', 'masked_tokens' or "
+            f"'all_positions', got {prediction.soft_positions!r}."
         )
 
 
@@ -104,7 +81,7 @@ class DistilBERTIntermediate(nn.Module):
     """DistilBERT's cosine term on the last hidden states; shared by :class:`DistilBERT` and MixBaseline.
 
     Args:
-        settings: the knobs (only ``alpha_cos``, ``cos_positions`` and ``reduction`` are used here).
+        settings: the knobs (``alpha_cos``, ``cos_positions``, ``reduction``).
         student_config: the student's HF config.
         teacher_configs: each teacher's HF config.
         task_head: ``"masked_lm"`` or ``"sequence_classification"`` (MLM targets exist only in the former).
@@ -172,15 +149,16 @@ class DistilBERT(DistillationModule):
     """DistilBERT triple-loss distillation (soft KL, hard MLM, hidden cosine); both stages.
 
     Args:
-        temperature: softmax temperature ``T`` of the soft term (paper and GKD seed: 2).
-        alpha_ce: weight of the soft ``T²``·KL term (paper: 5).
-        alpha_mlm: weight of the student's own MLM (or task) loss (paper: 2).
-        alpha_cos: weight of the last-hidden-state cosine term (paper: 1); needs equal widths.
-        ce_positions: MLM positions of the soft term: ``"all_tokens"`` (default, paper),
-            ``"masked_tokens"`` (GKD default) or ``"all_positions"``.
-        cos_positions: rows of the cosine term: ``"all_tokens"`` (default) or ``"masked_tokens"``
-            (pre-training only).
-        reduction: ``"masked_mean"`` or ``"gkd"`` (parity: divide by all positions).
+        alpha_cos: weight of the last-hidden-state cosine term (paper: 1; 0 disables it); needs equal widths.
+        cos_positions: rows of the cosine term: ``"all_tokens"`` (non-padding; default) or
+            ``"masked_tokens"`` (MLM targets; pre-training only).
+        reduction: of the cosine term: ``"masked_mean"`` or ``"gkd"`` (divide by all positions, for parity).
+        prediction: the soft and hard terms: ``soft_weight`` is the paper's ``α_ce`` (5),
+            ``hard_weight`` its ``α_mlm`` (2), ``temperature`` its ``T`` (2); ``soft_positions`` the MLM
+            positions of the soft term: ``"all_tokens"`` (default, paper), ``"masked_tokens"`` (GKD
+            default) or ``"all_positions"``. A YAML ``prediction:`` block changes only the keys it
+            lists; from Python, start from these defaults:
+            ``dataclasses.replace(DISTILBERT_PREDICTION, temperature=4.0)``.
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
 
     Raises:
@@ -191,31 +169,33 @@ class DistilBERT(DistillationModule):
     #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
     #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
     prediction_only_logits = True
+    #: Arguments of earlier releases and where they are now (the CLI's "did you mean" reads it).
+    moved_arguments: ClassVar[dict[str, str]] = {
+        "alpha_ce": "prediction.soft_weight",
+        "alpha_mlm": "prediction.hard_weight",
+        "ce_positions": "prediction.soft_positions",
+    }
 
     def __init__(
         self,
         *,
-        temperature: float = 2.0,
-        alpha_ce: float = 5.0,
-        alpha_mlm: float = 2.0,
         alpha_cos: float = 1.0,
-        ce_positions: SoftPositions = "all_tokens",
         cos_positions: CosinePositions = "all_tokens",
         reduction: Reduction = "masked_mean",
+        prediction: PredictionLoss | None = DISTILBERT_PREDICTION,
         **kwargs,
     ) -> None:
-        settings = DistilBERTSettings(
-            temperature=temperature,
-            alpha_ce=alpha_ce,
-            alpha_mlm=alpha_mlm,
-            alpha_cos=alpha_cos,
-            ce_positions=ce_positions,
-            cos_positions=cos_positions,
-            reduction=reduction,
-        )
-        if alpha_ce == alpha_mlm == alpha_cos == 0:
-            raise ValueError("DistilBERT has nothing to train: alpha_ce, alpha_mlm and alpha_cos are all 0.")
-        super().__init__(prediction=settings.prediction_loss(), **kwargs)
+        settings = DistilBERTSettings.from_arguments(locals())
+        if prediction is not None:
+            check_distilbert_prediction(prediction)
+        if alpha_cos == 0 and (prediction is None or prediction.soft_weight == prediction.hard_weight == 0):
+            raise ValueError("DistilBERT has nothing to train: prediction.soft_weight, prediction.hard_weight and alpha_cos are all 0.")
+        super().__init__(prediction=prediction, **kwargs)
         self.intermediate = DistilBERTIntermediate(
             settings, self.student.config, [t.config for t in self.teachers], self.task_head
         )
+
+
+#: DistilBERT's cosine-term arguments (``alpha_cos``, ``cos_positions``, ``reduction``) as one object:
+#: what :class:`DistilBERTIntermediate` is built from, and MixBaseline's ``distilbert`` block.
+DistilBERTSettings = method_settings(DistilBERT, "DistilBERTSettings", check=check_distilbert_settings)

@@ -6,7 +6,14 @@ The student matches the teacher's full-vocabulary distribution at every token po
 both stages. Pre-training uses the models' MLM logits. Fine-tuning uses the same word-prediction
 distribution, read from the last hidden state through an LM head kept beside the task head (see
 ``vocab_head``), and then — the seed's last step — plain soft-label KD on the task logits
-(``vocabulary_weight: 0``, ``soft_weight: 1``).
+(``vocabulary_weight: 0``, ``prediction: {soft_weight: 1}``).
+
+The word-prediction term is not a :class:`~lightning_kd.losses.prediction.PredictionLoss`: it reads
+the vocabulary logits (a classifier's through an extra LM head), at its own ``positions``, with a
+top-n restriction, so its knobs (``temperature``, ``vocabulary_loss``, ``positions``, ``top_n``,
+``reduction``) are the method's own arguments. The optional soft/hard terms on the model's own
+logits are a plain prediction loss: the ``prediction:`` block every method shares (off by default),
+with its own ``temperature`` and ``reduction``.
 
 Design decision (fine-tuning): GLM ties its LM head to the input embeddings, so every GLM
 classifier still has one. A ``…ForSequenceClassification`` model has none; ``vocab_head="mlm"``
@@ -39,7 +46,7 @@ from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.logit_rows import LogitRows, widest
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
-from lightning_kd.losses.prediction import PredictionLoss, SoftLoss, SoftPositions
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.vocabulary import (
     TopNMode,
     VocabularyLoss,
@@ -60,7 +67,7 @@ class LogitsDistil(DistillationModule):
     """Word-prediction distillation over full-vocabulary logits at every position (GLMD).
 
     Args:
-        temperature: softmax temperature ``T`` of the vocabulary KL (``T²·KL_T``) and of the soft term.
+        temperature: softmax temperature ``T`` of the vocabulary KL (``T²·KL_T``).
         vocabulary_weight: weight of the word-prediction term; 0 turns it off (the seed's last
             fine-tuning step, GKD ``--logitsdistil_wo_inter``).
         vocabulary_loss: ``"kl"`` or ``"mse"`` (raw logits; GKD ``--logitsdistil_mse``).
@@ -71,7 +78,8 @@ class LogitsDistil(DistillationModule):
             vocabulary in ``(0, 1)``); GKD ``--logitsdistil_top_n``. Experimental.
         top_n_mode: ``"restrict"`` (compare the top-n columns, plus a hinge on the others) or
             ``"teacher_min"`` (lower the teacher's other logits to its minimum; GKD ``--logitsdistil_teacher_min``).
-        reduction: ``"masked_mean"`` (divide by the covered positions) or ``"gkd"`` (by all positions).
+        reduction: of the word-prediction term: ``"masked_mean"`` (divide by the covered positions)
+            or ``"gkd"`` (by all positions).
         vocab_head: fine-tuning only: how a classifier yields vocabulary logits: ``"mlm"`` (default;
             the family's masked-LM head, or a decoder LM's ``lm_head``, from a checkpoint) or
             ``"tied"`` (``H·Eᵀ``, GLM's head; refused for factorised embeddings).
@@ -79,12 +87,11 @@ class LogitsDistil(DistillationModule):
             ``…ForMaskedLM`` / ``…ForCausalLM`` model of the student's family); default: the student's
             own checkpoint, or the first teacher's head when the student copies teacher layers.
         teacher_mlm_heads: one head source per teacher; default: each teacher's own checkpoint.
-        soft_weight: weight of the prediction-level soft term on the model's own logits (task
-            logits when fine-tuning; GKD ``--distill_ft_soft``/``--distill_pt_soft``).
-        hard_weight: weight of the student's own task/MLM loss (GKD's GLMD uses none).
-        soft_loss: ``"kl"``, ``"ce"`` or ``"mse"`` for the soft term.
-        t2_scale: multiply the ``kl``/``ce`` soft term by ``T²``.
-        soft_positions: MLM positions of the soft term (``"masked_tokens"``, ``"all_tokens"``, ``"all_positions"``).
+        prediction: the prediction-level terms on the model's own logits (task logits when
+            fine-tuning): ``soft_weight`` (GKD ``--distill_ft_soft``/``--distill_pt_soft``),
+            ``hard_weight`` (GKD's GLMD uses none), ``temperature``, ``soft_loss``, ``t2_scale``,
+            ``soft_positions``, ``reduction``; ``None`` (default): none. Its temperature is its own
+            (the GKD presets repeat the vocabulary term's).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
@@ -110,31 +117,16 @@ class LogitsDistil(DistillationModule):
         vocab_head: VocabHead | None = None,
         student_mlm_head: ModelSource | None = None,
         teacher_mlm_heads: list[ModelSource] | None = None,
-        soft_weight: float = 0.0,
-        hard_weight: float = 0.0,
-        soft_loss: SoftLoss = "kl",
-        t2_scale: bool = True,
-        soft_positions: SoftPositions = "masked_tokens",
+        prediction: PredictionLoss | None = None,
         **kwargs,
     ) -> None:
-        prediction = None
-        if soft_weight or hard_weight:
-            prediction = PredictionLoss(
-                soft_weight=soft_weight,
-                hard_weight=hard_weight,
-                temperature=temperature,
-                soft_loss=soft_loss,
-                t2_scale=t2_scale,
-                soft_positions=soft_positions,
-                reduction=reduction,
-            )
         super().__init__(prediction=prediction, **kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         if vocabulary_weight < 0:
             raise ValueError(f"vocabulary_weight must be >= 0 (0 turns the word-prediction term off), got {vocabulary_weight}.")
-        if vocabulary_weight == 0 and prediction is None:
-            raise ValueError("Every term is off: set vocabulary_weight > 0, or soft_weight/hard_weight > 0.")
+        if vocabulary_weight == 0 and (prediction is None or prediction.soft_weight == prediction.hard_weight == 0):
+            raise ValueError("Every term is off: set vocabulary_weight > 0, or give a `prediction` with soft_weight/hard_weight > 0.")
         self.temperature, self.vocabulary_weight, self.vocabulary_loss = temperature, vocabulary_weight, vocabulary_loss
         self.positions, self.top_n, self.top_n_mode, self.reduction = positions, top_n, top_n_mode, reduction
         pretraining = self.task_head == "masked_lm"

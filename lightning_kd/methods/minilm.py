@@ -21,11 +21,10 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
+from lightning_kd.core.method_settings import method_settings
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import (
     attention_kl,
@@ -33,21 +32,6 @@ from lightning_kd.losses.attention import (
     relation_kl,
 )
 from lightning_kd.losses.prediction import PredictionLoss
-
-
-@dataclass
-class MiniLMSettings:
-    """MiniLM's knobs (the :class:`MiniLM` arguments, and MixBaseline's ``minilm`` block).
-
-    Attributes:
-        gkd_double_softmax: compute the attention term as the GKD reference does (softmax applied
-            to the attention probabilities again) instead of the paper's KL.
-        mask_padding: leave padded query rows out of both terms and padded keys out of the
-            value-relation softmax (padded keys never carry attention probability either way).
-    """
-
-    gkd_double_softmax: bool = False
-    mask_padding: bool = False
 
 
 class MiniLMIntermediate(nn.Module):
@@ -110,8 +94,10 @@ class MiniLM(DistillationModule):
     """MiniLM deep self-attention distillation of the last layer (both stages; GKD uses pre-training).
 
     Args:
-        gkd_double_softmax: reproduce the reference's double-softmax attention term (parity only).
-        mask_padding: leave padded query rows (and padded value-relation keys) out of the loss.
+        gkd_double_softmax: compute the attention term as the GKD reference does (softmax applied to
+            the attention probabilities again) instead of the paper's KL (parity only).
+        mask_padding: leave padded query rows out of both terms and padded keys out of the
+            value-relation softmax (padded keys never carry attention probability either way).
         prediction: an optional prediction-level loss added to the two terms (``None``: none, as in
             the paper and GKD).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
@@ -133,5 +119,10 @@ class MiniLM(DistillationModule):
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)
-        settings = MiniLMSettings(gkd_double_softmax=gkd_double_softmax, mask_padding=mask_padding)
+        settings = MiniLMSettings.from_arguments(locals())
         self.intermediate = MiniLMIntermediate(settings, self.student.config, [t.config for t in self.teachers])
+
+
+#: MiniLM's arguments (``gkd_double_softmax``, ``mask_padding``) as one object: what
+#: :class:`MiniLMIntermediate` is built from, and MixBaseline's ``minilm`` block.
+MiniLMSettings = method_settings(MiniLM, "MiniLMSettings")

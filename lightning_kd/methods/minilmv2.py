@@ -25,12 +25,12 @@ Where we differ from the GKD reference, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features, shared_key_mask
+from lightning_kd.core.method_settings import method_settings
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import relation_kl, split_relation_heads
 from lightning_kd.losses.prediction import PredictionLoss
@@ -39,34 +39,15 @@ PaddedQueries = Literal["drop", "keep"]
 _RELATIONS = (("query_relation", "queries"), ("key_relation", "keys"), ("value_relation", "values"))
 
 
-@dataclass
-class MiniLMv2Settings:
-    """MiniLMv2's knobs (the :class:`MiniLMv2` arguments, and MixBaseline's ``minilmv2`` block).
-
-    Attributes:
-        relation_heads: number of relation heads ``A_r``; must divide the student's and each
-            teacher's width (48 suits 384/768-wide models, 64 a 1024-wide teacher). A list gives one
-            value per teacher (GKD ``--minilmv2_relation_heads_mt``).
-        teacher_layer: the teacher layer to match, 1-based; negative counts from the end
-            (``-1`` = last). A list gives one value per teacher.
-        mask_padding: leave padding out of the relation softmax and the mean.
-        padded_queries: with ``mask_padding``, ``"drop"`` padded query rows from the mean (default) or
-            ``"keep"`` them (PaddleNLP's implementation: padded keys masked, every query row averaged).
-    """
-
-    relation_heads: int | list[int] = 48
-    teacher_layer: int | list[int] = -1
-    mask_padding: bool = False
-    padded_queries: PaddedQueries = "drop"
-
-    def __post_init__(self) -> None:
-        if self.padded_queries not in ("drop", "keep"):
-            raise ValueError(f"padded_queries must be 'drop' or 'keep', got {self.padded_queries!r}.")
-        if self.padded_queries == "keep" and not self.mask_padding:
-            raise ValueError(
-                "padded_queries='keep' keeps padded query rows of a padding-masked relation; without mask_padding every "
-                "row and key already counts. Set mask_padding=True, or leave padded_queries at 'drop'."
-            )
+def check_minilmv2_settings(settings: MiniLMv2Settings) -> None:
+    """Refuse an unknown ``padded_queries`` and ``"keep"`` without ``mask_padding`` (run on every :data:`MiniLMv2Settings`)."""
+    if settings.padded_queries not in ("drop", "keep"):
+        raise ValueError(f"padded_queries must be 'drop' or 'keep', got {settings.padded_queries!r}.")
+    if settings.padded_queries == "keep" and not settings.mask_padding:
+        raise ValueError(
+            "padded_queries='keep' keeps padded query rows of a padding-masked relation; without mask_padding every "
+            "row and key already counts. Set mask_padding=True, or leave padded_queries at 'drop'."
+        )
 
 
 def per_teacher(value: int | list[int], count: int, name: str) -> list[int]:
@@ -158,11 +139,14 @@ class MiniLMv2(DistillationModule):
     """MiniLMv2 multi-head self-attention relation distillation (both stages; GKD uses pre-training).
 
     Args:
-        relation_heads: relation heads ``A_r`` (int, or one per teacher); must divide every width.
-        teacher_layer: teacher layer to match, 1-based, negative from the end (int, or one per teacher).
-        mask_padding: leave padding out of the relations (off = GKD parity).
-        padded_queries: with ``mask_padding``: ``"drop"`` padded query rows from the mean, or ``"keep"``
-            them (PaddleNLP parity: padded keys masked, padded query rows averaged).
+        relation_heads: number of relation heads ``A_r``; must divide the student's and each
+            teacher's width (48 suits 384/768-wide models, 64 a 1024-wide teacher). A list gives one
+            value per teacher (GKD ``--minilmv2_relation_heads_mt``).
+        teacher_layer: the teacher layer to match, 1-based; negative counts from the end
+            (``-1`` = last). A list gives one value per teacher.
+        mask_padding: leave padding out of the relation softmax and the mean (off = GKD parity).
+        padded_queries: with ``mask_padding``, ``"drop"`` padded query rows from the mean (default) or
+            ``"keep"`` them (PaddleNLP's implementation: padded keys masked, every query row averaged).
         prediction: an optional prediction-level loss added to the relation terms (``None``: none,
             as in the paper and GKD).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
@@ -186,7 +170,10 @@ class MiniLMv2(DistillationModule):
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)
-        settings = MiniLMv2Settings(
-            relation_heads=relation_heads, teacher_layer=teacher_layer, mask_padding=mask_padding, padded_queries=padded_queries
-        )
+        settings = MiniLMv2Settings.from_arguments(locals())
         self.intermediate = MiniLMv2Intermediate(settings, self.student.config, [t.config for t in self.teachers])
+
+
+#: MiniLMv2's arguments (``relation_heads``, ``teacher_layer``, ``mask_padding``, ``padded_queries``)
+#: as one object: what :class:`MiniLMv2Intermediate` is built from, and MixBaseline's ``minilmv2`` block.
+MiniLMv2Settings = method_settings(MiniLMv2, "MiniLMv2Settings", check=check_minilmv2_settings)

@@ -8,8 +8,10 @@ prediction-level losses:
 
 Intermediate parts (``methods``): ``TinyBERT`` (:class:`~lightning_kd.methods.tinybert.TinyBERTIntermediate`),
 ``MiniLMv2``, ``MiniLM``, ``DistilBERT`` (its cosine term). Each is configured by its settings block
-(``tinybert``, ``minilmv2``, ``minilm``, ``distilbert``) and weighted by ``method_weights`` (1 each
-by default, as the reference). Every part owns its learnable pieces (TinyBERT's fit layers).
+(``tinybert``, ``minilmv2``, ``minilm``, ``distilbert``), which takes the keys that method takes
+itself (``tinybert: {terms: [final], layer_map: last}`` as ``TinyBERT(terms=[final], layer_map=last)``;
+everything but ``prediction``), and weighted by ``method_weights`` (1 each by default, as the
+reference). Every part owns its learnable pieces (TinyBERT's fit layers).
 
 Prediction-level parts:
 
@@ -17,12 +19,13 @@ Prediction-level parts:
 * ``prediction_from: [TinyBERT]``: TinyBERT's prediction loss, which in the reference is the plain
   loss again at temperature ``tinybert_temperature`` (GKD ``--mixbaseline_tinybert_t``, default 1);
   it needs ``prediction`` as its template.
-* ``prediction_from: [DistilBERT]``: DistilBERT's ``α_ce·T²·KL`` (and ``α_mlm`` hard weight) from
-  the ``distilbert`` block.
+* ``prediction_from: [DistilBERT]``: DistilBERT's prediction loss, ``α_ce·T²·KL`` (and the ``α_mlm``
+  hard weight): ``distilbert_prediction``, by default DistilBERT's own default
+  (:data:`~lightning_kd.methods.distilbert.DISTILBERT_PREDICTION`).
 
 The hard loss is one top-level term ``"hard"``, counted once: its weight comes from exactly one of
-``prediction.hard_weight`` and ``distilbert.alpha_mlm`` (when DistilBERT is in ``prediction_from``);
-both non-zero is an error.
+``prediction.hard_weight`` and ``distilbert_prediction.hard_weight`` (when DistilBERT is in
+``prediction_from``); both non-zero is an error.
 
 The three GKD seed recipes (``configs/gkd/mix_baseline``):
 
@@ -54,8 +57,14 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.module import DistillationModule
+from lightning_kd.core.terms import LossTerms
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.methods.distilbert import DistilBERTIntermediate, DistilBERTSettings
+from lightning_kd.methods.distilbert import (
+    DISTILBERT_PREDICTION,
+    DistilBERTIntermediate,
+    DistilBERTSettings,
+    check_distilbert_prediction,
+)
 from lightning_kd.methods.minilm import MiniLMIntermediate, MiniLMSettings
 from lightning_kd.methods.minilmv2 import MiniLMv2Intermediate, MiniLMv2Settings
 from lightning_kd.methods.tinybert import TinyBERTIntermediate, TinyBERTSettings
@@ -74,13 +83,16 @@ class MixBaseline(DistillationModule):
         tinybert: TinyBERT's settings (terms, layer map, reduction); needs TinyBERT in ``methods``.
         minilmv2: MiniLMv2's settings (relation heads, teacher layer, padding); needs MiniLMv2 in ``methods``.
         minilm: MiniLM's settings; needs MiniLM in ``methods``.
-        distilbert: DistilBERT's settings: its cosine fields apply when DistilBERT is in
-            ``methods``, its ``temperature``/``alpha_ce``/``alpha_mlm``/``ce_positions`` when it is in
-            ``prediction_from``.
+        distilbert: DistilBERT's cosine-term settings (``alpha_cos``, ``cos_positions``,
+            ``reduction``); needs DistilBERT in ``methods``.
         prediction_from: methods whose own prediction-level loss is added: ``TinyBERT`` (the
-            ``prediction`` loss again at ``tinybert_temperature``) and/or ``DistilBERT``.
+            ``prediction`` loss again at ``tinybert_temperature``) and/or ``DistilBERT``
+            (``distilbert_prediction``).
         tinybert_temperature: temperature of TinyBERT's prediction loss (default 1, GKD
             ``--mixbaseline_tinybert_t``); needs TinyBERT in ``prediction_from``.
+        distilbert_prediction: DistilBERT's prediction loss (``soft_weight`` = ``α_ce``,
+            ``hard_weight`` = ``α_mlm``, ``temperature``, ``soft_positions``); default: DistilBERT's
+            own default; needs DistilBERT in ``prediction_from``.
         prediction: the plain prediction-level loss (soft term and the single hard term).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
 
@@ -104,6 +116,7 @@ class MixBaseline(DistillationModule):
         distilbert: DistilBERTSettings | None = None,
         prediction_from: list[PredictionMethod] = [],  # noqa: B006
         tinybert_temperature: float | None = None,
+        distilbert_prediction: PredictionLoss | None = None,
         prediction: PredictionLoss | None = None,
         **kwargs,
     ) -> None:
@@ -113,8 +126,12 @@ class MixBaseline(DistillationModule):
         for name, block in blocks.items():
             if block is not None and name not in methods:
                 raise ValueError(f"`{name.lower()}` settings are given but {name} is not in `methods`; add it or remove them.")
-        if distilbert is not None and "DistilBERT" not in methods and "DistilBERT" not in prediction_from:
-            raise ValueError("`distilbert` settings are given but DistilBERT is in neither `methods` nor `prediction_from`.")
+        if distilbert is not None and "DistilBERT" not in methods:
+            where = "only in `prediction_from` (its prediction loss is `distilbert_prediction`)" if "DistilBERT" in prediction_from else (
+                "in neither `methods` nor `prediction_from`")
+            raise ValueError(f"`distilbert` settings (its cosine term) are given but DistilBERT is {where}; add it to `methods` or remove them.")
+        if distilbert_prediction is not None and "DistilBERT" not in prediction_from:
+            raise ValueError("distilbert_prediction sets DistilBERT's prediction loss: add DistilBERT to `prediction_from` or remove it.")
         if tinybert_temperature is not None and "TinyBERT" not in prediction_from:
             raise ValueError("tinybert_temperature sets TinyBERT's prediction loss: add TinyBERT to `prediction_from` or remove it.")
         if "TinyBERT" in prediction_from and prediction is None:
@@ -123,11 +140,13 @@ class MixBaseline(DistillationModule):
                 "(set its soft_weight/soft_loss; its hard_weight gives the single hard term)."
             )
         distilbert = distilbert or DistilBERTSettings()
-        distilbert_prediction = distilbert.prediction_loss() if "DistilBERT" in prediction_from else None
+        if "DistilBERT" in prediction_from:
+            distilbert_prediction = distilbert_prediction or DISTILBERT_PREDICTION
+            check_distilbert_prediction(distilbert_prediction)
         hard_sources = [p for p in (prediction, distilbert_prediction) if p is not None and p.hard_weight > 0]
         if len(hard_sources) > 1:
             raise ValueError(
-                "The hard loss would be counted twice: both prediction.hard_weight and distilbert.alpha_mlm are > 0. "
+                "The hard loss would be counted twice: both prediction.hard_weight and distilbert_prediction.hard_weight are > 0. "
                 "Set one of them to 0."
             )
         if not methods and prediction is None and not prediction_from:
@@ -185,15 +204,17 @@ class MixBaseline(DistillationModule):
             return {"hard": self.hard_weight * student.loss}
         return {}
 
-    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
-        terms: dict[str, Tensor] = {}
+    def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> LossTerms:
+        terms = LossTerms()
         for name, loss in self.soft_losses:
             if loss.soft_weight > 0:
-                terms[name] = loss.soft_features(student, teacher, batch)
+                # Every prediction part (``soft``, ``tinybert_soft``, ``distilbert_soft``) is a soft term,
+                # per example when the strategy weights examples.
+                terms.soft(name, loss.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
         for method, part in self.parts.items():
             weight = self.method_weights[method]
             for name, value in part(batch, student, teacher, teacher_index).items():
-                terms[f"{method.lower()}_{name}"] = weight * value
+                terms.intermediate(f"{method.lower()}_{name}", weight * value)
         return terms
 
 

@@ -32,7 +32,6 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import Tensor, nn
@@ -44,6 +43,7 @@ from lightning_kd.core.layer_map import (
     hidden_state_pairs,
     resolve_layer_map,
 )
+from lightning_kd.core.method_settings import method_settings
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import attention_score_mse
 from lightning_kd.losses.hidden import hidden_mse
@@ -55,35 +55,15 @@ TINYBERT_TERMS: tuple[str, ...] = ("embedding", "attention", "hidden", "final")
 _HIDDEN_TERMS = ("embedding", "hidden", "final")
 
 
-@dataclass
-class TinyBERTSettings:
-    """TinyBERT's intermediate-layer knobs (the :class:`TinyBERT` arguments, and MixBaseline's ``tinybert`` block).
-
-    Attributes:
-        terms: which intermediate terms to use: ``"embedding"`` (``H_0`` pair), ``"attention"``
-            (pre-softmax scores of every mapped layer), ``"hidden"`` (intermediate hidden states
-            ``H_1 … H_{L_S−1}``), ``"final"`` (the student's last hidden state). GKD:
-            ``--tinybert_wo_att`` = drop ``attention``; ``--tinybert_wo_emb`` = drop ``embedding``;
-            ``--tinybert_wo_final`` = drop ``final``; ``--tinybert_inter_final`` = ``[final]``;
-            ``--tinybert_only_emb_final`` = ``[embedding, final]``; ``--tinybert_only_emb`` =
-            ``[embedding]``; ``--tinybert_wo_inter`` = ``[]``.
-        layer_map: ``"uniform"`` (GKD greedy segmentation), ``"first"``, ``"last"`` or an explicit
-            list of 1-based teacher hidden-state indices, one per student layer (applied to every teacher).
-        reduction: ``"masked_mean"`` (real tokens only) or ``"gkd"`` (every position, the reference).
-    """
-
-    terms: list[TinyBERTTerm] = field(default_factory=lambda: list(TINYBERT_TERMS))
-    layer_map: LayerMap = "uniform"
-    reduction: Reduction = "masked_mean"
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.terms if t not in TINYBERT_TERMS]
-        if unknown:
-            raise ValueError(f"Unknown TinyBERT terms {unknown}; choose from {list(TINYBERT_TERMS)}.")
-        if len(set(self.terms)) != len(self.terms):
-            raise ValueError(f"TinyBERT terms {self.terms} list a term twice; list each term once.")
-        if self.reduction not in ("masked_mean", "gkd"):
-            raise ValueError(f"Unknown reduction {self.reduction!r}; choose 'masked_mean' or 'gkd'.")
+def check_tinybert_settings(settings: TinyBERTSettings) -> None:
+    """Refuse unknown or repeated terms and an unknown reduction (run on every :data:`TinyBERTSettings`)."""
+    unknown = [t for t in settings.terms if t not in TINYBERT_TERMS]
+    if unknown:
+        raise ValueError(f"Unknown TinyBERT terms {unknown}; choose from {list(TINYBERT_TERMS)}.")
+    if len(set(settings.terms)) != len(settings.terms):
+        raise ValueError(f"TinyBERT terms {settings.terms} list a term twice; list each term once.")
+    if settings.reduction not in ("masked_mean", "gkd"):
+        raise ValueError(f"Unknown reduction {settings.reduction!r}; choose 'masked_mean' or 'gkd'.")
 
 
 def tinybert_pairs(teacher_layers: int, student_layers: int, layer_map: LayerMap = "uniform") -> dict[str, list[tuple[int, int]]]:
@@ -184,11 +164,16 @@ class TinyBERT(DistillationModule):
     """TinyBERT layer-wise distillation (general and task-specific, intermediate and prediction stages).
 
     Args:
-        terms: intermediate terms: any of ``"embedding"``, ``"attention"``, ``"hidden"``, ``"final"``
-            (default all four); ``[]`` for the prediction stage (then ``prediction`` is required).
-        layer_map: ``"uniform"`` (default), ``"first"``, ``"last"`` or a list of 1-based teacher
-            hidden-state indices, one per student layer.
-        reduction: ``"masked_mean"`` (padding excluded) or ``"gkd"`` (every position, for parity).
+        terms: which intermediate terms to use (default all four): ``"embedding"`` (``H_0`` pair),
+            ``"attention"`` (pre-softmax scores of every mapped layer), ``"hidden"`` (intermediate
+            hidden states ``H_1 … H_{L_S−1}``), ``"final"`` (the student's last hidden state); ``[]``
+            for the prediction stage (then ``prediction`` is required). GKD: ``--tinybert_wo_att`` =
+            drop ``attention``; ``--tinybert_wo_emb`` = drop ``embedding``; ``--tinybert_wo_final`` =
+            drop ``final``; ``--tinybert_inter_final`` = ``[final]``; ``--tinybert_only_emb_final`` =
+            ``[embedding, final]``; ``--tinybert_only_emb`` = ``[embedding]``; ``--tinybert_wo_inter`` = ``[]``.
+        layer_map: ``"uniform"`` (default; GKD greedy segmentation), ``"first"``, ``"last"`` or a list
+            of 1-based teacher hidden-state indices, one per student layer (applied to every teacher).
+        reduction: ``"masked_mean"`` (real tokens only) or ``"gkd"`` (every position, the reference).
         prediction: the prediction-level loss; ``None`` (default) in the intermediate stages. GKD
             prediction stage: ``{soft_loss: ce, t2_scale: false, temperature: 1, hard_weight: 0}``.
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
@@ -212,7 +197,12 @@ class TinyBERT(DistillationModule):
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)
-        settings = TinyBERTSettings(terms=list(terms), layer_map=layer_map, reduction=reduction)
+        settings = TinyBERTSettings.from_arguments(locals())
         if not settings.terms and prediction is None:
             raise ValueError("TinyBERT has nothing to train: list intermediate `terms` or give a `prediction` loss.")
         self.intermediate = TinyBERTIntermediate(settings, self.student.config, [t.config for t in self.teachers])
+
+
+#: TinyBERT's intermediate-layer arguments (``terms``, ``layer_map``, ``reduction``) as one object:
+#: what :class:`TinyBERTIntermediate` is built from, and MixBaseline's ``tinybert`` block.
+TinyBERTSettings = method_settings(TinyBERT, "TinyBERTSettings", check=check_tinybert_settings)

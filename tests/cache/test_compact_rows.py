@@ -11,6 +11,7 @@ from lightning_kd.cache import TeacherCache
 from lightning_kd.cache.layout import TOPK_FILL, RecordLayout
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.logit_rows import row_mask
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD, DistilBERT, TinyBERT
 from tests.cache import StubData, count_forwards, indexed_batches
 from tests.conftest import make_tiny_bert
@@ -35,7 +36,7 @@ def _compare(got, want, tolerance=(1e-5, 1e-6)):
             torch.testing.assert_close(a[name], b[name], rtol=tolerance[0], atol=tolerance[1], msg=name)
 
 
-@pytest.mark.parametrize("build", [lambda **kw: KD(temperature=2.0, **kw), lambda **kw: DistilBERT(**kw), lambda **kw: TinyBERT(**kw)],
+@pytest.mark.parametrize("build", [lambda **kw: KD(prediction=PredictionLoss(temperature=2.0), **kw), lambda **kw: DistilBERT(**kw), lambda **kw: TinyBERT(**kw)],
                          ids=["KD (labelled rows)", "DistilBERT (token rows)", "TinyBERT (no rows)"])
 def test_a_cached_run_equals_a_live_run_with_and_without_compact_heads(build, tmp_path):
     cache = TeacherCache(path=str(tmp_path), top_k=None, dtype="float32", verify_batches=1)
@@ -55,7 +56,7 @@ def test_a_cached_run_equals_a_live_run_with_and_without_compact_heads(build, tm
 
 def test_kd_stores_top_k_logits_of_the_labelled_rows_only(tmp_path):
     cache = TeacherCache(path=str(tmp_path), top_k=4, verify_batches=0)
-    method = KD(**_pair(), temperature=2.0, teacher_cache=cache)
+    method = KD(**_pair(), prediction=PredictionLoss(temperature=2.0), teacher_cache=cache)
     batches = indexed_batches("mlm")
     cache.fill(method, StubData(batches))
     layout = RecordLayout.from_description(__import__("json").loads((tmp_path / "teacher0" / "manifest.json").read_text())["layout"])

@@ -10,6 +10,7 @@ from lightning_kd.cache import CacheMismatchError, TeacherCache
 from lightning_kd.core.features import FeatureRequest
 from lightning_kd.core.random_inputs import RandomInputs
 from lightning_kd.data import PretrainDataModule
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD, MiniLM, Theseus
 from tests.cache import StubData, count_forwards, indexed_batches
 from tests.conftest import make_tiny_bert
@@ -68,7 +69,7 @@ def test_outside_a_trainer_the_cache_must_be_opened(tmp_path):
 
 
 @pytest.mark.parametrize("build, term", [
-    (lambda cache: KD(**_pair("mlm"), soft_positions="all_positions", teacher_cache=cache), "soft"),
+    (lambda cache: KD(**_pair("mlm"), prediction=PredictionLoss(soft_positions="all_positions"), teacher_cache=cache), "soft"),
     (lambda cache: MiniLM(**_pair(), teacher_cache=cache), "attention"),  # mask_padding=False reads padded rows
 ])
 def test_the_sample_check_refuses_terms_that_read_teacher_padding(tmp_path, build, term):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightning_kd.cache import TeacherCache
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD, MiniLM, TinyBERT
 from tests.cache import StubData, count_forwards, indexed_batches
 from tests.conftest import make_tiny_bert
@@ -45,7 +46,7 @@ def _students(kind):
 
 def test_kd_classification_logits(tmp_path):
     teacher, student = _students("classification")
-    method = KD(teacher=teacher, student=student, temperature=2.0, teacher_cache=TeacherCache(path=str(tmp_path), verify_batches=0))
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0), teacher_cache=TeacherCache(path=str(tmp_path), verify_batches=0))
     terms = _round_trip(method, "classification", tmp_path, method.teacher_cache)
     assert terms[0]["soft"] > 0
     assert (tmp_path / "teacher0" / "manifest.json").is_file()
@@ -71,7 +72,7 @@ def test_minilm_queries_keys_values(tmp_path):
 def test_mlm_kd_with_full_logits(tmp_path):
     teacher, student = _students("mlm")
     cache = TeacherCache(path=str(tmp_path), top_k=None, verify_batches=0)
-    method = KD(teacher=teacher, student=student, temperature=2.0, teacher_cache=cache)
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0), teacher_cache=cache)
     _round_trip(method, "mlm", tmp_path, cache)
 
 
@@ -79,7 +80,7 @@ def test_a_cold_cache_trains_like_a_warm_one_and_the_check_passes(tmp_path):
     """Filling batches return what the cache stores, so the step does not depend on the cache's state."""
     teacher, student = _students("mlm")
     cache = TeacherCache(path=str(tmp_path), top_k=8, verify_batches=2)
-    method = KD(teacher=teacher, student=student, temperature=2.0, teacher_cache=cache)
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0), teacher_cache=cache)
     batches = indexed_batches("mlm")
     data = StubData(batches)
     cache.open(method, data)
@@ -110,7 +111,7 @@ def test_forward_repeats_read_rows_appended_in_the_same_step(tmp_path):
 def test_top_k_logits_with_a_logit_mse_are_refused(tmp_path):
     teacher, student = _students("mlm")
     cache = TeacherCache(path=str(tmp_path), top_k=8)
-    method = KD(teacher=teacher, student=student, soft_loss="mse", hard_weight=0.0, teacher_cache=cache)
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0, soft_loss="mse"), teacher_cache=cache)
     batches = indexed_batches("mlm", count=1)
     cache.open(method, StubData(batches))
     with pytest.raises(ValueError, match=r"term 'soft'.*top_k: null"):

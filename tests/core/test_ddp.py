@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
 from tests.conftest import make_batch, make_tiny_bert
 
@@ -29,7 +30,7 @@ def _method() -> KD:
     student = make_tiny_bert(seed=2, layers=2, hidden=16, **no_dropout)
     # A large epsilon makes AdamW's step proportional to the gradient; with the default 1e-8, Adam turns
     # float rounding in near-zero gradients into full ±lr steps and hides real equality.
-    return KD(teacher=teacher, student=student, temperature=2.0, learning_rate=0.5, adam_epsilon=1.0, lr_schedule="constant")
+    return KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0), learning_rate=0.5, adam_epsilon=1.0, lr_schedule="constant")
 
 
 class _Data(pl.LightningDataModule):

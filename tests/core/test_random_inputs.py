@@ -10,6 +10,7 @@ from lightning_kd.core.random_inputs import (
     random_token_ids,
     randomise_batch,
 )
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
 from tests.conftest import make_batch, make_tiny_bert
 
@@ -88,7 +89,7 @@ def test_bad_settings_fail_at_construction():
         KD(teacher=teacher, student=student, forward_repeats=-1)
     with pytest.raises(ValueError, match="hard_weight=0"):
         KD(teacher=teacher, student=student, random_inputs=RandomInputs(mode="replace"))
-    KD(teacher=teacher, student=student, hard_weight=0.0, random_inputs=RandomInputs(mode="replace"))
+    KD(teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0), random_inputs=RandomInputs(mode="replace"))
 
 
 def _record_inputs(model, store: list):
@@ -101,7 +102,7 @@ def _record_inputs(model, store: list):
 def test_only_the_chosen_passes_are_randomised_and_teacher_and_student_see_the_same_ids():
     teacher, student = make_tiny_bert(seed=1), make_tiny_bert(seed=2, layers=2, hidden=16)
     method = KD(
-        teacher=teacher, student=student, hard_weight=0.0, forward_repeats=2,
+        teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0), forward_repeats=2,
         random_inputs=RandomInputs(mode="replace", method="sample", passes=[1]),
     )
     batch = make_batch()
@@ -121,7 +122,7 @@ def test_only_the_chosen_passes_are_randomised_and_teacher_and_student_see_the_s
 def test_validation_never_sees_random_inputs():
     method = KD(
         teacher=make_tiny_bert(seed=1), student=make_tiny_bert(seed=2, layers=2, hidden=16),
-        hard_weight=0.0, random_inputs=RandomInputs(mode="replace", method="sample"),
+        prediction=PredictionLoss(hard_weight=0.0), random_inputs=RandomInputs(mode="replace", method="sample"),
     )
     method.setup("validate")
     seen: list = []
@@ -135,8 +136,8 @@ def test_validation_never_sees_random_inputs():
 def test_forward_repeats_sum_each_term_over_passes():
     teacher, student = make_tiny_bert(seed=1), make_tiny_bert(seed=2, layers=2, hidden=16)
     batch = make_batch()
-    once = KD(teacher=teacher, student=student, temperature=2.0).eval().compute_losses(batch)
-    thrice = KD(teacher=teacher, student=student, temperature=2.0, forward_repeats=2).eval().compute_losses(batch)
+    once = KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0)).eval().compute_losses(batch)
+    thrice = KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0), forward_repeats=2).eval().compute_losses(batch)
     assert set(once) == set(thrice)
     for name in once:
         torch.testing.assert_close(thrice[name], 3 * once[name])
@@ -148,12 +149,12 @@ def test_dual_mode_hard_loss_is_the_original_halfs():
         if stage == "mlm":
             teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2, hidden=16)
         batch = make_batch(stage)
-        plain = KD(teacher=teacher, student=student, soft_weight=0.0).eval().compute_losses(batch)
-        dual = KD(teacher=teacher, student=student, soft_weight=0.0, random_inputs=RandomInputs(mode="dual"))
+        plain = KD(teacher=teacher, student=student, prediction=PredictionLoss(soft_weight=0.0)).eval().compute_losses(batch)
+        dual = KD(teacher=teacher, student=student, prediction=PredictionLoss(soft_weight=0.0), random_inputs=RandomInputs(mode="dual"))
         terms = dual.eval().compute_losses(batch)
         torch.testing.assert_close(terms["hard"], plain["hard"])
         # The soft term does see the random half: it differs from the clean batch's.
-        soft_dual = KD(teacher=teacher, student=student, hard_weight=0.0, random_inputs=RandomInputs(mode="dual"))
-        soft_plain = KD(teacher=teacher, student=student, hard_weight=0.0)
+        soft_dual = KD(teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0), random_inputs=RandomInputs(mode="dual"))
+        soft_plain = KD(teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0))
         torch.manual_seed(0)
         assert not torch.allclose(soft_dual.eval().compute_losses(batch)["soft"], soft_plain.eval().compute_losses(batch)["soft"])

@@ -10,13 +10,14 @@ import torch
 
 from lightning_kd.core.features import FeatureRequest
 from lightning_kd.core.passes import entered, forward_hook, forward_pre_hook, total_loss
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
 from tests.conftest import make_batch, make_tiny_bert
 
 
 def _kd(teachers: int = 1, **kwargs) -> KD:
     sources = [make_tiny_bert(seed=1 + 2 * i) for i in range(teachers)]
-    return KD(teachers=sources, student=make_tiny_bert(seed=2, layers=2, hidden=16), temperature=2.0, **kwargs).eval()
+    return KD(teachers=sources, student=make_tiny_bert(seed=2, layers=2, hidden=16), prediction=PredictionLoss(temperature=2.0), **kwargs).eval()
 
 
 def test_the_default_pass_is_the_step_and_leaves_no_state_behind():

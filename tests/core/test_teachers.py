@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
 from tests.conftest import make_batch, make_tiny_bert
 
@@ -24,9 +25,9 @@ def test_each_teacher_keeps_its_own_precision_and_losses_stay_float32():
 def test_average_is_the_mean_over_teachers_of_each_term():
     student, batch = make_tiny_bert(seed=2, layers=2, hidden=16), make_batch()
     t1, t2 = make_tiny_bert(seed=1), make_tiny_bert(seed=5)
-    both = KD(teachers=[t1, t2], student=student, temperature=2.0).eval().compute_losses(batch)
-    first = KD(teacher=t1, student=student, temperature=2.0).eval().compute_losses(batch)
-    second = KD(teacher=t2, student=student, temperature=2.0).eval().compute_losses(batch)
+    both = KD(teachers=[t1, t2], student=student, prediction=PredictionLoss(temperature=2.0)).eval().compute_losses(batch)
+    first = KD(teacher=t1, student=student, prediction=PredictionLoss(temperature=2.0)).eval().compute_losses(batch)
+    second = KD(teacher=t2, student=student, prediction=PredictionLoss(temperature=2.0)).eval().compute_losses(batch)
     torch.testing.assert_close(both["soft"], (first["soft"] + second["soft"]) / 2)
     torch.testing.assert_close(both["hard"], first["hard"])  # the hard loss is counted once, outside the strategy
 

@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_kd.data import GlueDataModule
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
 from tests.cli_fixtures import write_classification_csvs, write_models
 from tests.conftest import make_tiny_bert
@@ -22,7 +23,7 @@ def _method() -> KD:
     teacher = make_tiny_bert(seed=1, **no_dropout)
     student = make_tiny_bert(seed=2, layers=2, hidden=16, **no_dropout)
     # adam_epsilon=1: steps proportional to gradients, so float rounding differences between runs stay tiny.
-    return KD(teacher=teacher, student=student, temperature=2.0, learning_rate=0.05, adam_epsilon=1.0, lr_schedule="constant")
+    return KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0), learning_rate=0.05, adam_epsilon=1.0, lr_schedule="constant")
 
 
 def _fit(assets: dict, root, steps: int, ckpt_path=None) -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ model projects only the rows the method reads."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -25,6 +27,8 @@ from lightning_kd.methods import (
     TinyBERT,
     VocabDistil,
 )
+from lightning_kd.methods.diito import DIITO_PREDICTION
+from lightning_kd.methods.distilbert import DISTILBERT_PREDICTION
 from lightning_kd.methods.minilmv2 import MiniLMv2Settings
 from lightning_kd.methods.multi_teacher import DGKD, MTBERT, RLKD, MixMT, Uncertainty
 from tests.conftest import make_batch, make_tiny_bert
@@ -63,18 +67,18 @@ def _vocab_distil(tmp_path_factory, **knobs):
 
     tokenizer = write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
     return VocabDistil(**_pair(16), export_tokenizer=str(tokenizer), token_counts=str(counts), size_multiple=16, temperature=2.0,
-                       hard_weight=0.5, **knobs)
+                       prediction=PredictionLoss(soft_weight=0.0, hard_weight=0.5, temperature=2.0), **knobs)
 
 
 # name → (builder, the student's rows, teacher 0's rows)
 CASES = {
-    "KD": (lambda t: KD(**_pair(16), temperature=2.0), "labelled", "labelled"),
-    "KD all_tokens gkd": (lambda t: KD(**_pair(16), soft_positions="all_tokens", reduction="gkd"), "tokens", "tokens"),
-    "KD mse no hard": (lambda t: KD(**_pair(16), soft_loss="mse", hard_weight=0.0), "labelled", "labelled"),
-    "KD all_positions": (lambda t: KD(**_pair(16), soft_positions="all_positions", soft_loss="ce"), "all", "all"),
+    "KD": (lambda t: KD(**_pair(16), prediction=PredictionLoss(temperature=2.0)), "labelled", "labelled"),
+    "KD all_tokens gkd": (lambda t: KD(**_pair(16), prediction=PredictionLoss(soft_positions="all_tokens", reduction="gkd")), "tokens", "tokens"),
+    "KD mse no hard": (lambda t: KD(**_pair(16), prediction=PredictionLoss(hard_weight=0.0, soft_loss="mse")), "labelled", "labelled"),
+    "KD all_positions": (lambda t: KD(**_pair(16), prediction=PredictionLoss(soft_loss="ce", soft_positions="all_positions")), "all", "all"),
     "StudentOnly": (lambda t: StudentOnly(student=make_tiny_bert("mlm", seed=2, layers=2)), "labelled", None),
     "DistilBERT": (lambda t: DistilBERT(**_pair()), "tokens", "tokens"),
-    "DistilBERT masked": (lambda t: DistilBERT(**_pair(), ce_positions="masked_tokens", cos_positions="masked_tokens"), "labelled", "labelled"),
+    "DistilBERT masked": (lambda t: DistilBERT(**_pair(), prediction=replace(DISTILBERT_PREDICTION, soft_positions="masked_tokens"), cos_positions="masked_tokens"), "labelled", "labelled"),
     "TinyBERT intermediate": (lambda t: TinyBERT(**_pair(16)), "none", "none"),
     "TinyBERT prediction": (lambda t: TinyBERT(**_pair(16), terms=[], prediction=PredictionLoss(temperature=2.0)), "labelled", "labelled"),
     "MiniLM": (lambda t: MiniLM(**_pair(16)), "none", "none"),
@@ -86,24 +90,24 @@ CASES = {
     "MixBaseline": (lambda t: MixBaseline(**_pair(), methods=["TinyBERT", "MiniLMv2", "MiniLM", "DistilBERT"],
                                           minilmv2=MiniLMv2Settings(relation_heads=4), prediction_from=["DistilBERT"]), "tokens", "tokens"),
     "LogitsDistil tokens": (lambda t: LogitsDistil(**_pair(16), temperature=2.0), "tokens", "tokens"),
-    "LogitsDistil targets + hard": (lambda t: LogitsDistil(**_pair(16), positions="targets", hard_weight=0.5, top_n=10), "labelled", "labelled"),
+    "LogitsDistil targets + hard": (lambda t: LogitsDistil(**_pair(16), positions="targets", prediction=PredictionLoss(soft_weight=0.0, hard_weight=0.5), top_n=10), "labelled", "labelled"),
     "LogitsDistil targets gkd mse": (lambda t: LogitsDistil(**_pair(16), positions="targets", vocabulary_loss="mse", reduction="gkd"),
                                      "labelled", "labelled"),
     "LogitsDistil all": (lambda t: LogitsDistil(**_pair(16), positions="all"), "all", "all"),
     "VocabDistil kept": (lambda t: _vocab_distil(t, positions="targets"), "labelled", "labelled"),
     "VocabDistil all columns": (lambda t: _vocab_distil(t, columns="all"), "tokens", "tokens"),
     "DIITO": (lambda t: DIITO(**_pair()), "labelled", "labelled"),
-    "DIITO all_tokens + causal cosine": (lambda t: DIITO(**_pair(), soft_positions="all_tokens", causal_cosine_weight=0.3), "tokens", "tokens"),
+    "DIITO all_tokens + causal cosine": (lambda t: DIITO(**_pair(), prediction=replace(DIITO_PREDICTION, soft_positions="all_tokens"), causal_cosine_weight=0.3), "tokens", "tokens"),
     "AnnealingKD": (lambda t: _annealing(AnnealingKD), "labelled", "labelled"),
     "ContinuationKD": (lambda t: _annealing(ContinuationKD, soft_positions="all_tokens"), "tokens", "tokens"),
     "MobileBERT": (lambda t: mobilebert.method(prediction=PredictionLoss(temperature=2.0)), "labelled", "labelled"),
-    "KD + MT-BERT": (lambda t: KD(**_teachers(), hard_weight=0.0, multi_teacher=MTBERT()), "labelled", "labelled"),
+    "KD + MT-BERT": (lambda t: KD(**_teachers(), prediction=PredictionLoss(hard_weight=0.0), multi_teacher=MTBERT()), "labelled", "labelled"),
     "KD + Uncertainty all_tokens": (lambda t: KD(**_teachers(), multi_teacher=Uncertainty(positions="all_tokens")), "tokens", "labelled"),
     "KD + Uncertainty gkd": (lambda t: KD(**_teachers(), multi_teacher=Uncertainty(reduction="gkd", mode="hard")), "labelled", "labelled"),
-    "KD + RL-KD": (lambda t: KD(**_teachers(), hard_weight=0.0, multi_teacher=RLKD(num_teachers=2, num_classes=V, positions="all_tokens")),
+    "KD + RL-KD": (lambda t: KD(**_teachers(), prediction=PredictionLoss(hard_weight=0.0), multi_teacher=RLKD(num_teachers=2, num_classes=V, positions="all_tokens")),
                    "labelled", "tokens"),
     "KD + DGKD": (lambda t: KD(**_teachers(), multi_teacher=DGKD(survival_p=0.5, sum_losses=True)), "labelled", "labelled"),
-    "KD + MixMT": (lambda t: KD(**_teachers(), hard_weight=0.0, multi_teacher=MixMT([Uncertainty(), RLKD(num_teachers=2, num_classes=V)])),
+    "KD + MixMT": (lambda t: KD(**_teachers(), prediction=PredictionLoss(hard_weight=0.0), multi_teacher=MixMT([Uncertainty(), RLKD(num_teachers=2, num_classes=V)])),
                    "labelled", "labelled"),
 }
 

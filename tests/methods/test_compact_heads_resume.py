@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_kd.data import PretrainDataModule
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
 from tests.cli_fixtures import StopAtStep, write_corpus
 from tests.conftest import make_tiny_bert, write_tiny_tokenizer
@@ -27,7 +28,7 @@ def assets(tmp_path_factory):
 def _fit(assets, root, *, compact=True, stop_at=None, ckpt_path=None):
     data = PretrainDataModule(tokenizer=str(assets["teacher"]), train_files=[str(assets["corpus"])], block_size=16, batch_size=4,
                               validation_fraction=0.1, masking_seed=0)
-    method = KD(teacher=str(assets["teacher"]), student_init="teacher_uniform", student_layers=2, temperature=2.0, hard_weight=0.5)
+    method = KD(teacher=str(assets["teacher"]), student_init="teacher_uniform", student_layers=2, prediction=PredictionLoss(hard_weight=0.5, temperature=2.0))
     method.compact_heads = compact
     callbacks = [ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_top_k=-1)]
     if stop_at is not None:

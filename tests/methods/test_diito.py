@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lightning_kd.losses.interchange import (
     teacher_block,
 )
 from lightning_kd.methods import DIITO
+from lightning_kd.methods.diito import DIITO_PREDICTION
 from tests.conftest import make_batch, make_tiny_bert
 from tests.methods.contract import check_contract
 
@@ -123,8 +125,8 @@ def _cos(a, b, keep):
 
 def test_terms_match_formulas():
     teacher, student = _mlm_pair()
-    method = DIITO(teacher=teacher, student=student, alignment="late", mlm_weight=0.1, soft_weight=0.2,
-                   causal_soft_weight=0.3, cosine_weight=0.4, causal_cosine_weight=0.5, temperature=2.0).eval()
+    method = DIITO(teacher=teacher, student=student, alignment="late",
+                   prediction=replace(DIITO_PREDICTION, soft_weight=0.2, hard_weight=0.1, temperature=2.0), causal_soft_weight=0.3, cosine_weight=0.4, causal_cosine_weight=0.5).eval()
     batch = make_batch("mlm")
     torch.manual_seed(5)
     terms = method.compute_losses(batch)
@@ -167,8 +169,8 @@ def test_terms_match_formulas():
 
 def test_gkd_reduction_counts_padding_rows_as_distance_one():
     teacher = make_tiny_bert("mlm", seed=1, layers=2)
-    method = DIITO(teacher=teacher, student=copy.deepcopy(teacher), reduction="gkd", mlm_weight=0, soft_weight=0,
-                   causal_soft_weight=0, causal_cosine_weight=0).eval()
+    method = DIITO(teacher=teacher, student=copy.deepcopy(teacher), reduction="gkd",
+                   prediction=replace(DIITO_PREDICTION, soft_weight=0, hard_weight=0, reduction="gkd"), causal_soft_weight=0, causal_cosine_weight=0).eval()
     batch = make_batch("mlm")
     pads = (batch["attention_mask"] == 0).sum().item()
     assert method.compute_losses(batch)["cosine"].item() == pytest.approx(0.25 * pads / batch["attention_mask"].numel(), abs=1e-6)
@@ -198,7 +200,7 @@ def test_padding_invariance_of_masked_terms():
 
 def test_gradients_reach_student_only_and_source_keeps_graph():
     teacher, student = _mlm_pair()
-    method = DIITO(teacher=teacher, student=student, mlm_weight=0, soft_weight=0, cosine_weight=0,
+    method = DIITO(teacher=teacher, student=student, prediction=replace(DIITO_PREDICTION, soft_weight=0, hard_weight=0), cosine_weight=0,
                    causal_soft_weight=1.0, alignment="late")
     method.compute_losses(make_batch("mlm"))["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -234,7 +236,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="'masked' mode"):
         DIITO(teacher=teacher, student=student, interchange_way="masked")
     with pytest.raises(ValueError, match=">= 0"):
-        DIITO(teacher=teacher, student=student, soft_weight=-1)
+        DIITO(teacher=teacher, student=student, prediction=replace(DIITO_PREDICTION, soft_weight=-1))
     checkpointed = make_tiny_bert("mlm", seed=2, layers=2)
     checkpointed.gradient_checkpointing_enable()
     with pytest.raises(ValueError, match="gradient_checkpointing_disable"):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import DistilBERT
+from lightning_kd.methods.distilbert import DISTILBERT_PREDICTION
 from lightning_kd.models.distilbert_init import spread_teacher_layers
 from tests.conftest import make_batch, make_tiny_bert
 from tests.methods.contract import check_contract
@@ -48,8 +51,8 @@ def test_pretraining_terms_match_formulas(ce_positions, reduction):
     student = _spread_logits(make_tiny_bert("mlm", seed=2, layers=2))
     batch, T = make_batch("mlm", batch=3, length=6), 2.0
     method = DistilBERT(
-        teacher=teacher, student=student, temperature=T, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0,
-        ce_positions=ce_positions, cos_positions="all_tokens", reduction=reduction,
+        teacher=teacher, student=student, alpha_cos=1.0, cos_positions="all_tokens", reduction=reduction,
+        prediction=PredictionLoss(soft_weight=5.0, hard_weight=2.0, temperature=T, soft_positions=ce_positions, reduction=reduction),
     ).eval()
     terms = method.compute_losses(batch)
     zs, hs = _outputs(student, batch)
@@ -77,7 +80,7 @@ def test_pretraining_terms_match_formulas(ce_positions, reduction):
 def test_cosine_over_mlm_targets_only():
     teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2)
     batch = make_batch("mlm")
-    method = DistilBERT(teacher=teacher, student=student, alpha_ce=0.0, alpha_mlm=0.0, cos_positions="masked_tokens").eval()
+    method = DistilBERT(teacher=teacher, student=student, prediction=replace(DISTILBERT_PREDICTION, soft_weight=0.0, hard_weight=0.0), cos_positions="masked_tokens").eval()
     _, hs = _outputs(student, batch)
     _, ht = _outputs(teacher, batch)
     rows = [1 - _cos_row(hs[b, n], ht[b, n]) for b, n in batch["labels"].ne(-100).nonzero().tolist()]
@@ -88,7 +91,7 @@ def test_cosine_over_mlm_targets_only():
 def test_finetuning_terms_match_formulas():
     teacher, student = _spread_logits(make_tiny_bert(seed=1)), _spread_logits(make_tiny_bert(seed=2, layers=2))
     batch, T = make_batch(), 3.0
-    method = DistilBERT(teacher=teacher, student=student, temperature=T, alpha_ce=0.5, alpha_mlm=0.25, alpha_cos=2.0).eval()
+    method = DistilBERT(teacher=teacher, student=student, prediction=replace(DISTILBERT_PREDICTION, soft_weight=0.5, hard_weight=0.25, temperature=T), alpha_cos=2.0).eval()
     terms = method.compute_losses(batch)
     zs, hs = _outputs(student, batch)
     zt, ht = _outputs(teacher, batch)
@@ -165,13 +168,13 @@ def test_bad_inputs_fail_at_construction():
     with pytest.raises(ValueError, match="needs MLM targets"):
         DistilBERT(teacher=teacher, student=make_tiny_bert(seed=2, layers=2), cos_positions="masked_tokens")
     with pytest.raises(ValueError, match="nothing to train"):
-        DistilBERT(teacher=teacher, student=narrow, alpha_ce=0, alpha_mlm=0, alpha_cos=0)
+        DistilBERT(teacher=teacher, student=narrow, prediction=replace(DISTILBERT_PREDICTION, soft_weight=0, hard_weight=0), alpha_cos=0)
     with pytest.raises(ValueError, match=">= 0"):
-        DistilBERT(teacher=teacher, student=narrow, alpha_ce=-1.0)
+        DistilBERT(teacher=teacher, student=narrow, prediction=replace(DISTILBERT_PREDICTION, soft_weight=-1.0))
     with pytest.raises(ValueError, match="ce_positions"):
-        DistilBERT(teacher=teacher, student=narrow, ce_positions="padding")
+        DistilBERT(teacher=teacher, student=narrow, prediction=replace(DISTILBERT_PREDICTION, soft_positions="padding"))
     with pytest.raises(ValueError, match="temperature"):
-        DistilBERT(teacher=teacher, student=narrow, temperature=0.0)
+        DistilBERT(teacher=teacher, student=narrow, prediction=replace(DISTILBERT_PREDICTION, temperature=0.0))
 
 
 def test_two_teachers():

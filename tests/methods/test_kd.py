@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD, StudentOnly
 from tests.conftest import make_batch, make_tiny_bert
 from tests.methods.contract import check_contract
@@ -16,7 +17,7 @@ from tests.methods.contract import check_contract
 def test_kd_contract(stage, tmp_path):
     teacher = make_tiny_bert(stage, seed=1)
     student = make_tiny_bert(stage, seed=2, layers=2, hidden=16)
-    method = KD(teacher=teacher, student=student, temperature=2.0)
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(temperature=2.0))
     check_contract(method, make_batch(stage), tmp_path)
 
 
@@ -32,7 +33,7 @@ def test_kd_finetune_loss_matches_formula():
         teacher.classifier.weight.mul_(200.0)
         student.classifier.weight.mul_(200.0)
     batch, T = make_batch(), 3.0
-    method = KD(teacher=teacher, student=student, temperature=T, soft_weight=0.7, hard_weight=0.2).eval()
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(soft_weight=0.7, hard_weight=0.2, temperature=T)).eval()
     terms = method.compute_losses(batch)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
@@ -54,7 +55,7 @@ def test_kd_finetune_loss_matches_formula():
 def test_kd_pretraining_soft_term_covers_masked_tokens_only():
     teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2)
     batch = make_batch("mlm")
-    method = KD(teacher=teacher, student=student, temperature=2.0, hard_weight=0.0).eval()
+    method = KD(teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0, temperature=2.0)).eval()
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         zs, zt = student(**inputs).logits, teacher(**inputs).logits
@@ -87,6 +88,6 @@ def test_bad_inputs_fail_fast(tiny_teacher, tiny_student):
     with pytest.raises(ValueError, match="0-based teacher layers"):
         KD(teacher=tiny_teacher, student_init="teacher_layers", student_layers=[0, 7])
     with pytest.raises(ValueError, match="temperature"):
-        KD(teacher=tiny_teacher, student=tiny_student, temperature=0)
+        KD(teacher=tiny_teacher, student=tiny_student, prediction=PredictionLoss(temperature=0))
     with pytest.raises(ValueError, match="trains the student alone"):
         StudentOnly(student=tiny_student, teacher=tiny_teacher)

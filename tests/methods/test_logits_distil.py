@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.vocabulary import (
     teacher_min_tail,
     top_n_count,
@@ -131,7 +132,7 @@ def test_old_method_pretraining_equals_kd_on_all_positions():
     teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2, hidden=16)
     batch = make_batch("mlm")
     ours = LogitsDistil(teacher=teacher, student=student, temperature=15.0, positions="all", reduction="gkd").eval()
-    kd = KD(teacher=teacher, student=student, temperature=15.0, hard_weight=0.0, soft_positions="all_positions", reduction="gkd").eval()
+    kd = KD(teacher=teacher, student=student, prediction=PredictionLoss(hard_weight=0.0, temperature=15.0, soft_positions="all_positions", reduction="gkd")).eval()
     torch.testing.assert_close(ours.compute_losses(batch)["vocabulary"], kd.compute_losses(batch)["soft"])
 
 
@@ -200,7 +201,7 @@ def test_contract_finetuning_with_mlm_heads_from_checkpoints(tmp_path):
         LogitsDistil(teacher=str(tmp_path / "teacher_cls"), student=str(tmp_path / "student_mlm"), num_labels=2)
     method = LogitsDistil(
         teacher=str(tmp_path / "teacher_cls"), student=str(tmp_path / "student_mlm"), num_labels=2,
-        teacher_mlm_heads=[str(tmp_path / "teacher_mlm")], temperature=2.0, soft_weight=1.0,
+        teacher_mlm_heads=[str(tmp_path / "teacher_mlm")], temperature=2.0, prediction=PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=2.0),
     )
     assert torch.equal(method.student_vocab_head.bias.detach(), mlm_student.cls.predictions.bias.detach())
     result = check_contract(method, make_batch(), tmp_path)
@@ -226,7 +227,7 @@ def test_last_finetuning_step_is_soft_ce_on_task_logits():
     teacher, student = make_tiny_bert(seed=1), make_tiny_bert(seed=2, layers=2, hidden=16)
     batch = make_batch()
     method = LogitsDistil(
-        teacher=teacher, student=student, vocabulary_weight=0.0, soft_weight=1.0, soft_loss="ce", t2_scale=False, temperature=1.0
+        teacher=teacher, student=student, vocabulary_weight=0.0, prediction=PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=1.0, soft_loss="ce", t2_scale=False), temperature=1.0
     ).eval()
     inputs = {k: batch[k] for k in INPUTS}
     with torch.no_grad():
@@ -255,7 +256,7 @@ def test_bad_inputs_fail_fast():
     with pytest.raises(ValueError, match="Every term is off"):
         LogitsDistil(teacher=mlm_t, student=mlm_s, vocabulary_weight=0.0)
     with pytest.raises(ValueError, match="top_n only|only shape the word-prediction"):
-        LogitsDistil(teacher=cls_t, student=cls_s, vocabulary_weight=0.0, soft_weight=1.0, top_n=20)
+        LogitsDistil(teacher=cls_t, student=cls_s, vocabulary_weight=0.0, prediction=PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=15.0), top_n=20)
     with pytest.raises(ValueError, match="top_n_mode only applies"):
         LogitsDistil(teacher=mlm_t, student=mlm_s, top_n_mode="teacher_min")
     with pytest.raises(ValueError, match="fewer than all"):
@@ -295,7 +296,7 @@ def test_student_loss_is_computed_only_when_a_term_reads_it(monkeypatch):
     teacher, student = make_tiny_bert("mlm", seed=1), make_tiny_bert("mlm", seed=2, layers=2, hidden=16)
     batch = make_batch("mlm")
     LogitsDistil(teacher=teacher, student=copy.deepcopy(student)).compute_losses(batch)
-    hard = LogitsDistil(teacher=teacher, student=copy.deepcopy(student), hard_weight=0.5).compute_losses(batch)
+    hard = LogitsDistil(teacher=teacher, student=copy.deepcopy(student), prediction=PredictionLoss(soft_weight=0.0, hard_weight=0.5)).compute_losses(batch)
     assert "hard" in hard and torch.isfinite(hard["hard"])
     student_calls = seen[::2]  # the student runs first in each step; its one teacher follows without labels
     assert student_calls == [False, True] and not any(seen[1::2])

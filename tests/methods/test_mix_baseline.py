@@ -20,8 +20,8 @@ from tests.methods.contract import check_contract
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ALL = ["TinyBERT", "MiniLMv2", "MiniLM", "DistilBERT"]
-SEED_DISTILBERT = DistilBERTSettings(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0,
-                                     ce_positions="masked_tokens", cos_positions="all_tokens")
+SEED_DISTILBERT = DistilBERTSettings(alpha_cos=1.0, cos_positions="all_tokens")
+SEED_DISTILBERT_PREDICTION = PredictionLoss(soft_weight=5.0, hard_weight=2.0, temperature=2.0, soft_positions="masked_tokens")
 
 
 def _spread(model, factor=6.0):
@@ -41,7 +41,7 @@ def test_step1_pretraining_is_the_sum_of_the_methods_own_terms():
     batch = make_batch("mlm")
     mix = MixBaseline(
         teacher=teacher, student=student, methods=ALL, minilmv2=MiniLMv2Settings(relation_heads=4),
-        distilbert=SEED_DISTILBERT, prediction_from=["DistilBERT"],
+        distilbert=SEED_DISTILBERT, distilbert_prediction=SEED_DISTILBERT_PREDICTION, prediction_from=["DistilBERT"],
     ).eval()
     assert {type(p) for p in mix.parts.values()} == {TinyBERTIntermediate, MiniLMv2Intermediate, MiniLMIntermediate, DistilBERTIntermediate}
     terms = mix.compute_losses(batch)
@@ -51,8 +51,7 @@ def test_step1_pretraining_is_the_sum_of_the_methods_own_terms():
     expected = {f"tinybert_{k}": v for k, v in tiny.compute_losses(batch).items() if k != "loss"}
     expected.update({f"minilmv2_{k}": v for k, v in MiniLMv2(teacher=teacher, student=student, relation_heads=4).eval().compute_losses(batch).items() if k != "loss"})
     expected.update({f"minilm_{k}": v for k, v in MiniLM(teacher=teacher, student=student).eval().compute_losses(batch).items() if k != "loss"})
-    distil = DistilBERT(teacher=teacher, student=student, temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0,
-                        ce_positions="masked_tokens").eval().compute_losses(batch)
+    distil = DistilBERT(teacher=teacher, student=student, prediction=SEED_DISTILBERT_PREDICTION, alpha_cos=1.0).eval().compute_losses(batch)
     expected["distilbert_soft"], expected["hard"] = distil["soft"], distil["hard"]
     # Inside MixBaseline the cosine goes through TinyBERT's fit layer (the reference's coupling).
     with torch.no_grad():
@@ -73,10 +72,11 @@ def test_step2_finetuning_with_method_weights():
     with torch.no_grad():
         teacher.classifier.weight.mul_(300.0)
     batch = make_batch()
-    no_cos = DistilBERTSettings(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=0.0)
+    no_cos = DistilBERTSettings(alpha_cos=0.0)
     mix = MixBaseline(
         teacher=teacher, student=student, methods=ALL, method_weights={"MiniLM": 3.0},
         minilmv2=MiniLMv2Settings(relation_heads=4), distilbert=no_cos, prediction_from=["DistilBERT"],
+        distilbert_prediction=PredictionLoss(soft_weight=5.0, hard_weight=2.0, temperature=2.0, soft_positions="all_tokens"),
     ).eval()
     terms = mix.compute_losses(batch)
     assert "distilbert_cos" not in terms

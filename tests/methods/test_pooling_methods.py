@@ -15,6 +15,7 @@ import torch
 
 from lightning_kd.core.features import FeatureRequest, capture
 from lightning_kd.core.pooling import pool, real_token_index, resolve_pair
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import ALPKD, KD, MGSKD, PKD, RAILKD, SID, UniversalKD
 from lightning_kd.methods.multi_teacher import RLKD
 from tests.conftest import make_batch
@@ -180,7 +181,7 @@ def test_rl_kd_semantic_state_sees_the_last_real_token(family):
 @pytest.mark.parametrize("family", sorted(DECODERS))
 def test_rl_kd_trains_decoder_teachers_with_a_decoder_semantic_model(family):
     teachers = [make_family_model(family, layers=3, seed=1), make_family_model(family, layers=2, seed=3)]
-    method = KD(teachers=teachers, student=make_family_model(family, layers=2, seed=2), temperature=2.0,
+    method = KD(teachers=teachers, student=make_family_model(family, layers=2, seed=2), prediction=PredictionLoss(temperature=2.0),
                 multi_teacher=RLKD(num_teachers=2, num_classes=2, semantic_model=make_family_model(family, layers=2, seed=5)))
     batch = family_batch(family)
     for _ in range(2):  # the second step also trains the agent

@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from lightning_kd.data import PretrainDataModule
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import VocabDistil
 from lightning_kd.models.vocab_map import MAP_FILE
 from tests.cli_fixtures import write_corpus
@@ -75,7 +76,8 @@ def test_loss_compares_the_chosen_columns(columns, tiny_tokenizer_dir, counts_fi
 
 
 def test_student_reads_rows_and_teacher_reads_replacements(tiny_tokenizer_dir, counts_file):
-    method = _method("mlm", tiny_tokenizer_dir, counts_file, teacher_inputs="replaced", hard_weight=1.0)
+    method = _method("mlm", tiny_tokenizer_dir, counts_file, teacher_inputs="replaced",
+                     prediction=PredictionLoss(soft_weight=0.0, hard_weight=1.0, temperature=2.0))
     seen = {}
 
     def record(name):  # a forward hook sees the inputs the forward ran with (after any pre-hook)
@@ -155,7 +157,7 @@ def test_finetuning_stage_reads_the_map_exported_with_the_student(tiny_tokenizer
     assert torch.isfinite(terms["loss"])
     last = VocabDistil(
         teacher=make_tiny_bert(seed=1), student=str(out), num_labels=2, export_tokenizer=str(tiny_tokenizer_dir), size_multiple=16,
-        vocabulary_weight=0.0, soft_weight=1.0, soft_loss="ce", t2_scale=False,
+        vocabulary_weight=0.0, prediction=PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=15.0, soft_loss="ce", t2_scale=False),
     )
     with pytest.raises(ValueError, match="compressed_size=0.25 gives"):
         VocabDistil(teacher=make_tiny_bert(seed=1), student=str(out), num_labels=2, export_tokenizer=str(tiny_tokenizer_dir), size_multiple=16, vocab_head="tied", compressed_size=0.25)

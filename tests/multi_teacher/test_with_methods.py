@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD, PKD
 from lightning_kd.methods.multi_teacher import (
     DGKD,
@@ -47,7 +48,7 @@ def assert_no_teacher_gradient(method):
 
 @pytest.mark.parametrize("name", list(strategies()))
 def test_kd_with_teachers_of_different_depth_and_width(name):
-    method = KD(teachers=two_teachers(), student=student(), temperature=2.0, multi_teacher=strategies()[name])
+    method = KD(teachers=two_teachers(), student=student(), prediction=PredictionLoss(temperature=2.0), multi_teacher=strategies()[name])
     batch = make_batch()
     for _ in range(2):  # the second step also trains the RL agent
         terms = method.compute_losses(batch)
@@ -76,13 +77,13 @@ def test_pkd_with_teachers_of_different_depth_and_width(name, projection):
 
 
 def test_contract_kd_average(tmp_path):
-    method = KD(teachers=two_teachers(), student=student(), temperature=2.0, multi_teacher=Average())
+    method = KD(teachers=two_teachers(), student=student(), prediction=PredictionLoss(temperature=2.0), multi_teacher=Average())
     check_contract(method, make_batch(), tmp_path)
 
 
 @pytest.mark.parametrize("stage", ["classification", "mlm"])
 def test_contract_kd_uncertainty(stage, tmp_path):
-    method = KD(teachers=two_teachers(stage), student=student(stage), temperature=2.0, multi_teacher=Uncertainty())
+    method = KD(teachers=two_teachers(stage), student=student(stage), prediction=PredictionLoss(temperature=2.0), multi_teacher=Uncertainty())
     check_contract(method, make_batch(stage), tmp_path)
 
 
@@ -97,9 +98,9 @@ def test_contract_pkd_mt_bert(tmp_path):
 
 
 def test_contract_kd_dgkd_and_tmkd_pretraining(tmp_path):
-    method = KD(teachers=two_teachers("mlm"), student=student("mlm"), soft_loss="mse", hard_weight=0.0, multi_teacher=TMKD())
+    method = KD(teachers=two_teachers("mlm"), student=student("mlm"), prediction=PredictionLoss(hard_weight=0.0, soft_loss="mse"), multi_teacher=TMKD())
     check_contract(method, make_batch("mlm"), tmp_path / "tmkd")
-    method = KD(teachers=two_teachers(), student=student(), temperature=2.0, multi_teacher=DGKD(survival_p=0.5, sum_losses=True))
+    method = KD(teachers=two_teachers(), student=student(), prediction=PredictionLoss(temperature=2.0), multi_teacher=DGKD(survival_p=0.5, sum_losses=True))
     check_contract(method, make_batch(), tmp_path / "dgkd")
 
 
@@ -118,7 +119,7 @@ def test_dgkd_runs_only_the_surviving_teachers(monkeypatch):
 
 def test_rl_agent_is_trained_only_by_its_own_objective():
     method = KD(
-        teachers=two_teachers(), student=student(), temperature=2.0,
+        teachers=two_teachers(), student=student(), prediction=PredictionLoss(temperature=2.0),
         multi_teacher=RLKD(num_teachers=2, num_classes=2, semantic_model=make_tiny_bert(seed=5), objective="reinforce_logprob"),
     )
     agent = list(method.multi_teacher.agent.parameters())

@@ -26,10 +26,13 @@ Where we differ from the GKD reference (``--multi_teacher_model=avg --avgmt_*``)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
 from lightning_kd.core.multi_teacher import Average, TeacherStep
+from lightning_kd.core.terms import LossTerms, typed
 
 
 def survival_draw(num_teachers: int, survival_p: float, seed: int, step: int) -> list[int]:
@@ -62,11 +65,11 @@ class DGKD(Average):
             return list(range(num_teachers))
         return survival_draw(num_teachers, self.survival_p, self.seed, step)
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
+    def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
         if not self.sum_losses:
             return super().combine(per_teacher, step)
-        out: dict[str, Tensor] = {}
-        for terms in per_teacher:
-            for name, value in terms.items():
-                out[name] = out[name] + value.mean() if name in out else value.mean()
+        out = LossTerms()
+        for terms in typed(per_teacher):
+            for name, term in terms.typed_items():
+                out.accumulate(name, term.value.mean(), term.role)
         return out

@@ -7,6 +7,10 @@ the gold label, ``w_{i,b} = 1 / (1 + CE_b(z^T_i, y))`` (detached), and the weigh
 
     L = Σ_i [ mean_b(w_{i,b} · soft_{i,b}) + Σ_terms inter_i ] + hard_weight · L_hard
 
+Terms are read by role and shape (:mod:`lightning_kd.core.terms`): *every* per-example term, whatever
+its name, is weighted by ``w_{i,b}``; a scalar term (one the method cannot compute per example, such
+as PKD's patience, which the paper leaves unweighted) is summed as it is.
+
 The hard loss is the method's own student term (added once, outside the strategy). MT-BERT is
 written on top of PKD in the GKD reference; its "fit teacher" width alignment is PKD's
 ``projection`` knob: ``PKD(projection="teacher_to_student", multi_teacher=MTBERT())`` projects each
@@ -25,12 +29,15 @@ Where we differ from the GKD reference (``--multi_teacher_model=mt_bert``), and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_kd.core.logit_rows import IGNORE_INDEX, LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
+from lightning_kd.core.terms import LossTerms, typed, weighted_mean
 
 
 def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -58,11 +65,12 @@ def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None
     return F.cross_entropy(logits, labels.long(), reduction="none")
 
 
-def per_sample_term(value: Tensor, batch_size: int, strategy: str) -> Tensor:
-    """Check that a per-teacher ``soft`` term arrived per example, shape ``(B,)``."""
+def per_sample_term(value: Tensor, batch_size: int, strategy: str, name: str = "soft") -> Tensor:
+    """Check that a per-teacher term arrived per example, shape ``(B,)`` (strategies check whole
+    :class:`~lightning_kd.core.terms.LossTerms` with ``check_per_example``)."""
     if value.dim() != 1 or value.shape[0] != batch_size:
         raise ValueError(
-            f"{strategy} weights the 'soft' term per example, but it arrived with shape {tuple(value.shape)} "
+            f"{strategy} weights the {name!r} term per example, but it arrived with shape {tuple(value.shape)} "
             f"instead of ({batch_size},). The method must compute it with per_sample=True "
             "(DistillationModule.teacher_terms does; a method overriding the soft term must too)."
         )
@@ -70,10 +78,11 @@ def per_sample_term(value: Tensor, batch_size: int, strategy: str) -> Tensor:
 
 
 class MTBERT(MultiTeacherStrategy):
-    """Sum over teachers, each teacher's soft term weighted per example by ``1/(1 + its gold loss)``.
+    """Sum over teachers, each teacher's per-example terms weighted per example by ``1/(1 + its gold loss)``.
 
-    Needs gold labels in the batch. Combine with PKD (the reference) or any method: every
-    non-``soft`` term is summed over teachers unweighted.
+    Needs gold labels in the batch. Combine with PKD (the reference) or any method: the soft
+    prediction term is always per example; any other per-example term is weighted the same way, and
+    scalar terms are summed over teachers unweighted.
     """
 
     per_sample = True
@@ -81,19 +90,16 @@ class MTBERT(MultiTeacherStrategy):
     def teacher_logit_rows(self) -> LogitRows:
         return "labelled"  # each teacher's gold loss (MLM: at the labelled positions)
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
+    def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
         if "labels" not in step.batch:
             raise ValueError("MT-BERT weights each teacher by its loss on the gold labels; the batch has no 'labels'.")
         labels = step.batch["labels"]
         batch_size = labels.shape[0]
-        out: dict[str, Tensor] = {}
-        for k, (terms, logits) in enumerate(zip(per_teacher, step.teacher_logits)):
-            for name, value in terms.items():
-                if name == "soft":
-                    with torch.no_grad():
-                        weight = 1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k)))
-                    value = (weight * per_sample_term(value, batch_size, "MT-BERT")).mean()
-                else:
-                    value = value.mean()
-                out[name] = out[name] + value if name in out else value
+        out = LossTerms()
+        for k, (terms, logits) in enumerate(zip(typed(per_teacher), step.teacher_logits)):
+            terms.check_per_example(batch_size, "MT-BERT")
+            with torch.no_grad():
+                weight = 1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k)))
+            for name, term in terms.typed_items():
+                out.accumulate(name, weighted_mean(term, weight), term.role)
         return out

@@ -9,7 +9,9 @@ Two fine-tuning stages:
    teacher's own gold loss on it and each teacher's logits; ``σ_{b,i} = sigmoid(f1([sem; ℓ^T]) +
    f2([z^T_1; …]))`` and the action is ``a_{b,i} ~ Bernoulli(σ_{b,i})``. The student's loss is
    ``mean_{b,i} a_{b,i}·ℓ_{i,b}`` (divided by ``B·N``, not by the number of selected pairs) where
-   ``ℓ_{i,b}`` is teacher ``i``'s per-example soft term plus its other (scalar) terms.
+   ``ℓ_{i,b}`` is the sum of teacher ``i``'s per-example terms (the soft one always; any other a
+   method gives per example, read by shape, never by name) plus its scalar terms, which are the same
+   for every example.
 
 The agent is trained one step late: the state and action of the previous step are kept, and the
 current step's reward ``R = −L_hard`` (the student's unweighted task loss on the current batch,
@@ -18,7 +20,7 @@ detached) scores them: ``π = σ'·a + (1−σ')·(1−a)`` with ``σ'`` recompu
 * ``objective="reference_prob"`` (GKD parity): ``L_agent = −(Σ_{b,i} π)·R``;
 * ``objective="reinforce_logprob"`` (the paper's REINFORCE): ``L_agent = −(Σ_{b,i} log π)·(R − baseline)``.
 
-The agent term is returned as its own loss term, ``"agent"`` (× ``agent_weight``). Its inputs are
+The agent term is returned as its own loss term, ``"agent"`` (× ``agent_weight``, role ``STRATEGY``). Its inputs are
 all detached teacher/encoder tensors and ``R`` is detached, so its gradient reaches only the agent;
 the actions that weight the student's terms are samples (no gradient), so the student's terms never
 reach the agent. The hard loss is the method's own term (``hard_weight``), added once.
@@ -48,6 +50,7 @@ Where we differ from the GKD reference (``--multi_teacher_model=rl_kd``), and wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -58,6 +61,7 @@ from lightning_kd.core.logit_rows import LogitRows, mean_per_example, widest
 from lightning_kd.core.multi_teacher import Average, MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.pooling import Pooling, pool, resolve_pooling
 from lightning_kd.core.teachers import freeze
+from lightning_kd.core.terms import LossTerms, Role, typed
 from lightning_kd.methods.multi_teacher.mt_bert import teacher_gold_loss
 from lightning_kd.methods.multi_teacher.uncertainty import Positions, position_mask, position_rows
 from lightning_kd.models.loading import ModelSource
@@ -238,7 +242,7 @@ class RLKD(MultiTeacherStrategy):
         return torch.nn.functional.pad(cls, (0, self.semantic_dim - cls.shape[1]))
 
     # ------------------------------------------------------------------ combination
-    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
+    def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
         if self.stage == "average":
             return self._average.combine(per_teacher, step)
         if "labels" not in step.batch:
@@ -249,13 +253,13 @@ class RLKD(MultiTeacherStrategy):
         with torch.no_grad():
             action = torch.bernoulli(self.agent(*state))
         batch_size = action.shape[0]
-        out: dict[str, Tensor] = {}
-        for k, terms in enumerate(per_teacher):
-            for name, value in terms.items():
+        out = LossTerms()
+        for k, terms in enumerate(typed(per_teacher)):
+            terms.check_per_example(batch_size, "RL-KD")
+            for name, term in terms.typed_items():
                 # mean over (b, i) of a_{b,i}·ℓ_{i,b}; a scalar term is the same for every example.
-                value = (action[:, k] * value).sum() / (batch_size * self.num_teachers)
-                out[name] = out[name] + value if name in out else value
-        out["agent"] = self.agent_weight * self.agent_objective(state, step, action)
+                out.accumulate(name, (action[:, k] * term.value).sum() / (batch_size * self.num_teachers), term.role)
+        out.add("agent", self.agent_weight * self.agent_objective(state, step, action), Role.STRATEGY)
         self._previous = (state, action)
         return out
 

@@ -13,8 +13,10 @@ the large one. With the teachers ranked by size ``j = 0 … N−1`` (small → l
   soft term is ``1/N`` of its soft-mode size (the reference's scale, kept).
 
 Then ``L = (1/N) Σ_i [mean_b(a_{b,r(i)} · soft_{i,b}) + other terms_i] + hard_weight · L_hard``; the
-hard loss is the method's own term, added once outside the strategy. For token-level (MLM) logits
-``u_b`` is the mean entropy over the positions chosen by ``positions``.
+hard loss is the method's own term, added once outside the strategy. Terms are read by role and
+shape (:mod:`lightning_kd.core.terms`): every per-example term, not only the soft one, is weighted
+by ``a_{b,r(i)}``; a scalar term (one the method cannot compute per example) enters unweighted. For
+token-level (MLM) logits ``u_b`` is the mean entropy over the positions chosen by ``positions``.
 
 Where we differ from the GKD reference (``--multi_teacher_model=uncertainty``), and why:
 
@@ -25,13 +27,16 @@ Where we differ from the GKD reference (``--multi_teacher_model=uncertainty``), 
   reproduces it.
 * **One-class logits raise**: ``log C = 0`` for a regression head (the reference divides by zero).
 * ``--uncertainty_wo_rate`` is :class:`~lightning_kd.core.multi_teacher.Average`; ``--uncertainty_wo_hard``
-  is the method's ``hard_weight: 0``. ``--uncertainty_inter_entropy`` (per-example intermediate terms
-  weighted by ``u``) is not implemented: intermediate terms reach strategies as scalars.
+  is the method's ``hard_weight: 0``. ``--uncertainty_inter_entropy`` (intermediate terms weighted by
+  ``u``) is not reproduced as a switch: here an intermediate term is weighted by ``a_{b,r(i)}``
+  exactly when its method gives it per example (MobileBERT's attention and hidden terms do; PKD's
+  patience stays a scalar).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -39,8 +44,8 @@ from torch import Tensor
 
 from lightning_kd.core.logit_rows import LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
+from lightning_kd.core.terms import LossTerms, typed, weighted_mean
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
-from lightning_kd.methods.multi_teacher.mt_bert import per_sample_term
 
 Positions = Literal["masked_tokens", "all_tokens", "all_positions"]
 
@@ -188,15 +193,12 @@ class Uncertainty(MultiTeacherStrategy):
             )
         return [self.teacher_order[i] for i in indices]
 
-    def combine(self, per_teacher: list[dict[str, Tensor]], step: TeacherStep) -> dict[str, Tensor]:
+    def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
         weights = self.weights(step)
         count = len(per_teacher)
-        out: dict[str, Tensor] = {}
-        for k, terms in enumerate(per_teacher):
-            for name, value in terms.items():
-                if name == "soft":
-                    value = (weights[:, k] * per_sample_term(value, weights.shape[0], "Uncertainty")).mean()
-                else:
-                    value = value.mean()
-                out[name] = out[name] + value / count if name in out else value / count
+        out = LossTerms()
+        for k, terms in enumerate(typed(per_teacher)):
+            terms.check_per_example(weights.shape[0], "Uncertainty")
+            for name, term in terms.typed_items():
+                out.accumulate(name, weighted_mean(term, weights[:, k]) / count, term.role)
         return out
