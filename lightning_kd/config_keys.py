@@ -30,6 +30,8 @@ _GROUP_OPTION = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
 _MAX_LISTED = 12
+#: LightningCLI's optimizer sections, which the CLI does not add (methods configure their own optimizer).
+_OPTIMIZER_SECTIONS = ("optimizer", "lr_scheduler")
 
 
 def describe_parse_error(error: ArgumentError, top_level_keys: Callable[[], Iterable[str]]) -> UserInputError:
@@ -144,6 +146,13 @@ def _unknown_key(key: str, word: str, valid: list[str], moved: dict[str, str] | 
     """
     section, _, rest = key.partition(".")
     sections = {k.split(".", 1)[0] for k in valid}
+    if section in _OPTIMIZER_SECTIONS and section not in sections:
+        return UserInputError(
+            f"Unknown key {key}: LightningCLI's `{section}:` section is not used here. A method builds its own "
+            "AdamW and warm-up/decay schedule from model.init_args (learning_rate, weight_decay, adam_epsilon, "
+            "lr_schedule, warmup_ratio, final_lr_ratio); set those, or subclass the method and override "
+            "configure_optimizers."
+        )
     nested = [k for k in valid if "." in k and k.split(".", 1)[1] == word]
     if moved and word in moved:
         matches = [moved[word]]

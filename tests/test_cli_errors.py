@@ -99,6 +99,8 @@ def _bad_input_cases(assets, root: Path) -> dict[str, tuple[list[str], tuple[str
         "misspelt key": (_args(assets, root, "--model.init_args.temprature=3", model=_flat_temperature_model(assets)),
                          (r"Unknown key model\.init_args\.temprature; did you mean temperature\?",)),
         "misspelt trainer key": (_args(assets, root, "--trainer.max_epochx=3"), (r"Unknown key trainer\.max_epochx; did you mean trainer\.max_epochs",)),
+        "optimizer section": (_args(assets, root, "--optimizer=torch.optim.SGD"),
+                              (r"Unknown key optimizer: LightningCLI's `optimizer:` section is not used here.*learning_rate",)),
         "misspelt section": (_args(assets, root, "--trainr.max_epochs=3"), (r"Unknown key trainr\.max_epochs; did you mean trainer\.max_epochs\?",)),
         "missing data file": (_args(assets, root, f"--data.train_file={root / 'nowhere.csv'}"), (r"nowhere\.csv", r"does not exist")),
         "non-UTF-8 file": (_args(assets, root, f"--data.train_file={assets['latin1']}"),

@@ -452,7 +452,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         forget_train_loader(self.trainer)  # built by the line above, before a resumed run's restore
         return build_optimizer(
-            self.trainable_named_parameters(),
+            self,
             learning_rate=hp.learning_rate,
             weight_decay=hp.weight_decay,
             adam_epsilon=hp.adam_epsilon,

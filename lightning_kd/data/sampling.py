@@ -10,6 +10,11 @@ from its first batch. Here:
   batches the trainer has taken from it. On ``--ckpt_path`` resume the sampler skips exactly
   those, so a resumed run sees the same batches as one that never stopped (one device; under DDP
   the epoch restarts in the same order).
+
+Why not torchdata's ``StatefulDataLoader``, which Lightning also restores: it is one more dependency
+(torchdata) for what these two small classes do with torch and Lightning alone, and our state is
+two integers, independent of worker processes, whereas its state records each worker's iterator.
+Lightning's own hook (a loader with ``state_dict``/``load_state_dict``) is what we use.
 """
 
 from __future__ import annotations

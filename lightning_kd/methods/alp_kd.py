@@ -22,6 +22,8 @@ Where we differ from the GKD reference (``--student_model=alp_kd``), and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
@@ -32,6 +34,17 @@ from lightning_kd.core.module import DistillationModule
 from lightning_kd.core.pooling import Pooling, PoolingMode, check_pooling, pool, resolve_pair
 from lightning_kd.losses.layer_attention import attended_mse
 from lightning_kd.losses.prediction import PredictionLoss
+
+
+@dataclass
+class ALPKDPrediction(PredictionLoss):
+    """ALPKD's prediction loss with ALP-KD's paper defaults: ``soft_weight`` 0.7, ``hard_weight`` 0.1, ``temperature`` 20.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``ALPKD.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    soft_weight: float = 0.7
+    hard_weight: float = 0.1
+    temperature: float = 20.0
 
 
 class ALPKD(DistillationModule):
@@ -56,7 +69,7 @@ class ALPKD(DistillationModule):
         alp_weight: float = 0.2,
         scale_scores: bool = False,
         pooling: Pooling = "auto",
-        prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.7, hard_weight=0.1, temperature=20.0),  # noqa: B008 - never mutated
+        prediction: ALPKDPrediction | None = ALPKDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)

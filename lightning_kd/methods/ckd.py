@@ -34,6 +34,8 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -44,6 +46,17 @@ from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.relation import RelationReduction, contextual_relations
 
 DEFAULT_WINDOW = 21
+
+
+@dataclass
+class CKDPrediction(PredictionLoss):
+    """CKD's prediction loss with CKD's defaults (the GKD seed's): ``soft_weight`` 0.9, ``hard_weight`` 0.1, ``temperature`` 3.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``CKD.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    soft_weight: float = 0.9
+    hard_weight: float = 0.1
+    temperature: float = 3.0
 
 
 class CKD(DistillationModule):
@@ -80,7 +93,7 @@ class CKD(DistillationModule):
         window_size: int = DEFAULT_WINDOW,
         layer_map: LayerMap = "uniform",
         reduction: RelationReduction = "masked_mean",
-        prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.9, hard_weight=0.1, temperature=3.0),  # noqa: B008
+        prediction: CKDPrediction | None = CKDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import torch
@@ -74,8 +74,22 @@ from lightning_kd.models.layer_stack import find_layer_stack
 from lightning_kd.models.loading import is_activation_checkpointing
 
 Alignment = Literal["full", "middle", "late"]
-#: DIITO's default pass-0 prediction loss, the seed's: ``0.25``·T²·KL at ``T = 2`` on the MLM targets + ``0.25``·MLM.
-DIITO_PREDICTION = PredictionLoss(soft_weight=0.25, hard_weight=0.25, temperature=2.0, soft_positions="masked_tokens")
+
+
+@dataclass
+class DIITOPrediction(PredictionLoss):
+    """DIITO's pass-0 prediction loss with the seed's defaults: ``0.25``·T²·KL at ``T = 2`` on the MLM
+    targets + ``0.25``·MLM; every other field is :class:`~lightning_kd.losses.prediction.PredictionLoss`'s.
+    The type of ``DIITO.prediction``, so a YAML ``prediction:`` block that sets some keys keeps these
+    defaults for the others."""
+
+    soft_weight: float = 0.25
+    hard_weight: float = 0.25
+    temperature: float = 2.0
+
+
+#: DIITO's default pass-0 prediction loss (start from it in Python: ``replace(DIITO_PREDICTION, temperature=4.0)``).
+DIITO_PREDICTION = DIITOPrediction()
 
 
 class DIITO(DistillationModule):
@@ -125,7 +139,7 @@ class DIITO(DistillationModule):
         cosine_weight: float = 0.25,
         causal_cosine_weight: float = 0.0,
         reduction: Reduction = "masked_mean",
-        prediction: PredictionLoss = DIITO_PREDICTION,
+        prediction: DIITOPrediction = DIITO_PREDICTION,
         **kwargs,
     ) -> None:
         repeats = kwargs.pop("forward_repeats", 1)

@@ -40,6 +40,7 @@ Where we differ from the GKD reference, and why:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from torch import Tensor, nn
@@ -49,13 +50,27 @@ from lightning_kd.core.method_settings import method_settings
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.hidden import cosine_distance
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
-from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.losses.prediction import PredictionLoss, SoftPositions
 
 CosinePositions = Literal["all_tokens", "masked_tokens"]
 
 
-#: DistilBERT's default prediction loss: ``α_ce = 5`` on ``T²``·KL at ``T = 2`` over every real token, ``α_mlm = 2``.
-DISTILBERT_PREDICTION = PredictionLoss(soft_weight=5.0, hard_weight=2.0, temperature=2.0, soft_positions="all_tokens")
+@dataclass
+class DistilBERTPrediction(PredictionLoss):
+    """DistilBERT's prediction loss with its paper's defaults: ``α_ce = 5`` (``soft_weight``) on
+    ``T²``·KL at ``T = 2`` over every real token (``soft_positions``), ``α_mlm = 2``
+    (``hard_weight``); every other field is :class:`~lightning_kd.losses.prediction.PredictionLoss`'s.
+    The type of ``DistilBERT.prediction``, so a YAML ``prediction:`` block that sets some keys keeps
+    these defaults for the others."""
+
+    soft_weight: float = 5.0
+    hard_weight: float = 2.0
+    temperature: float = 2.0
+    soft_positions: SoftPositions = "all_tokens"
+
+
+#: DistilBERT's default prediction loss (start from it in Python: ``replace(DISTILBERT_PREDICTION, temperature=4.0)``).
+DISTILBERT_PREDICTION = DistilBERTPrediction()
 
 
 def check_distilbert_settings(settings: DistilBERTSettings) -> None:
@@ -182,7 +197,7 @@ class DistilBERT(DistillationModule):
         alpha_cos: float = 1.0,
         cos_positions: CosinePositions = "all_tokens",
         reduction: Reduction = "masked_mean",
-        prediction: PredictionLoss | None = DISTILBERT_PREDICTION,
+        prediction: DistilBERTPrediction | None = DISTILBERT_PREDICTION,
         **kwargs,
     ) -> None:
         settings = DistilBERTSettings.from_arguments(locals())

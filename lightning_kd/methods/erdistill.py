@@ -49,6 +49,8 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Literal
 
 from torch import Tensor
@@ -83,6 +85,15 @@ def erdistill_pairs(choice: LayerChoice, teacher_depth: int, student_depth: int)
     raise ValueError(f"layers must be 'all', 'last_two', 'final', 'final_plus_previous' or 'none', got {choice!r}.")
 
 
+@dataclass
+class ERDistillPrediction(PredictionLoss):
+    """ERDistill's prediction loss with ERDistill's defaults (the GKD seed's): ``temperature`` 10.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``ERDistill.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    temperature: float = 10.0
+
+
 class ERDistill(DistillationModule):
     """Token-relation (local) and vocabulary-relation (global) distillation over layer pairs (experimental).
 
@@ -115,7 +126,7 @@ class ERDistill(DistillationModule):
         terms: list[Term] = ["local", "global"],  # noqa: B006 - never mutated
         relation_loss: RelationLoss = "mse",
         positions: Positions = "all_tokens",
-        prediction: PredictionLoss | None = PredictionLoss(temperature=10.0),  # noqa: B008 - never mutated
+        prediction: ERDistillPrediction | None = ERDistillPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)

@@ -42,6 +42,7 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -73,6 +74,16 @@ DEFAULTS = {
     "sample_pooling": "mean",
     "layer_map": "uniform",
 }
+
+
+@dataclass
+class MGSKDPrediction(PredictionLoss):
+    """MGSKD's prediction-level term with its defaults: the soft KL at ``T = 1`` only (``hard_weight``
+    0); every other field is :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of
+    ``MGSKD.prediction``, so a YAML ``prediction:`` block that sets some keys keeps these defaults for
+    the others."""
+
+    hard_weight: float = 0.0
 
 
 class MGSKD(DistillationModule):
@@ -124,7 +135,7 @@ class MGSKD(DistillationModule):
         span_pooling: SpanPooling = DEFAULTS["span_pooling"],
         sample_pooling: Pooling = DEFAULTS["sample_pooling"],
         layer_map: LayerMap = DEFAULTS["layer_map"],
-        prediction: PredictionLoss | None = None,
+        prediction: MGSKDPrediction | None = None,
         **kwargs,
     ) -> None:
         chosen = list(dict.fromkeys(terms))
@@ -136,7 +147,7 @@ class MGSKD(DistillationModule):
         if prediction is not None and "prediction" not in chosen:
             raise ValueError("`prediction` is set but 'prediction' is not in terms; add it to terms or drop prediction.")
         if "prediction" in chosen and prediction is None:
-            prediction = PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=1.0, soft_loss="kl")
+            prediction = MGSKDPrediction()
         super().__init__(prediction=prediction, **kwargs)
         self.levels = [t for t in LEVELS if t in chosen]
         self.weights = {"sample": sample_weight, "token": token_weight, "span": span_weight}

@@ -62,6 +62,7 @@ from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods.distilbert import (
     DISTILBERT_PREDICTION,
     DistilBERTIntermediate,
+    DistilBERTPrediction,
     DistilBERTSettings,
     check_distilbert_prediction,
 )
@@ -116,7 +117,7 @@ class MixBaseline(DistillationModule):
         distilbert: DistilBERTSettings | None = None,
         prediction_from: list[PredictionMethod] = [],  # noqa: B006
         tinybert_temperature: float | None = None,
-        distilbert_prediction: PredictionLoss | None = None,
+        distilbert_prediction: DistilBERTPrediction | None = None,
         prediction: PredictionLoss | None = None,
         **kwargs,
     ) -> None:

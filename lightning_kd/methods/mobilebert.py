@@ -33,6 +33,8 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -51,6 +53,15 @@ from lightning_kd.losses.prediction import PredictionLoss
 Term = Literal["attention", "hidden"]
 LowerLayers = Literal["down_weight", "freeze"]
 DEFAULT_LOWER_WEIGHT = 0.1
+
+
+@dataclass
+class MobileBERTPrediction(PredictionLoss):
+    """MobileBERT's prediction loss with MobileBERT's defaults: the hard loss only: ``soft_weight`` 0.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``MobileBERT.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    soft_weight: float = 0.0
 
 
 class MobileBERT(DistillationModule):
@@ -95,7 +106,7 @@ class MobileBERT(DistillationModule):
         lower_layers: LowerLayers = "down_weight",
         lower_layer_weight: float | None = None,
         reduction: Reduction = "masked_mean",
-        prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.0, hard_weight=1.0),  # noqa: B008
+        prediction: MobileBERTPrediction | None = MobileBERTPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         terms = list(terms)

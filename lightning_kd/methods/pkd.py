@@ -35,7 +35,7 @@ Where we differ from the GKD reference (``--student_model=pkd``), and why:
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from torch import Tensor, nn
@@ -72,6 +72,15 @@ def pkd_pairs(kinds: list[PairKind], layer_map: LayerMap, teacher_depth: int, st
             f"A {student_depth}-layer student has no intermediate layer to match; add 'final' or 'embedding' to pairs."
         )
     return found
+
+
+@dataclass
+class PKDPrediction(PredictionLoss):
+    """PKD's prediction loss with PKD's paper defaults: ``temperature`` 10.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``PKD.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    temperature: float = 10.0
 
 
 class PKD(DistillationModule):
@@ -122,7 +131,7 @@ class PKD(DistillationModule):
         pair_reduction: PairReduction = "mean",
         layer_map: LayerMap = "uniform",
         projection: Projection = "none",
-        prediction: PredictionLoss | None = PredictionLoss(temperature=10.0),  # noqa: B008 - never mutated
+        prediction: PKDPrediction | None = PKDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:

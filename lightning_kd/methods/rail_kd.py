@@ -37,6 +37,8 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -57,6 +59,17 @@ Variant = Literal["concatenated", "layer_wise"]
 LayerSelection = Literal["random", "uniform"]
 #: The shared pooling modes plus GKD's ``mean_with_padding``.
 Pooling = Literal["mean", "mean_with_padding", "auto", "first", "last"]
+
+
+@dataclass
+class RAILKDPrediction(PredictionLoss):
+    """RAILKD's prediction loss with RAIL-KD's paper defaults (three equal weights): ``soft_weight`` 0.3333, ``hard_weight`` 0.3333, ``temperature`` 10.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``RAILKD.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    soft_weight: float = 0.3333
+    hard_weight: float = 0.3333
+    temperature: float = 10.0
 
 
 class RAILKD(DistillationModule):
@@ -103,7 +116,7 @@ class RAILKD(DistillationModule):
         layer_weights: float | list[float] = 1.0,
         pooling: Pooling = "mean",
         batch_reduction: BatchReduction = "sum",
-        prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.3333, hard_weight=0.3333, temperature=10.0),  # noqa: B008
+        prediction: RAILKDPrediction | None = RAILKDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)

@@ -29,6 +29,8 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import ClassVar
 
 import pytorch_lightning as pl
@@ -44,6 +46,15 @@ from lightning_kd.losses.attention import attention_kl
 from lightning_kd.losses.hidden import cosine_distance
 from lightning_kd.losses.masking import Reduction
 from lightning_kd.losses.prediction import PredictionLoss
+
+
+@dataclass
+class SIDPrediction(PredictionLoss):
+    """SID's prediction loss with SID's defaults: the soft term only: ``hard_weight`` 0.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``SID.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    hard_weight: float = 0.0
 
 
 class SID(DistillationModule):
@@ -73,7 +84,7 @@ class SID(DistillationModule):
         *,
         reduction: Reduction = "masked_mean",
         pooling: Pooling = "auto",
-        prediction: PredictionLoss | None = PredictionLoss(soft_weight=1.0, hard_weight=0.0, temperature=1.0),  # noqa: B008
+        prediction: SIDPrediction | None = SIDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         if prediction is None:

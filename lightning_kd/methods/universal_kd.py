@@ -29,6 +29,8 @@ Where we differ from the GKD reference, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Literal
 
 import torch
@@ -43,6 +45,16 @@ from lightning_kd.losses.prediction import PredictionLoss
 Layers = Literal["intermediate", "final"]
 #: The shared pooling modes plus GKD's names: ``cls`` (= ``first``) and ``mean_with_padding``.
 Pooling = Literal["auto", "first", "last", "mean", "mean_with_padding", "cls"]
+
+
+@dataclass
+class UniversalKDPrediction(PredictionLoss):
+    """UniversalKD's prediction loss with Universal-KD's defaults: ``soft_weight`` 0.5, ``hard_weight`` 0.0; every other field is
+    :class:`~lightning_kd.losses.prediction.PredictionLoss`'s. The type of ``UniversalKD.prediction``, so
+    a YAML ``prediction:`` block that sets some keys keeps these defaults for the others."""
+
+    soft_weight: float = 0.5
+    hard_weight: float = 0.0
 
 
 class UniversalKD(DistillationModule):
@@ -72,7 +84,7 @@ class UniversalKD(DistillationModule):
         projection_size: int = 0,
         layers: Layers = "intermediate",
         pooling: Pooling = "auto",
-        prediction: PredictionLoss | None = PredictionLoss(soft_weight=0.5, hard_weight=0.0, temperature=1.0),  # noqa: B008 - never mutated
+        prediction: UniversalKDPrediction | None = UniversalKDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
         super().__init__(prediction=prediction, **kwargs)
