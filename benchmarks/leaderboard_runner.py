@@ -156,6 +156,8 @@ class Runner:
         run_dir = self.out_dir / task.name / TEACHER_ROW
         run_dir.mkdir(parents=True, exist_ok=True)
         scores = self._score(task, teacher, run_dir)
+        if stored is not None and stored.get("status") == "ok":
+            check_same_teacher(task.name, stored, scores, self.results.path)
         entry = {"task": task.name, "row": TEACHER_ROW, "seed": "-", "status": "ok", "wall_s": wall,
                  "teacher_config": task.teacher_config, "finished": _now(), "machine": machine(self.spec.precision), **scores}
         if stored is not None and wall is None:
@@ -332,3 +334,24 @@ def _now() -> str:
 def _duration(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def check_same_teacher(task: str, stored: dict[str, Any], scores: dict[str, Any], results: Path) -> None:
+    """Refuse a remade teacher that answers the test split differently from the stored one.
+
+    The stored rows of ``task`` were trained against the stored teacher; a teacher remade later (its
+    directory lost, another machine) is the same only if it gives the same answers. A single
+    different answer means the board would silently mix two teachers.
+
+    Raises:
+        RuntimeError: naming how many answers differ and what to do.
+    """
+    before, after = stored.get("test", {}).get("correct"), scores.get("test", {}).get("correct")
+    if before is None or after is None or before == after:
+        return
+    changed = sum(a != b for a, b in zip(before, after)) + abs(len(before) - len(after))
+    raise RuntimeError(
+        f"The {task} teacher was remade and answers {changed} of {len(after)} test examples differently from the "
+        f"teacher the stored {task} rows were trained against, so new rows would not be comparable with them. "
+        f"Rerun the whole task: move its entries out of {results} (or restore the original teacher directory)."
+    )

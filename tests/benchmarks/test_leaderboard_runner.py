@@ -144,3 +144,31 @@ def test_the_teacher_is_made_when_missing_and_scored_once(board, tmp_path, fake_
     teacher = runner.results.runs[run_key("rotten_tomatoes", "Teacher", "-")]
     assert teacher["wall_s"] == 99.0 and teacher["test"]["accuracy"] == 0.75
     assert sum("benchmarks.leaderboard_eval" in c for c in calls) == 1
+
+
+@pytest.mark.parametrize("stored_answers", ["1101", "1111"])
+def test_a_remade_teacher_must_answer_as_the_stored_one(board, tmp_path, fake_subprocesses, stored_answers):
+    runner = _runner(board, tmp_path)
+    task = runner.spec.tasks[0]
+    split = {"accuracy": 0.75, "f1": 0.7, "examples": 4}
+    runner.results.put(run_key(task.name, "Teacher", "-"), {"status": "ok", "wall_s": 50.0, "validation": split,
+                                                           "test": {**split, "correct": stored_answers}})
+    original = runner_module._run
+
+    def make_teacher(command, log, timeout_s):
+        if "fit" in command and "teacher.yaml" in command:
+            Path(_arg(command, "export.dirpath")).mkdir(parents=True)
+            (Path(_arg(command, "export.dirpath")) / "config.json").write_text("{}")
+            return 99.0, 0
+        return original(command, log, timeout_s)  # the remade teacher answers "1101"
+
+    runner_module._run = make_teacher
+    try:
+        if stored_answers == "1101":
+            runner.ensure_teacher(task)
+            assert runner.results.runs[run_key(task.name, "Teacher", "-")]["wall_s"] == 99.0
+        else:
+            with pytest.raises(RuntimeError, match="answers 1 of 4 test examples differently"):
+                runner.ensure_teacher(task)
+    finally:
+        runner_module._run = original
