@@ -8,6 +8,8 @@ the row's note. Rows not run yet, or failed, are listed as such, never left out.
 
 from __future__ import annotations
 
+import textwrap
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +173,8 @@ def plot(spec: Spec, results: Results, path: Path) -> None:
                 axis.axvline(r.accuracy.mean, color="tab:grey", linestyle=":", linewidth=1)
         low = min(means) - max(errors + [0]) - 2
         axis.set_xlim(max(0, low), 100 * teacher["test"]["accuracy"] + 2 if teacher and teacher.get("status") == "ok" else max(means) + 3)
-        axis.set_title(f"{task.title}: test accuracy, mean ± std over seeds (green: beyond noise above its no-teacher baseline, grey: baselines)", fontsize=8)
+        title = f"{task.title}: test accuracy, mean ± std over seeds (green: beyond noise above its no-teacher baseline, grey: baselines)"
+        axis.set_title(textwrap.fill(title, 110), fontsize=8)  # one line overflowed the figure
         axis.tick_params(axis="y", labelsize=7)
         axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
