@@ -117,6 +117,16 @@ class MethodHooks:
         when it cannot be computed per example (it is then combined unweighted)."""
         return self.multi_teacher.per_sample
 
+    def student_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch as the student reads it (default: unchanged).
+
+        Every student forward of the library reads it: a training pass's, evaluation's and
+        prediction's. A method whose student reads other ids than its teachers maps them here
+        (VocabDistil: token ids and MLM labels to the rows of its compressed vocabulary); the terms
+        still see the original batch, whose positions are the same.
+        """
+        return batch
+
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> LossTerms:
         """Terms that need no teacher; default: the weighted hard (task or MLM) loss (role ``HARD``).
 

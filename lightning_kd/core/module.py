@@ -331,7 +331,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
                 student_loss = self.uses_student_loss() or self.multi_teacher.needs_student_loss
             request = self.student_features_request() if student_request is None else student_request
             with entered(student_hooks):
-                student = capture(self.student, hard_batch, request, with_labels=student_loss, rows=row_mask(batch, request.logit_rows))
+                student = capture(self.student, self.student_inputs(hard_batch), request, with_labels=student_loss,
+                                  rows=row_mask(batch, request.logit_rows))
             # Typed here once, so strategies read roles whatever a method returned (a plain dict is
             # typed by name; see lightning_kd.core.terms).
             terms = LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD)
@@ -388,6 +389,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
     def _evaluate(self, batch: dict[str, Tensor], metrics, prefix: str) -> None:
         # MLM loss and masked-token accuracy read the labelled positions only: project just those rows.
         compact = self.compact_heads and self.task_head == "masked_lm"
+        batch = self.student_inputs(batch)  # the labels too, as the student's logits number them
         features = capture(self.student, batch, FeatureRequest(logit_rows="labelled" if compact else "all"), with_labels=True)
         size = batch["input_ids"].shape[0]
         if features.loss is not None:
@@ -406,7 +408,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         self._evaluate(batch, self._test_metrics, "test/")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return capture(self.student, batch, FeatureRequest()).logits
+        return capture(self.student, self.student_inputs(batch), FeatureRequest()).logits
 
     # ------------------------------------------------------------------ modes and devices
     def train(self, mode: bool = True) -> "DistillationModule":

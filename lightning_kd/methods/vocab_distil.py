@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -235,34 +234,17 @@ class VocabDistil(LogitsDistil):
             self._compress_student()
 
     # ------------------------------------------------------------------ inputs and columns
-    def _student_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def student_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` as the student reads it: ids (and MLM labels) sent to student rows."""
-        mapped = {**batch, "input_ids": self.vocab_map.student_ids(batch["input_ids"])}
-        if self.task_head == "masked_lm" and "labels" in batch:
-            mapped["labels"] = self.vocab_map.student_labels(batch["labels"])
-        return mapped
-
-    @contextmanager
-    def _student_reads_rows(self):
-        """While active, the student maps the teacher ids (and MLM labels) it is called with."""
-
-        def hook(_module, args, kwargs):
-            return args, self._student_batch(kwargs)
-
-        handle = self.student.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if not self.vocab_map.is_built:
             raise RuntimeError(
                 "VocabDistil builds its vocabulary map when fitting starts; outside a Trainer call "
                 "build_vocabulary_map(counts) first, or give token_counts / vocab_map."
             )
-        with self._student_reads_rows():
-            return super().compute_losses(batch)
+        mapped = {**batch, "input_ids": self.vocab_map.student_ids(batch["input_ids"])}
+        if self.task_head == "masked_lm" and "labels" in batch:
+            mapped["labels"] = self.vocab_map.student_labels(batch["labels"])
+        return mapped
 
     def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
         if self.teacher_inputs == "replaced":
@@ -274,15 +256,6 @@ class VocabDistil(LogitsDistil):
         if self.columns == "kept":
             return student_logits, self.vocab_map.kept_teacher_logits(teacher_logits)
         return self.vocab_map.full_student_logits(student_logits), teacher_logits
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        return super().validation_step(self._student_batch(batch), batch_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        return super().test_step(self._student_batch(batch), batch_idx)
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return super().predict_step(self._student_batch(batch), batch_idx)
 
     # ------------------------------------------------------------------ export
     def export_student(self, directory: str | Path) -> Path:
