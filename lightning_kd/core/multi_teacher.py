@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_kd.core.features import Features
 from lightning_kd.core.logit_rows import LogitRows, rows_at
-from lightning_kd.core.terms import LossTerms, typed
+from lightning_kd.core.terms import LossTerms, weighted_sum
 
 
 @dataclass
@@ -107,9 +107,4 @@ class Average(MultiTeacherStrategy):
     counts as 0 for it."""
 
     def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
-        out = LossTerms()
-        for terms in typed(per_teacher):
-            for name, term in terms.typed_items():
-                out.accumulate(name, term.value.mean(), term.role)
-        # One teacher passes through unchanged; dividing by 1 would add a node to the graph for nothing.
-        return out if len(per_teacher) == 1 else out.map(lambda value: value / len(per_teacher))
+        return weighted_sum(per_teacher, divisor=len(per_teacher))

@@ -32,12 +32,12 @@ combined unweighted (summed or averaged over teachers as the strategy does for e
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["LossTerms", "Role", "Term", "default_role", "typed", "weighted_mean"]
+__all__ = ["LossTerms", "Role", "Term", "default_role", "typed", "weighted_mean", "weighted_sum"]
 
 
 class Role(enum.Enum):
@@ -162,13 +162,6 @@ class LossTerms(MutableMapping[str, Tensor]):
         """A new :class:`LossTerms` without the terms whose role is one of ``roles``."""
         return self._select(lambda term: term.role not in roles)
 
-    def map(self, fn: Callable[[Tensor], Tensor]) -> LossTerms:
-        """A new :class:`LossTerms` with ``fn`` applied to every value, roles kept (e.g. a schedule's factor)."""
-        out = LossTerms(default=self.default)
-        for name, term in self._terms.items():
-            out.add(name, fn(term.value), term.role)
-        return out
-
     def check_per_example(self, batch_size: int, strategy: str) -> LossTerms:
         """Check the shapes a per-example strategy relies on; returns ``self``.
 
@@ -250,3 +243,27 @@ def weighted_mean(term: Term, weights: Tensor) -> Tensor:
     """
     return (weights * term.value).mean() if term.per_example else term.value
 
+
+
+def weighted_sum(
+    per_teacher: Sequence[Mapping[str, Tensor]],
+    weights: Sequence[Tensor] | None = None,
+    *,
+    divisor: int = 1,
+    strategy: str = "",
+) -> LossTerms:
+    """Each term summed over teachers, roles kept: ``Σ_k mean_b(w_{k,b}·term_{k,b}) / divisor``.
+
+    The combination every averaging or per-example strategy shares. Without ``weights`` each term
+    is its batch mean (Average, DGKD); with ``weights[k]`` (shape ``(B,)``) teacher ``k``'s terms
+    are first checked for per-example strategies (``strategy`` names the error) and weighted by
+    :func:`weighted_mean` (MT-BERT, Uncertainty).
+    """
+    out = LossTerms()
+    for k, terms in enumerate(typed(per_teacher)):
+        if weights is not None:
+            terms.check_per_example(weights[k].shape[0], strategy)
+        for name, term in terms.typed_items():
+            value = term.value.mean() if weights is None else weighted_mean(term, weights[k])
+            out.accumulate(name, value if divisor == 1 else value / divisor, term.role)
+    return out

@@ -87,7 +87,7 @@ class AnnealingKD(DistillationModule):
     def teacher_terms(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
     ) -> dict[str, Tensor]:
-        per_sample = self.multi_teacher.per_sample
+        per_sample = self.per_example_terms
         return {"soft": self.scaled_prediction().soft_features(student, teacher, batch, per_sample=per_sample)}
 
     # ------------------------------------------------------------------ schedule

@@ -102,7 +102,7 @@ class ContinuationKD(AnnealingKD):
         prediction = self.scaled_prediction()
         per_example = prediction.soft_features(student, teacher, batch, per_sample=True)
         gated = (1.0 - psi) * margin_gated(per_example, self.margin * prediction.mse_teacher_scale)
-        return {"soft": gated if self.multi_teacher.per_sample else gated.mean()}
+        return {"soft": gated if self.per_example_terms else gated.mean()}
 
     # ------------------------------------------------------------------ schedule
     def default_callbacks(self) -> list[pl.Callback]:

@@ -272,7 +272,7 @@ class MobileBERT(DistillationModule):
         terms = super().teacher_terms(batch, student, teacher, teacher_index) if self._prediction_active() else {}
         g = self.boundaries[teacher_index]
         mask = batch.get("attention_mask")
-        per_sample = self.multi_teacher.per_sample
+        per_sample = self.per_example_terms
         if "attention" in self.terms:
             total = 0.0
             for k, weight in self.attention_layer_weights().items():

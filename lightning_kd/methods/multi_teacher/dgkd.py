@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from lightning_kd.core.multi_teacher import Average, TeacherStep
-from lightning_kd.core.terms import LossTerms, typed
+from lightning_kd.core.terms import LossTerms, weighted_sum
 
 
 def survival_draw(num_teachers: int, survival_p: float, seed: int, step: int) -> list[int]:
@@ -68,8 +68,4 @@ class DGKD(Average):
     def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
         if not self.sum_losses:
             return super().combine(per_teacher, step)
-        out = LossTerms()
-        for terms in typed(per_teacher):
-            for name, term in terms.typed_items():
-                out.accumulate(name, term.value.mean(), term.role)
-        return out
+        return weighted_sum(per_teacher)

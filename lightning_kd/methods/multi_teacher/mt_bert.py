@@ -37,7 +37,7 @@ from torch import Tensor
 
 from lightning_kd.core.logit_rows import IGNORE_INDEX, LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
-from lightning_kd.core.terms import LossTerms, typed, weighted_mean
+from lightning_kd.core.terms import LossTerms, weighted_sum
 
 
 def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -65,18 +65,6 @@ def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None
     return F.cross_entropy(logits, labels.long(), reduction="none")
 
 
-def per_sample_term(value: Tensor, batch_size: int, strategy: str, name: str = "soft") -> Tensor:
-    """Check that a per-teacher term arrived per example, shape ``(B,)`` (strategies check whole
-    :class:`~lightning_kd.core.terms.LossTerms` with ``check_per_example``)."""
-    if value.dim() != 1 or value.shape[0] != batch_size:
-        raise ValueError(
-            f"{strategy} weights the {name!r} term per example, but it arrived with shape {tuple(value.shape)} "
-            f"instead of ({batch_size},). The method must compute it with per_sample=True "
-            "(DistillationModule.teacher_terms does; a method overriding the soft term must too)."
-        )
-    return value
-
-
 class MTBERT(MultiTeacherStrategy):
     """Sum over teachers, each teacher's per-example terms weighted per example by ``1/(1 + its gold loss)``.
 
@@ -94,12 +82,6 @@ class MTBERT(MultiTeacherStrategy):
         if "labels" not in step.batch:
             raise ValueError("MT-BERT weights each teacher by its loss on the gold labels; the batch has no 'labels'.")
         labels = step.batch["labels"]
-        batch_size = labels.shape[0]
-        out = LossTerms()
-        for k, (terms, logits) in enumerate(zip(typed(per_teacher), step.teacher_logits)):
-            terms.check_per_example(batch_size, "MT-BERT")
-            with torch.no_grad():
-                weight = 1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k)))
-            for name, term in terms.typed_items():
-                out.accumulate(name, weighted_mean(term, weight), term.role)
-        return out
+        with torch.no_grad():
+            weights = [1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k))) for k, logits in enumerate(step.teacher_logits)]
+        return weighted_sum(per_teacher, weights, strategy="MT-BERT")

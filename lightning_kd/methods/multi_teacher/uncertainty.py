@@ -44,7 +44,7 @@ from torch import Tensor
 
 from lightning_kd.core.logit_rows import LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
-from lightning_kd.core.terms import LossTerms, typed, weighted_mean
+from lightning_kd.core.terms import LossTerms, weighted_sum
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 
 Positions = Literal["masked_tokens", "all_tokens", "all_positions"]
@@ -195,10 +195,4 @@ class Uncertainty(MultiTeacherStrategy):
 
     def combine(self, per_teacher: Sequence[Mapping[str, Tensor]], step: TeacherStep) -> LossTerms:
         weights = self.weights(step)
-        count = len(per_teacher)
-        out = LossTerms()
-        for k, terms in enumerate(typed(per_teacher)):
-            terms.check_per_example(weights.shape[0], "Uncertainty")
-            for name, term in terms.typed_items():
-                out.accumulate(name, weighted_mean(term, weights[:, k]) / count, term.role)
-        return out
+        return weighted_sum(per_teacher, list(weights.unbind(dim=1)), divisor=len(per_teacher), strategy="Uncertainty")
