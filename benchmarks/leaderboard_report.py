@@ -88,10 +88,11 @@ def task_section(spec: Spec, results: Results, task: Task, command: str) -> str:
     for result in ordered:
         lines.append(_table_row(result))
     missing = [r for r in rows if len(r.entries) < len(spec.seeds)]
-    notes = [r for r in ordered if r.row.note]
+    notes = [(r.row.name, task.note_of(r.row)) for r in ordered]
+    notes = [(name, note) for name, note in notes if note]
     if notes:
         lines += ["", "Notes:", ""]
-        lines += [f"- **{r.row.name}**: {r.row.note}" for r in notes]
+        lines += [f"- **{name}**: {note}" for name, note in notes]
     if missing:
         names = ", ".join(f"{r.row.name} ({len(r.entries)}/{len(spec.seeds)})" for r in missing)
         lines += ["", f"Not finished yet (seeds done / planned): {names}. Continue with `{command}`."]

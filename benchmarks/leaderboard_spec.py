@@ -25,7 +25,7 @@ from lightning_kd.config_keys import mapping_key_problem
 
 #: Keys a spec file, a task and a row may have.
 _SPEC_KEYS = {"seeds", "precision", "trainer_config", "stage_timeout_s", "tasks", "rows"}
-_TASK_KEYS = {"title", "teacher", "teacher_config", "data", "train_examples", "rows", "note"}
+_TASK_KEYS = {"title", "teacher", "teacher_config", "data", "train_examples", "rows", "note", "row_notes"}
 _ROW_KEYS = {"name", "init", "baseline", "stages", "note", "group"}
 _STAGE_KEYS = {"config", "share", "args"}
 
@@ -112,6 +112,8 @@ class Task:
         train_examples: the training subset every row trains on (``max_train_samples``).
         rows: the row names this task runs (all rows by default).
         note: a paragraph the report prints for this task.
+        row_notes: what this task's numbers say about a row, printed after the row's own ``note`` (which
+            holds what is true of the method on every task).
     """
 
     name: str
@@ -122,6 +124,11 @@ class Task:
     train_examples: int = 4000
     rows: tuple[str, ...] = ()
     note: str = ""
+    row_notes: dict[str, str] = field(default_factory=dict)
+
+    def note_of(self, row: Row) -> str:
+        """The row's note on this task: its general ``note``, then this task's ``row_notes`` entry."""
+        return " ".join(part for part in (row.note, self.row_notes.get(row.name, "")) if part)
 
 
 @dataclass(frozen=True)
@@ -303,6 +310,13 @@ def _task(name: str, entry: dict, row_names: list[str]) -> Task:
     data = entry.get("data") or {}
     if not isinstance(data, dict):
         raise SpecError(f"{where}: `data` must map data.init_args keys to values.")
+    row_notes = entry.get("row_notes") or {}
+    if not isinstance(row_notes, dict):
+        raise SpecError(f"{where}: `row_notes` must map row names to notes.")
+    runs = set(rows or row_names)
+    strays = [r for r in row_notes if r not in runs]
+    if strays:
+        raise SpecError(f"{where}: row_notes name rows {strays} that this task does not run.")
     return Task(
         name=name,
         title=str(entry.get("title") or name),
@@ -312,6 +326,7 @@ def _task(name: str, entry: dict, row_names: list[str]) -> Task:
         train_examples=int(entry.get("train_examples") or 4000),
         rows=rows,
         note=str(entry.get("note") or "").strip(),
+        row_notes={str(k): " ".join(str(v).split()) for k, v in row_notes.items()},
     )
 
 

@@ -24,7 +24,9 @@ def _entry(row: str, seed: int, accuracy: float, status: str = "ok") -> dict:
 
 
 def test_report_lists_every_row_with_its_state(board, tmp_path):
-    spec = load_spec(board())
+    tasks = {"rotten_tomatoes": {"teacher": "teacher_dir", "teacher_config": "teacher.yaml", "train_examples": 100,
+                                 "row_notes": {"KD": "On this task, more.", "StudentOnly": "Only here."}}}
+    spec = load_spec(board(tasks=tasks))
     results = Results(tmp_path / "results.json")
     for seed in (1, 2):
         results.put(run_key("rotten_tomatoes", "StudentOnly", seed), _entry("StudentOnly", seed, 0.70))
@@ -42,7 +44,7 @@ def test_report_lists_every_row_with_its_state(board, tmp_path):
     assert "(baseline)" in lines["**StudentOnly**"]
     assert "yes, better" in lines["KD"] and "| 2 |" in lines["KD"] and "2.0 min" in lines["KD"]
     assert "failed" in lines["Two"]
-    assert "- **KD**: why" in text
+    assert "- **KD**: why On this task, more." in text and "- **StudentOnly**: Only here." in text
     assert "Two (0/2)" in text and "python -m benchmarks.leaderboard run" in text
     assert "Two seed 1: stage 1 exit status 1: boom" in text
     assert image.stat().st_size > 1000

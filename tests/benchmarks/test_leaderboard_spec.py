@@ -45,6 +45,11 @@ def test_unknown_task_rows_and_missing_file(board, tmp_path):
         load_spec(board(tasks={"rotten_tomatoes": {"teacher": "t", "teacher_config": "teacher.yaml", "rows": ["Nope"]}}))
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "nothing.yaml")
+    only_kd = {"teacher": "t", "teacher_config": "teacher.yaml", "rows": ["StudentOnly", "KD"]}
+    with pytest.raises(SpecError, match=r"row_notes name rows \['Two'\] that this task does not run"):
+        load_spec(board(tasks={"rotten_tomatoes": {**only_kd, "row_notes": {"Two": "n"}}}))
+    with pytest.raises(SpecError, match="must map row names"):
+        load_spec(board(tasks={"rotten_tomatoes": {**only_kd, "row_notes": ["KD"]}}))
 
 
 def test_fingerprint_follows_configs_and_budget_but_not_notes(board):
