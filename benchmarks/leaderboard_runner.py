@@ -76,7 +76,13 @@ class Runner:
 
     # ------------------------------------------------------------------ planning
     def pending(self, tasks: list[Task], rows: list[str] | None, seeds: list[int]) -> list[Job]:
-        """The jobs of these tasks/rows/seeds that have no current result, task by task, seed by seed."""
+        """The jobs of these tasks/rows/seeds that have no current result, task by task, seed by seed.
+
+        Raises:
+            SpecError: a name in ``rows`` is no row of the board (a typo would otherwise run nothing).
+        """
+        for name in rows or ():
+            self.spec.row(name)
         jobs = []
         for task in tasks:
             task_rows = [r for r in self.spec.rows_of(task) if rows is None or r.name in rows]

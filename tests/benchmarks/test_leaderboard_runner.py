@@ -11,7 +11,7 @@ import pytest
 import benchmarks.leaderboard_runner as runner_module
 from benchmarks.leaderboard_results import Results, run_key
 from benchmarks.leaderboard_runner import Job, Runner
-from benchmarks.leaderboard_spec import load_spec
+from benchmarks.leaderboard_spec import SpecError, load_spec
 
 
 def _arg(command: list[str], key: str) -> str | None:
@@ -88,6 +88,8 @@ def test_run_stores_every_result_and_a_rerun_skips_them(board, tmp_path, fake_su
     assert len(inits) == 1 and inits[0][inits[0].index("--layers") + 1] == "1,3,5"  # written once, reused
     again = _runner(board, tmp_path)
     assert again.pending(list(again.spec.tasks), None, [1, 2]) == []
+    with pytest.raises(SpecError, match="No row named 'Kd'"):
+        again.pending(list(again.spec.tasks), ["StudentOnly", "Kd"], [1])
 
 
 def test_a_changed_row_is_stale_and_a_failed_run_fails_alone(board, tmp_path, fake_subprocesses):
