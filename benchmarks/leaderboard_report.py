@@ -63,6 +63,18 @@ def collect(spec: Spec, results: Results, task: Task) -> list[RowResult]:
     return rows
 
 
+def _soft_target_line(teacher: dict) -> str:
+    """What the teacher's soft targets look like on the examples the rows learn from, against the test split."""
+    train, test = teacher["train"], teacher["test"]
+    return (
+        f"On the {train['examples']:,} training examples every row learns from (part of the teacher's own training "
+        f"data) the teacher is right on {100 * train['accuracy']:.1f} % and gives the true label a mean probability of "
+        f"{train['true_label_probability']:.2f} (top class {train['top_probability']:.2f}); on the test split "
+        f"{100 * test['accuracy']:.1f} % and {test['true_label_probability']:.2f}. This is what the soft targets carry "
+        f"beyond the labels."
+    )
+
+
 def task_section(spec: Spec, results: Results, task: Task, command: str) -> str:
     """The Markdown of one task: heading, note, teacher line, table and row notes."""
     rows = collect(spec, results, task)
@@ -78,6 +90,8 @@ def task_section(spec: Spec, results: Results, task: Task, command: str) -> str:
             f"({teacher['test']['examples']} test examples; one run: the teacher is made once per task and shared by every row).",
             "",
         ]
+        if "train" in teacher and "true_label_probability" in teacher["train"]:
+            lines += [_soft_target_line(teacher), ""]
     else:
         lines += ["**Teacher**: not scored yet.", ""]
     lines += [

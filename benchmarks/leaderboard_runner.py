@@ -129,17 +129,21 @@ class Runner:
         overrides["export.dirpath"] = str(run_dir / f"stage{index + 1}")
         return args + [f"--{k}={_value(v)}" for k, v in overrides.items()]
 
-    def eval_command(self, task: Task, model_dir: Path, output: Path) -> list[str]:
+    def eval_command(self, task: Task, model_dir: Path, output: Path, train_split: bool = False) -> list[str]:
+        """The scoring command; ``train_split`` also scores the training subset the rows train on (the teacher)."""
         args = [self.python, "-m", "benchmarks.leaderboard_eval", "--model", str(model_dir), "--task", task.name, "--output", str(output)]
         for key, value in task.data.items():
             args += ["--data", f"{key}={_value(value)}"]
         if self.eval_samples:
             args += ["--max-eval-samples", str(self.eval_samples)]
+        if train_split:
+            args += ["--train-examples", str(self.budget(task))]
         return args
 
     # ------------------------------------------------------------------ running
     def ensure_teacher(self, task: Task) -> None:
-        """Make the task's teacher when its directory does not exist, then score it once (row ``Teacher``)."""
+        """Make the task's teacher when its directory does not exist, then score it once (row ``Teacher``),
+        on the training subset too; a stored score without the training subset is made again."""
         key = run_key(task.name, TEACHER_ROW, "-")
         teacher = Path(task.teacher)
         wall = None
@@ -157,11 +161,12 @@ class Runner:
             if status != 0:
                 raise RuntimeError(f"Making the {task.name} teacher failed (exit status {status}); see {run_dir / 'fit.log'}.")
         stored = self.results.runs.get(key)
-        if stored is not None and stored.get("status") == "ok" and (wall is None or stored.get("wall_s") == wall):
+        scored = stored is not None and stored.get("status") == "ok" and "train" in stored
+        if scored and (wall is None or stored.get("wall_s") == wall):
             return
         run_dir = self.out_dir / task.name / TEACHER_ROW
         run_dir.mkdir(parents=True, exist_ok=True)
-        scores = self._score(task, teacher, run_dir)
+        scores = self._score(task, teacher, run_dir, train_split=True)
         if stored is not None and stored.get("status") == "ok":
             check_same_teacher(task.name, stored, scores, self.results.path)
         entry = {"task": task.name, "row": TEACHER_ROW, "seed": "-", "status": "ok", "wall_s": wall,
@@ -251,9 +256,9 @@ class Runner:
         if tuple(copied) != job.row.init:
             raise ValueError(f"row {job.row.name!r}: init {list(job.row.init)} but teacher_uniform copies {copied} of {depth} layers")
 
-    def _score(self, task: Task, model_dir: Path, run_dir: Path) -> dict[str, Any]:
+    def _score(self, task: Task, model_dir: Path, run_dir: Path, train_split: bool = False) -> dict[str, Any]:
         output = run_dir / "eval.json"
-        _, status = _run(self.eval_command(task, model_dir, output), run_dir / "eval.log", 1800)
+        _, status = _run(self.eval_command(task, model_dir, output, train_split), run_dir / "eval.log", 1800)
         if status != 0:
             raise RuntimeError(f"scoring failed (exit status {status}): {_tail(run_dir / 'eval.log')}")
         return json.loads(output.read_text())

@@ -34,12 +34,15 @@ def test_report_lists_every_row_with_its_state(board, tmp_path):
     results.put(run_key("rotten_tomatoes", "Two", 1), _entry("Two", 1, 0.0, status="failed"))
     teacher = _entry("Teacher", 0, 0.95)
     teacher["seed"] = "-"
+    teacher["train"] = {**teacher["validation"], "examples": 100, "true_label_probability": 0.81, "top_probability": 0.85}
+    teacher["test"].update(true_label_probability=0.77, top_probability=0.84)
     results.put(run_key("rotten_tomatoes", "Teacher", "-"), teacher)
     page, image = tmp_path / "board.md", tmp_path / "board.png"
     write_report(spec, results, page, image, "python -m benchmarks.leaderboard run", "# Board\n\nIntro.")
     text = page.read_text()
     assert text.startswith("# Board\n\nIntro.") and "Machine: Test CPU, 2 cores, precision 32-true" in text
     assert "**Teacher**" in text and "test accuracy **" in text
+    assert "On the 100 training examples" in text and "mean probability of 0.81 (top class 0.85)" in text and "and 0.77." in text
     lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
     assert "(baseline)" in lines["**StudentOnly**"]
     assert "yes, better" in lines["KD"] and "| 2 |" in lines["KD"] and "2.0 min" in lines["KD"]

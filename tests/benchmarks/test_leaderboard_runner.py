@@ -38,7 +38,10 @@ def fake_subprocesses(monkeypatch):
         if "benchmarks.leaderboard_eval" in command:
             output = Path(command[command.index("--output") + 1])
             split = {"accuracy": 0.75, "f1": 0.7, "examples": 4, "predicted_classes": 2, "top_class_share": 0.5}
-            output.write_text(json.dumps({"validation": split, "test": {**split, "correct": "1101"}}))
+            scores = {"validation": split, "test": {**split, "correct": "1101"}}
+            if "--train-examples" in command:
+                scores["train"] = {**split, "examples": int(command[command.index("--train-examples") + 1])}
+            output.write_text(json.dumps(scores))
             return 1.0, 0
         directory = Path(command[command.index("--output") + 1])
         directory.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,24 @@ def test_the_teacher_is_made_when_missing_and_scored_once(board, tmp_path, fake_
         runner_module._run = original
     teacher = runner.results.runs[run_key("rotten_tomatoes", "Teacher", "-")]
     assert teacher["wall_s"] == 99.0 and teacher["test"]["accuracy"] == 0.75
+    assert teacher["train"]["examples"] == 100  # scored on the subset every row trains on
     assert sum("benchmarks.leaderboard_eval" in c for c in calls) == 1
+
+
+def test_a_stored_teacher_score_without_the_training_subset_is_made_again(board, tmp_path, fake_subprocesses):
+    calls, _ = fake_subprocesses
+    runner = _runner(board, tmp_path)
+    task = runner.spec.tasks[0]
+    Path("teacher_dir").mkdir()
+    Path("teacher_dir/config.json").write_text("{}")
+    split = {"accuracy": 0.75, "f1": 0.7, "examples": 4}
+    runner.results.put(run_key(task.name, "Teacher", "-"), {"status": "ok", "wall_s": 50.0, "validation": split,
+                                                           "test": {**split, "correct": "1101"}})
+    runner.ensure_teacher(task)
+    runner.ensure_teacher(task)
+    teacher = runner.results.runs[run_key(task.name, "Teacher", "-")]
+    assert teacher["train"]["examples"] == 100 and teacher["wall_s"] == 50.0  # the making time is kept
+    assert sum("benchmarks.leaderboard_eval" in c for c in calls) == 1 and not any("fit" in c for c in calls)
 
 
 @pytest.mark.parametrize("stored_answers", ["1101", "1111"])
