@@ -4,14 +4,17 @@ on the last stage's export. Each run is timed, stored at once (resumable) and op
 
 Every stage gets the leaderboard's trainer config first, then the row's configs, then::
 
-    --seed_everything=<seed> --trainer.precision=<precision> --trainer.limit_train_batches=<share>
+    --seed_everything=<seed> --trainer.precision=<precision>
     --data.init_args.task=<task> --data.init_args.max_train_samples=<budget> [task data overrides]
     --model.init_args.teacher=<task teacher>          (methods with a teacher)
     --model.init_args.student=<previous export or the init copy> --model.init_args.student_init=pretrained
     --trainer.default_root_dir=<run dir> --export.dirpath=<run dir>/stage<k>
 
 The data module's own ``seed`` (the training subset and the movie split) stays fixed, so every row and
-seed sees the same examples; ``seed_everything`` changes the order, dropout and new parameters.
+seed sees the same examples; ``seed_everything`` changes the order, dropout and new parameters. The
+stages of a multi-stage row split that subset into disjoint slices, in order, by their shares
+(``--data.init_args.skip_train_samples=<examples before it>`` and ``max_train_samples=<its slice>``):
+together they see every example of the subset once, as a one-stage row does.
 """
 
 from __future__ import annotations
@@ -116,8 +119,10 @@ class Runner:
         }
         if self.eval_samples:
             overrides["data.init_args.max_eval_samples"] = self.eval_samples
-        if stage.share < 1.0:
-            overrides["trainer.limit_train_batches"] = stage.share
+        if len(job.row.stages) > 1:
+            skip, size = self.stage_slice(job, index)
+            overrides["data.init_args.skip_train_samples"] = skip
+            overrides["data.init_args.max_train_samples"] = size
         if stage.has_teacher():
             overrides["model.init_args.teacher"] = task.teacher
         if student_dir is not None:
@@ -128,6 +133,13 @@ class Runner:
         overrides.update(dict(stage.args))
         overrides["export.dirpath"] = str(run_dir / f"stage{index + 1}")
         return args + [f"--{k}={_value(v)}" for k, v in overrides.items()]
+
+    def stage_slice(self, job: Job, index: int) -> tuple[int, int]:
+        """``(skip, size)``: the part of the training subset stage ``index`` trains on. The shares cut
+        the subset into consecutive slices; the last takes what rounding left, so they add up to it."""
+        budget, shares = self.budget(job.task), [stage.share for stage in job.row.stages]
+        edges = [round(budget * sum(shares[:k])) for k in range(len(shares))] + [budget]
+        return edges[index], edges[index + 1] - edges[index]
 
     def eval_command(self, task: Task, model_dir: Path, output: Path, train_split: bool = False) -> list[str]:
         """The scoring command; ``train_split`` also scores the training subset the rows train on (the teacher)."""

@@ -2,8 +2,8 @@
 seeds, read from ``benchmarks/leaderboard.yaml`` and checked before anything runs.
 
 A *row* is one recipe: one or more ``lightning-kd fit`` stages, each a method config with a share of
-the task's example budget (a two-stage recipe gives each stage half an epoch over the same training
-subset, so every row sees the same number of training examples). The first stage starts from
+the task's example budget (a two-stage recipe trains each stage on its own half of the training
+subset, so every row sees every example of the subset once). The first stage starts from
 ``init``, a list of the teacher's 0-based layers: a method config copies them itself (its
 ``student_init``/``student_layers`` must name the same layers, which is checked); a config without a
 teacher (``StudentOnly``, the baseline) is handed a directory holding that truncated copy of the
@@ -40,7 +40,8 @@ class Stage:
 
     Attributes:
         configs: method config files, in order (after the leaderboard's trainer config).
-        share: fraction of one epoch over the task's training subset (``trainer.limit_train_batches``).
+        share: the fraction of the task's training subset this stage trains on (one pass over its own
+            slice; the stages' slices are disjoint and, in order, cover the subset).
         args: extra ``--key=value`` arguments for this stage.
     """
 
@@ -181,6 +182,10 @@ def row_hash(spec: Spec, task: Task, row: Row) -> str:
         "precision": spec.precision,
         "trainer": Path(spec.trainer_config).read_text(),
     }
+    if len(row.stages) > 1:
+        # Stages train on disjoint slices of the subset (results made when every stage took the first
+        # share of one shuffled epoch — the same examples twice — are stale).
+        parts["stage_data"] = "disjoint slices"
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -31,7 +31,7 @@ class GlueDataModule(LightningDataModule):
     Batches are dicts with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer
     makes them), padded to the longest row of the batch, and ``labels`` (int64 class ids, or float32
     scores for regression tasks such as STS-B). Training batches also carry ``example_index``
-    (int64, each row's position in the training split after any ``max_train_samples`` subset), the
+    (int64, each row's position in the training split after any ``skip_train_samples``/``max_train_samples`` subset), the
     identity a teacher-output cache keys its rows by.
 
     Data sources (one per module; see :mod:`lightning_kd.data.task_source`): ``data_dir`` with the
@@ -63,6 +63,10 @@ class GlueDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: seed of the ``max_*_samples`` subsets and of the embedded data's movie split.
         max_train_samples: use a seeded random subset of this many training examples (quick runs).
+        skip_train_samples: skip this many examples of the seeded shuffle of the training split before
+            taking ``max_train_samples`` (or the rest), so the stages of one recipe can train on
+            disjoint parts of one subset: ``skip 0, max 2000`` then ``skip 2000, max 2000`` split the
+            subset that ``max 4000`` takes.
         max_eval_samples: same for validation and test.
         cache_dir: directory for the ``datasets`` Arrow cache (default: the ``datasets`` cache).
 
@@ -93,6 +97,7 @@ class GlueDataModule(LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         cache_dir: str | None = None,
+        skip_train_samples: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +106,8 @@ class GlueDataModule(LightningDataModule):
                         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if skip_train_samples < 0:
+            raise ValueError(f"skip_train_samples must be >= 0, got {skip_train_samples}")
         self.source = TaskSource(
             self.task_spec,
             data_dir=data_dir,
@@ -118,6 +125,7 @@ class GlueDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.skip_train_samples = skip_train_samples
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Dataset] = {}
 
@@ -161,6 +169,7 @@ class GlueDataModule(LightningDataModule):
             "task": self.task_spec.name,
             "max_length": self.max_length,
             "max_train_samples": self.max_train_samples,
+            "skip_train_samples": self.skip_train_samples,
             "seed": self.seed,
             "train_examples": len(train),
             "datasets_fingerprint": train._fingerprint,
@@ -183,8 +192,15 @@ class GlueDataModule(LightningDataModule):
         if split not in self.datasets:
             examples = self.source.load(split)
             limit = self.max_train_samples if split == "train" else self.max_eval_samples
-            if limit is not None and limit < len(examples):
-                examples = examples.shuffle(seed=self.seed).select(range(limit))
+            skip = self.skip_train_samples if split == "train" else 0
+            if skip >= len(examples):
+                raise ValueError(
+                    f"skip_train_samples={skip} leaves no training examples: the {self.task_spec.name} training split "
+                    f"has {len(examples)}. Use a smaller skip_train_samples."
+                )
+            if skip or (limit is not None and limit < len(examples)):
+                end = len(examples) if limit is None else min(skip + limit, len(examples))
+                examples = examples.shuffle(seed=self.seed).select(range(skip, end))
             self.datasets[split] = tokenize_examples(examples, self.tokenizer, self.max_length)
         return self.datasets[split]
 

@@ -72,7 +72,28 @@ def test_commands_of_a_baseline_a_method_and_a_second_stage(board, tmp_path):
     second = runner.stage_command(Job(task, spec.row("Two"), 1), 1, run_dir, str(run_dir / "stage1"))
     assert _arg(second, "model.init_args.student") == str(run_dir / "stage1")
     assert _arg(second, "model.init_args.student_init") == "pretrained" and _arg(second, "model.init_args.student_layers") == "null"
-    assert _arg(second, "trainer.limit_train_batches") == "0.5" and _arg(second, "export.dirpath") == str(run_dir / "stage2")
+    assert _arg(second, "export.dirpath") == str(run_dir / "stage2")
+    # The two stages train on the two halves of the 100-example subset, not twice on the same half.
+    first = runner.stage_command(Job(task, spec.row("Two"), 1), 0, run_dir, None)
+    slices = [(int(_arg(c, "data.init_args.skip_train_samples")), int(_arg(c, "data.init_args.max_train_samples"))) for c in (first, second)]
+    assert slices == [(0, 50), (50, 50)] and _arg(second, "trainer.limit_train_batches") is None
+    assert _arg(kd, "data.init_args.skip_train_samples") is None  # one-stage rows: the subset as it is
+
+
+@pytest.mark.parametrize(("shares", "budget", "slices"), [
+    ([0.5, 0.5], 4000, [(0, 2000), (2000, 2000)]),
+    ([1 / 3, 1 / 3, 1 / 3], 100, [(0, 33), (33, 34), (67, 33)]),
+    ([0.25, 0.75], 10, [(0, 2), (2, 8)]),
+])
+def test_stage_slices_are_disjoint_and_cover_the_subset(board, tmp_path, shares, budget, slices):
+    stages = [{"config": "kd.yaml", "share": shares[0]}] + [{"config": "pred.yaml", "share": s} for s in shares[1:]]
+    rows = [{"name": "StudentOnly", "init": [1, 3, 5], "baseline": True, "stages": [{"config": "base.yaml"}]},
+            {"name": "Many", "init": [1, 3, 5], "stages": stages}]
+    tasks = {"rotten_tomatoes": {"teacher": "t", "teacher_config": "teacher.yaml", "train_examples": budget}}
+    spec = load_spec(board(rows=rows, tasks=tasks))
+    runner = Runner(spec, Results(tmp_path / "results.json"), tmp_path / "out", python="python")
+    job = Job(spec.tasks[0], spec.row("Many"), 1)
+    assert [runner.stage_slice(job, k) for k in range(len(shares))] == slices
 
 
 def test_run_stores_every_result_and_a_rerun_skips_them(board, tmp_path, fake_subprocesses, capsys):

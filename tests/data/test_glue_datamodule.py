@@ -51,6 +51,28 @@ def test_max_samples_are_seeded_subsets(sst2_dir: Path, tiny_tokenizer_dir: Path
     assert len(labels(1)) == 10 and labels(1) == labels(1) and labels(1) != labels(2)
 
 
+def test_skipped_samples_split_one_subset_into_disjoint_parts(tmp_path: Path, tiny_tokenizer_dir: Path, cache_dir: str) -> None:
+    folder = tmp_path / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    rows = "\n".join(f"movie {i}\t{i % 2}" for i in range(40))  # every sentence distinct
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text(f"sentence\tlabel\n{rows}\n")
+
+    def train(**subset: int) -> list[tuple[int, ...]]:
+        data = GlueDataModule("sst2", str(tiny_tokenizer_dir), data_dir=str(tmp_path / "glue"), cache_dir=cache_dir, **subset)
+        data.setup("fit")
+        return [tuple(ids) for ids in data.datasets["train"]["input_ids"]]
+
+    whole, first, second = train(max_train_samples=30), train(max_train_samples=12), train(skip_train_samples=12, max_train_samples=18)
+    assert len(set(whole)) == 30 and first + second == whole  # the two stages split the 30-example subset
+    assert len(train(skip_train_samples=35)) == 5  # no max_train_samples: the rest of the shuffle
+    assert set(train(skip_train_samples=35)) == set(train()) - set(train(max_train_samples=35))
+    with pytest.raises(ValueError, match="skip_train_samples=40 leaves no training examples: the sst2 training split has 40"):
+        train(skip_train_samples=40)
+    with pytest.raises(ValueError, match="skip_train_samples must be >= 0"):
+        train(skip_train_samples=-1)
+
+
 def test_train_order_follows_the_seed(sst2_dir: Path, tiny_tokenizer_dir: Path, cache_dir: str,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
