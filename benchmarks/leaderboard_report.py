@@ -102,8 +102,7 @@ def task_section(spec: Spec, results: Results, task: Task, command: str) -> str:
     for result in ordered:
         lines.append(_table_row(result))
     missing = [r for r in rows if len(r.entries) < len(spec.seeds)]
-    notes = [(r.row.name, task.note_of(r.row)) for r in ordered]
-    notes = [(name, note) for name, note in notes if note]
+    notes = [(r.row.name, note) for r in ordered if (note := task.note_of(r.row))]
     if notes:
         lines += ["", "Notes:", ""]
         lines += [f"- **{name}**: {note}" for name, note in notes]

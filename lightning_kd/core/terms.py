@@ -244,7 +244,6 @@ def weighted_mean(term: Term, weights: Tensor) -> Tensor:
     return (weights * term.value).mean() if term.per_example else term.value
 
 
-
 def weighted_sum(
     per_teacher: Sequence[Mapping[str, Tensor]],
     weights: Sequence[Tensor] | None = None,

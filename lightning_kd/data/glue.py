@@ -31,8 +31,8 @@ class GlueDataModule(LightningDataModule):
     Batches are dicts with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer
     makes them), padded to the longest row of the batch, and ``labels`` (int64 class ids, or float32
     scores for regression tasks such as STS-B). Training batches also carry ``example_index``
-    (int64, each row's position in the training split after any ``skip_train_samples``/``max_train_samples`` subset), the
-    identity a teacher-output cache keys its rows by.
+    (int64, each row's position in the training split after any ``skip_train_samples`` /
+    ``max_train_samples`` subset), the identity a teacher-output cache keys its rows by.
 
     Data sources (one per module; see :mod:`lightning_kd.data.task_source`): ``data_dir`` with the
     standard layout, ``hf_dataset``, or ``train_file``/``validation_file``/``test_file``. The embedded
@@ -193,7 +193,7 @@ class GlueDataModule(LightningDataModule):
             examples = self.source.load(split)
             limit = self.max_train_samples if split == "train" else self.max_eval_samples
             skip = self.skip_train_samples if split == "train" else 0
-            if skip >= len(examples):
+            if skip and skip >= len(examples):  # an empty source is the reader's error; only a skip empties it here
                 raise ValueError(
                     f"skip_train_samples={skip} leaves no training examples: the {self.task_spec.name} training split "
                     f"has {len(examples)}. Use a smaller skip_train_samples."
