@@ -82,7 +82,12 @@ def make_tiny_bert(kind: str = "classification", seed: int = 0, vocab_size: int 
 
 
 def make_batch(kind: str = "classification", batch: int = 4, length: int = 12, vocab_size: int = 220, seed: int = 0):
-    """A padded batch shaped like the data modules produce (the last rows carry padding)."""
+    """A padded batch shaped like the data modules produce (the last rows carry padding).
+
+    ``kind``: ``"classification"`` (one label per row), ``"mlm"`` (masked tokens with their labels) or
+    ``"causal"`` (Hugging Face's causal-LM convention: labels are the input ids, unshifted, ``-100`` on
+    padding and on a prompt of 3 tokens in odd rows; no token type ids).
+    """
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, vocab_size, (batch, length), generator=g)
     attention_mask = torch.ones(batch, length, dtype=torch.long)
@@ -95,6 +100,10 @@ def make_batch(kind: str = "classification", batch: int = 4, length: int = 12, v
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
     if kind == "classification":
         out["labels"] = torch.randint(0, 2, (batch,), generator=g)
+    elif kind == "causal":
+        labels = input_ids.masked_fill(~attention_mask.bool(), -100)
+        labels[1::2, :3] = -100  # a prompt: not scored
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     else:
         labels = torch.full_like(input_ids, -100)
         chosen = (torch.rand(batch, length, generator=g) < 0.3) & attention_mask.bool()

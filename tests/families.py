@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification, PretrainedConfig
 
 VOCAB = 220
 WIDTH = 32
@@ -150,16 +150,19 @@ def family_config(family: str, layers: int = 4, attn: str = "eager", **overrides
 
 def make_family_model(family: str, kind: str = "classification", layers: int = 4, seed: int = 0, num_labels: int = 2,
                       attn: str = "eager", **overrides):
-    """A tiny ``family`` model with a sequence-classification (``kind="classification"``) or MLM head.
+    """A tiny ``family`` model with a sequence-classification (``kind="classification"``), MLM
+    (``"mlm"``) or causal-LM (``"causal"``) head.
 
     Raises:
-        ValueError: ``kind="mlm"`` for a decoder family (no masked-LM head exists).
+        ValueError: ``kind="mlm"`` for a decoder family (no masked-LM head exists), ``"causal"`` for an encoder.
     """
     if kind == "mlm" and family in DECODERS:
         raise ValueError(f"{family} is a decoder LM: it has no masked-LM head.")
+    if kind == "causal" and family not in DECODERS:
+        raise ValueError(f"{family} is an encoder: it has no causal-LM head.")
     config = family_config(family, layers, attn, **overrides)
     if kind == "classification":
         config.num_labels = num_labels
     torch.manual_seed(seed)
-    auto = AutoModelForSequenceClassification if kind == "classification" else AutoModelForMaskedLM
+    auto = {"classification": AutoModelForSequenceClassification, "mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}[kind]
     return auto.from_config(config)

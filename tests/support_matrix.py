@@ -29,7 +29,6 @@ from tests.families import DECODERS, FAMILIES, make_family_model
 from tests.models.test_vocab_head import make_lm
 
 STAGES = ("finetune", "pretrain")
-_KIND = {"finetune": "classification", "pretrain": "mlm"}
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
 
@@ -112,7 +111,7 @@ SPECS = [
     MethodSpec("MobileBERT", stages=("pretrain",), knobs={"progressive": False}),
 ]
 def _rl_kd(family: str, stage: str):
-    classes = 2 if stage == "finetune" else 220
+    classes = 2 if stage == "finetune" else 220  # the vocabulary when pre-training (MLM or causal LM)
     return mt.RLKD(num_teachers=2, num_classes=classes, semantic_model=make_family_model(family, layers=2, seed=5))
 
 
@@ -148,8 +147,16 @@ class Outcome:
 
 
 def applies(spec: MethodSpec, family: str, stage: str) -> bool:
-    """Whether the cell exists: the method has the stage and the family has the stage's head."""
-    return stage in spec.stages and not (stage == "pretrain" and family in DECODERS)
+    """Whether the cell exists: the method has the stage (every family has a pre-training head)."""
+    return stage in spec.stages
+
+
+def kind_of(family: str, stage: str) -> str:
+    """The head a cell's models carry: a classifier when fine-tuning; when pre-training, the MLM head of
+    an encoder and the causal-LM head of a decoder (the causal-LM stage)."""
+    if stage == "finetune":
+        return "classification"
+    return "causal" if family in DECODERS else "mlm"
 
 
 def reason(message: str) -> str:
@@ -184,7 +191,7 @@ def run_cell(row: str, family: str, stage: str, directory: Path | None = None) -
     name = spec.name
     if not applies(spec, family, stage):
         return Outcome("n/a")
-    kind = _KIND[stage]
+    kind = kind_of(family, stage)
     directory = directory or Path(tempfile.mkdtemp())
     knobs = spec.knobs(family, stage, directory) if callable(spec.knobs) else dict(spec.knobs)
     if spec.strategy is not None:
@@ -219,7 +226,8 @@ def cells() -> list[tuple[str, str, str]]:
 
 def table(outcomes: dict[tuple[str, str, str], Outcome]) -> str:
     """The README's support table: one row per method, one column per family; a cell shows the
-    fine-tuning then the pre-training outcome (✅ trains, ❌ⁿ refused for reason n, – no such stage)."""
+    fine-tuning then the pre-training outcome — masked-LM for encoders, causal-LM (next-token) for
+    decoders — (✅ trains, ❌ⁿ refused for reason n, – no such stage)."""
     reasons: list[str] = []
 
     def mark(outcome: Outcome) -> str:

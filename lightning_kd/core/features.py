@@ -8,23 +8,30 @@ received (rotary embeddings applied, grouped key/value heads repeated), the mask
 from those: HF returns probabilities *after* dropout (wrong for a training student) and never
 returns scores, and SDPA kernels return neither.
 
-Token-level (MLM) logits are computed only at the rows the request names
+Token-level (MLM, causal-LM) logits are computed only at the rows the request names
 (:mod:`lightning_kd.core.logit_rows`): the model's own head runs on those rows
 (:mod:`lightning_kd.core.compact_head`) and :class:`Features` carries them compact, ``(R, V)``, with
 their ``(B, N)`` row mask. ``logit_rows="all"`` (the default) is the model's plain forward.
+
+The batch is a *prepared* one (:meth:`~lightning_kd.stages.base.Stage.prepare`): its labels pair with
+the logits at their own position. The model's stage (told by its class) decides whether its own
+loss may read them; a causal LM's never does (it would shift them again), so its loss is computed
+from the logits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from lightning_kd.core.attention_capture import recording
-from lightning_kd.core.compact_head import check_compact_output, compact_head, head_entry, masked_lm_loss
+from lightning_kd.core.compact_head import HeadCall, check_compact_output, compact_head, labels_taken
 from lightning_kd.core.logit_rows import LogitRows, row_mask, rows_at, widest
+from lightning_kd.stages import stage_of_class
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
@@ -151,8 +158,17 @@ class Features:
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The keys of a batch that an HF encoder takes as inputs (labels excluded)."""
-    return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+    """The keys of a batch that an HF model takes as inputs (labels excluded).
+
+    With ``position_ids``, an attention mask without padding is left out: it says nothing, and
+    transformers builds the block-diagonal causal mask of packed documents (position ids restarting
+    at each document) only when the mask is absent.
+    """
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+    mask = inputs.get("attention_mask")
+    if "position_ids" in inputs and mask is not None and bool(mask.bool().all()):
+        del inputs["attention_mask"]
+    return inputs
 
 
 def capture(
@@ -167,15 +183,16 @@ def capture(
     """Run ``model`` on ``batch`` and return the requested features.
 
     Args:
-        model: an HF model with a head (sequence classification or masked LM).
-        batch: model inputs, plus ``labels`` when ``with_labels``.
+        model: an HF model with a head (sequence classification, masked LM or causal LM).
+        batch: a prepared batch: model inputs, plus ``labels`` (aligned with the logits) when ``with_labels``.
         request: what to capture.
-        with_labels: pass ``labels`` so the model computes its own task/MLM loss.
+        with_labels: compute the model's task/MLM/next-token loss on ``labels`` (by the model's own
+            forward where its stage allows, else from the logits).
         upcast: cast captured floating tensors to float32 (used for low-precision teachers).
         rows: the ``(B, N)`` positions of token logits to compute, when they are not those
             ``request.logit_rows`` names in ``batch`` (a student whose hard labels differ from the
             batch the losses read; see :meth:`~lightning_kd.core.module.DistillationModule.run_pass`).
-            Models without an MLM head lightning_kd knows (classifiers, other families) return whole logits.
+            Models without a vocabulary head lightning_kd knows (classifiers, other families) return whole logits.
     """
     layers = request.hooked_layers
     inputs = model_inputs(batch)
@@ -183,10 +200,15 @@ def capture(
         inputs["labels"] = batch["labels"]
     if rows is None:
         rows = row_mask(batch, request.logit_rows)
-    entry = head_entry(model) if rows is not None else None
+    stage = stage_of_class(type(model).__name__)
+    entry = stage.head_entry(model) if stage is not None and rows is not None else None
+    # Labels reach the model's own loss only where its stage allows it and the logits are whole.
+    take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_to_model))
+    seen = HeadCall()
     with recording(layers) as recorder:
         if entry is None:
-            outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
+            with labels_taken(model, seen) if take_labels else nullcontext():
+                outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
             rows = None
         else:
             with compact_head(model, entry, rows) as seen:
@@ -206,8 +228,8 @@ def capture(
     calls = recorder.calls
     config = getattr(model, "config", None)
     loss = outputs.loss if with_labels else None
-    if entry is not None and with_labels and seen.labels is not None:
-        loss = masked_lm_loss(outputs.logits, seen.labels, rows)
+    if take_labels and seen.labels is not None:
+        loss = stage.token_loss(outputs.logits, seen.labels, rows)
     return Features(
         logits=cast(outputs.logits),
         loss=loss,

@@ -55,7 +55,9 @@ from lightning_kd.core.teacher_pool import TeacherPool
 from lightning_kd.core.terms import LossTerms, Role
 from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.models.loading import ModelSource, Precision, TaskHead
+from lightning_kd.models.loading import ModelSource, Precision
+from lightning_kd.stages import Stage, TaskHead, stage_named
+from lightning_kd.stages.positions import IntermediatePositions, resolve_positions, with_term_positions
 
 # Frozen teachers are in eval mode on purpose; Lightning would warn about them at every fit.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -73,17 +75,20 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         teacher: one teacher (a built model or a source as for ``student``).
         teachers: several teachers instead of ``teacher``; combined by ``multi_teacher``.
         multi_teacher: strategy that combines per-teacher losses (default: :class:`Average`).
-        task_head: ``"sequence_classification"`` (fine-tuning) or ``"masked_lm"`` (pre-training).
-            The CLI links it from the data module; by default it is read from the teacher.
+        task_head: the stage (:mod:`lightning_kd.stages`): ``"sequence_classification"``
+            (fine-tuning), ``"masked_lm"`` (MLM pre-training) or ``"causal_lm"`` (next-token
+            distillation of decoder LMs). The CLI links it from the data module; by default it is
+            read from the teacher's head.
         num_labels: number of task labels (1 = regression); linked from the data module by the CLI.
         export_tokenizer: tokenizer saved with the exported student (the CLI links it from the data
             module's ``tokenizer``; default: the teacher's or student's own directory).
         student_init: ``"pretrained"`` loads ``student``'s weights; ``"random"`` builds it from its
-            config; ``"teacher_first"`` / ``"teacher_uniform"`` copy ``student_layers`` teacher layers
-            (the first ones, or the last of each uniform segment); ``"teacher_layers"`` copies the
-            explicit 0-based teacher layers listed in ``student_layers``.
-        student_layers: a layer count (``teacher_first``/``teacher_uniform``) or a list of teacher
-            layers (``teacher_layers``).
+            config; ``"teacher_first"`` / ``"teacher_uniform"`` / ``"teacher_first_last"`` copy
+            ``student_layers`` teacher layers (the first ones; the last of each uniform segment; or the
+            first half and the last half as two contiguous blocks, the better start for a decoder LM);
+            ``"teacher_layers"`` copies the explicit 0-based teacher layers listed in ``student_layers``.
+        student_layers: a layer count (``teacher_first``/``teacher_uniform``/``teacher_first_last``)
+            or a list of teacher layers (``teacher_layers``).
         allow_width_truncation: when copying teacher layers into a narrower student, copy the
             leading slice of each weight (GKD behaviour) instead of refusing.
         teacher_precision: teacher weights' dtype (one for all, or one per teacher); captured tensors
@@ -99,6 +104,11 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             student, gradients, optimizer, activations) and ``"error"`` (default) when it exceeds
             what the device has free, ``"warn"``, or ``"off"`` (no estimate).
         prediction: the prediction-level (soft/hard) loss; ``None`` means no prediction terms.
+        intermediate_positions: the token positions per-token intermediate terms (hidden states,
+            attention rows, relations) average over: ``"auto"`` (the stage's choice: the scored
+            positions in the causal-LM stage — prompt and padding left out, as in the soft and hard
+            terms — and every real token in the other stages), ``"scored"`` (causal-LM stage only) or
+            ``"all_tokens"`` (every real token; prompts included in the causal-LM stage).
         forward_repeats: extra forward passes per training step on the same batch (GKD
             ``--forward_repeat_num``): the step runs ``1 + forward_repeats`` passes, each with fresh
             dropout, and every loss term is *summed* over them. Evaluation never repeats.
@@ -134,6 +144,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         activation_checkpointing: bool = False,
         memory_check: MemoryCheck = "error",
         prediction: PredictionLoss | None = None,
+        intermediate_positions: IntermediatePositions = "auto",
         forward_repeats: int = 0,
         random_inputs: RandomInputs | None = None,
         teacher_cache: TeacherCache | None = None,
@@ -160,10 +171,18 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if prediction is not None and prediction.soft_weight > 0 and not sources:
             raise ValueError("prediction.soft_weight > 0 needs a teacher; set soft_weight=0 or give a teacher.")
         self.tokenizer_source = export_tokenizer or _first_str(sources) or _first_str([student])
-        self.task_head = task_head or infer_task_head(sources, student)
+        #: The stage (:mod:`lightning_kd.stages`) everything stage-dependent asks.
+        self.stage: Stage = stage_named(task_head or infer_task_head(sources, student))
+        self.intermediate_positions = resolve_positions(self.stage, intermediate_positions)
         self.num_labels = num_labels
         self.prediction = prediction
-        self.multi_teacher = multi_teacher or Average()
+        if sources:
+            self.multi_teacher = multi_teacher or Average()
+        elif multi_teacher is not None:
+            raise ValueError(f"{type(self).__name__} trains the student alone; remove `multi_teacher`.")
+        else:
+            # Not a submodule: a run without teachers lists no strategy in its model summary.
+            self.__dict__["multi_teacher"] = Average()
         self.forward_repeats, self.random_inputs = forward_repeats, random_inputs
         self._pass_index = 0
         check_repeats(forward_repeats, random_inputs, prediction)
@@ -174,16 +193,32 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
 
         # A plain object, not a submodule: no strategy wraps, casts, partitions or checkpoints the
         # teachers behind our back. The cache is checked in check_construction, once the requests are known.
-        self.teacher_pool = TeacherPool(sources, self.task_head, num_labels, teacher_precision, teacher_placement, teacher_cache)
+        self.teacher_pool = TeacherPool(sources, self.stage, num_labels, teacher_precision, teacher_placement, teacher_cache)
         self.memory_check = memory_check
         self.student = build_student(
-            student, student_init, student_layers, head=self.task_head, num_labels=num_labels, teachers=self.teachers,
+            student, student_init, student_layers, head=self.stage, num_labels=num_labels, teachers=self.teachers,
             allow_width_truncation=allow_width_truncation, activation_checkpointing=activation_checkpointing,
         )
         self._check_vocabularies()
         self._val_metrics = self._test_metrics = None
 
     # ------------------------------------------------------------------ construction
+    @property
+    def task_head(self) -> str:
+        """The stage's name (``"sequence_classification"``, ``"masked_lm"`` or ``"causal_lm"``)."""
+        return self.stage.name
+
+    def prepare_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``batch`` as every reader of this method takes it: labels aligned with the logits by the
+        stage (a causal stage shifts them once; idempotent) and, when intermediate terms read the
+        scored positions, those positions named (:mod:`lightning_kd.stages.positions`).
+
+        Every entry point calls it (:meth:`compute_losses`, :meth:`run_pass`, evaluation and
+        prediction), so a batch straight from a data loader or from the user is read the same way; a
+        method that reads labels before its passes run calls it first."""
+        batch = self.stage.prepare(batch)
+        return with_term_positions(batch) if self.intermediate_positions == "scored" else batch
+
     def _check_vocabularies(self) -> None:
         """Teacher and student read the same input ids, so their embedding tables must agree (a hook:
         VocabDistil's student reads mapped ids and checks its vocabulary map instead)."""
@@ -267,6 +302,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         With ``forward_repeats`` the step runs ``1 + forward_repeats`` passes on the same batch and each
         term is the sum over passes (:attr:`pass_index` tells a method which pass is running).
         """
+        batch = self.prepare_batch(batch)
         terms: dict[str, Tensor] = {}
         for pass_index in range(1 + self.forward_repeats):
             for name, value in self.run_pass(batch, pass_index=pass_index).terms.items():
@@ -321,6 +357,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         """
         previous, self._pass_index = self._pass_index, pass_index
         try:
+            batch = self.prepare_batch(batch)
             hard_batch = batch
             if self.random_inputs is not None and pass_index in self.random_inputs.passes:
                 vocab_size = (self.teachers[0] if len(self.teachers) else self.student).config.vocab_size
@@ -380,16 +417,12 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if builder is not None:
             self._val_metrics, self._test_metrics = builder("val/"), builder("test/")
         else:
-            from lightning_kd.metrics.defaults import default_metrics
-
-            self._val_metrics, self._test_metrics = default_metrics(self.task_head, self.num_labels, "val/"), default_metrics(
-                self.task_head, self.num_labels, "test/"
-            )
+            self._val_metrics, self._test_metrics = self.stage.metrics(self.num_labels, "val/"), self.stage.metrics(self.num_labels, "test/")
 
     def _evaluate(self, batch: dict[str, Tensor], metrics, prefix: str) -> None:
-        # MLM loss and masked-token accuracy read the labelled positions only: project just those rows.
-        compact = self.compact_heads and self.task_head == "masked_lm"
-        batch = self.student_inputs(batch)  # the labels too, as the student's logits number them
+        # Token-level losses and metrics read the labelled positions only: project just those rows.
+        compact = self.compact_heads and self.stage.token_level
+        batch = self.student_inputs(self.prepare_batch(batch))  # the labels too, as the student's logits number them
         features = capture(self.student, batch, FeatureRequest(logit_rows="labelled" if compact else "all"), with_labels=True)
         size = batch["input_ids"].shape[0]
         if features.loss is not None:
@@ -408,7 +441,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         self._evaluate(batch, self._test_metrics, "test/")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return capture(self.student, self.student_inputs(batch), FeatureRequest()).logits
+        return capture(self.student, self.student_inputs(self.prepare_batch(batch)), FeatureRequest()).logits
 
     # ------------------------------------------------------------------ modes and devices
     def train(self, mode: bool = True) -> "DistillationModule":

@@ -17,17 +17,11 @@ from typing import Literal
 
 from transformers import PreTrainedModel
 
-from lightning_kd.models.loading import (
-    ModelSource,
-    TaskHead,
-    enable_activation_checkpointing,
-    head_of,
-    load_config,
-    load_model,
-)
+from lightning_kd.models.loading import ModelSource, enable_activation_checkpointing, load_config, load_model
 from lightning_kd.models.student_init import copy_teacher_weights, select_teacher_layers, truncated_copy
+from lightning_kd.stages import Stage, TaskHead, stage_named, stage_of_architectures, stage_of_class
 
-StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_layers"]
+StudentInit = Literal["pretrained", "random", "teacher_first", "teacher_uniform", "teacher_first_last", "teacher_layers"]
 
 
 def build_student(
@@ -35,7 +29,7 @@ def build_student(
     init: StudentInit,
     layers: int | list[int] | None,
     *,
-    head: TaskHead,
+    head: TaskHead | Stage,
     num_labels: int | None = None,
     teachers: Sequence[PreTrainedModel] = (),
     allow_width_truncation: bool = False,
@@ -46,10 +40,10 @@ def build_student(
     Args:
         source: the student (a built model, a directory, ``embedded:<name>`` or a hub name); may be
             ``None`` for the ``teacher_*`` modes, which then build the teacher's class with fewer layers.
-        init: ``"pretrained"``, ``"random"``, ``"teacher_first"``, ``"teacher_uniform"`` or ``"teacher_layers"``.
-        layers: a layer count (``teacher_first``/``teacher_uniform``) or 0-based teacher layers
+        init: ``"pretrained"``, ``"random"``, ``"teacher_first"``, ``"teacher_uniform"``, ``"teacher_first_last"`` or ``"teacher_layers"``.
+        layers: a layer count (``teacher_first``/``teacher_uniform``/``teacher_first_last``) or 0-based teacher layers
             (``teacher_layers``); ``None`` otherwise.
-        head: the stage's head.
+        head: the stage (or its name) whose head the student carries.
         num_labels: the task's label count (classification heads).
         teachers: the frozen teachers; the ``teacher_*`` modes copy from the first.
         allow_width_truncation: copy the leading slice of wider teacher weights instead of refusing.
@@ -60,7 +54,7 @@ def build_student(
             tensors do not match the teacher's, or a family without activation checkpointing.
     """
     # from_pretrained returns eval mode and Lightning keeps a module's mode: switch dropout on here.
-    student = _initialised(source, init, layers, head, num_labels, teachers, allow_width_truncation).train()
+    student = _initialised(source, init, layers, stage_named(head), num_labels, teachers, allow_width_truncation).train()
     if activation_checkpointing:
         enable_activation_checkpointing(student)
     return student
@@ -70,7 +64,7 @@ def _initialised(
     source: ModelSource | None,
     init: StudentInit,
     layers: int | list[int] | None,
-    head: TaskHead,
+    stage: Stage,
     num_labels: int | None,
     teachers: Sequence[PreTrainedModel],
     allow_width_truncation: bool,
@@ -80,7 +74,7 @@ def _initialised(
             raise ValueError(f"student_init={init!r} needs `student` (a model, directory or name).")
         if layers is not None:
             raise ValueError("student_layers only applies when student_init copies teacher layers.")
-        return load_model(source, head, num_labels, role="student", random_init=init == "random")
+        return load_model(source, stage, num_labels, role="student", random_init=init == "random")
     if not teachers:
         raise ValueError(f"student_init={init!r} copies teacher layers, so it needs a teacher.")
     teacher = teachers[0]
@@ -95,7 +89,7 @@ def _initialised(
         chosen = select_teacher_layers(init.removeprefix("teacher_"), layers, depth)
     if source is None:
         return truncated_copy(teacher, chosen)
-    student = load_model(source, head, num_labels, role="student", random_init=True)
+    student = load_model(source, stage, num_labels, role="student", random_init=True)
     if student.config.num_hidden_layers != len(chosen):
         raise ValueError(
             f"The student config has {student.config.num_hidden_layers} layers but {len(chosen)} teacher layers were chosen."
@@ -121,21 +115,20 @@ def check_vocabularies(student: PreTrainedModel, teachers: Sequence[PreTrainedMo
 
 
 def infer_task_head(teachers: Sequence[ModelSource], student: ModelSource | None) -> TaskHead:
-    """The stage's head when the data module does not say: the first teacher's (or else the student's).
+    """The stage's name when the data module does not say: the first teacher's head (or else the student's).
 
     Raises:
-        ValueError: no source names a classification or masked-LM head.
+        ValueError: no source carries a classification, masked-LM or causal-LM head.
     """
     for source in [*teachers, student]:
-        if isinstance(source, PreTrainedModel) and head_of(source):
-            return head_of(source)
-        if isinstance(source, str):
-            for arch in load_config(source).architectures or []:
-                if arch.endswith("ForSequenceClassification"):
-                    return "sequence_classification"
-                if arch.endswith(("ForMaskedLM", "ForPreTraining")):
-                    return "masked_lm"
+        stage = None
+        if isinstance(source, PreTrainedModel):
+            stage = stage_of_class(type(source).__name__)
+        elif isinstance(source, str):
+            stage = stage_of_architectures(load_config(source).architectures)
+        if stage is not None:
+            return stage.name  # type: ignore[return-value]
     raise ValueError(
-        "Cannot tell whether this is fine-tuning or pre-training: set task_head to 'sequence_classification' "
-        "or 'masked_lm' (the CLI links it from the data module)."
+        "Cannot tell which stage this is: set task_head to 'sequence_classification', 'masked_lm' or 'causal_lm' "
+        "(the CLI links it from the data module)."
     )

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from lightning_kd.core.features import FeatureRequest, Features, capture
 from lightning_kd.core.placement import check_placements, partition_teacher, resolve_placement, teacher_device
 from lightning_kd.core.teachers import describe_source, load_teachers
-from lightning_kd.models.loading import ModelSource, Precision, TaskHead
+from lightning_kd.models.loading import ModelSource, Precision
+from lightning_kd.stages import Stage, TaskHead, stage_named
 
 if TYPE_CHECKING:  # annotations only: the pool runs any object with ``teacher_features`` and needs no cache import
     from lightning_kd.cache import TeacherCache
@@ -41,7 +42,8 @@ class TeacherPool:
 
     Args:
         sources: the teachers: built HF models, local directories, ``embedded:<name>`` or hub names.
-        head: the stage's head; every teacher must carry it (a fine-tuned classifier or an MLM head).
+        head: the stage (or its name); every teacher must carry its head (a fine-tuned classifier, an
+            MLM head, a causal-LM head).
         num_labels: the task's label count, checked against each classifier teacher.
         precision: the teachers' weight dtype, one for all or one per teacher (captured tensors are
             upcast to float32 for the loss math).
@@ -58,7 +60,7 @@ class TeacherPool:
     def __init__(
         self,
         sources: list[ModelSource],
-        head: TaskHead,
+        head: TaskHead | Stage,
         num_labels: int | None = None,
         precision: Precision | list[Precision] = "float32",
         placement: str | list[str] = "auto",
@@ -69,7 +71,7 @@ class TeacherPool:
         #: What a checkpoint records about where each teacher came from (their weights are never saved).
         self.sources: list[str] = [describe_source(source) for source in sources]
         #: The frozen teachers (eval mode, no gradients), each in its own precision.
-        self.models: nn.ModuleList = load_teachers(sources, head, num_labels, precision)
+        self.models: nn.ModuleList = load_teachers(sources, stage_named(head), num_labels, precision)
         self.cache = cache
         # Inference-only ZeRO-3 engines; they keep the partitioned teachers' hooks alive.
         self._engines: list[Any] = []

@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import nn
 from transformers import PreTrainedModel
 
-from lightning_kd.models.loading import ModelSource, Precision, TaskHead, load_model
-
-
+from lightning_kd.models.loading import ModelSource, Precision, load_model
+from lightning_kd.stages import Stage
 
 def freeze(model: nn.Module) -> nn.Module:
     """Put ``model`` in eval mode with no trainable parameter."""
@@ -18,7 +17,7 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def load_teachers(
-    sources: list[ModelSource], head: TaskHead, num_labels: int | None, dtype: Precision | list[Precision]
+    sources: list[ModelSource], stage: Stage, num_labels: int | None, dtype: Precision | list[Precision]
 ) -> nn.ModuleList:
     """Load and freeze every teacher, each in its own precision (captured tensors are upcast).
 
@@ -28,7 +27,7 @@ def load_teachers(
     dtypes = dtype if isinstance(dtype, list) else [dtype] * len(sources)
     if len(dtypes) != len(sources):
         raise ValueError(f"teacher_precision lists {len(dtypes)} precisions for {len(sources)} teachers; give one per teacher or a single value.")
-    return nn.ModuleList(freeze(load_model(s, head, num_labels, role="teacher", dtype=d)) for s, d in zip(sources, dtypes))
+    return nn.ModuleList(freeze(load_model(s, stage, num_labels, role="teacher", dtype=d)) for s, d in zip(sources, dtypes))
 
 
 def describe_source(source: ModelSource) -> str:

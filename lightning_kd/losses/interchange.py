@@ -93,16 +93,16 @@ def apply_interchange(hidden: Tensor, swap: Interchange, values: Tensor) -> Tens
     return hidden.index_put((swap.rows, swap.columns), values.to(hidden.dtype))
 
 
-def cosine_rows(student: Tensor, teacher: Tensor, mask: Tensor, parity: bool) -> Tensor:
+def cosine_rows(student: Tensor, teacher: Tensor, mask: Tensor | None, parity: bool) -> Tensor:
     """``1 − cos`` between ``(B, N, D)`` rows, averaged.
 
     Args:
-        mask: ``(B, N)`` real-token mask.
+        mask: ``(B, N)`` mask of the rows that count (real tokens); ``None``: every row.
         parity: GKD form: padding rows are zeroed before the cosine, so each contributes ``1`` and
             the mean runs over all ``B·N`` rows; otherwise the mean over real tokens only.
     """
     cos = torch.nn.functional.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
-    keep = mask.bool()
+    keep = mask.bool() if mask is not None else torch.ones_like(cos, dtype=torch.bool)
     if parity:
         return torch.where(keep, 1.0 - cos, torch.ones_like(cos)).mean()
     return ((1.0 - cos) * keep).sum() / keep.sum().clamp_min(1)

@@ -44,6 +44,7 @@ from lightning_kd.core.layer_map import LayerMap, resolve_layer_map
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.relation import RelationReduction, contextual_relations
+from lightning_kd.stages.positions import term_positions
 
 DEFAULT_WINDOW = 21
 
@@ -138,7 +139,7 @@ class CKD(DistillationModule):
             return terms
         s = torch.stack(student.hidden_states, dim=1)  # (B, K, S, D_s)
         t = torch.stack([teacher.hidden_states[j] for j in self.teacher_layers[teacher_index]], dim=1)
-        mask = batch.get("attention_mask")
+        mask = term_positions(batch)
         mask = torch.ones(s.shape[0], s.shape[2], dtype=torch.bool, device=s.device) if mask is None else mask.bool()
         active = [name for name, weight in self.weights.items() if weight > 0]
         # One call, so the terms of a level share their Gram matrices (one matrix product per model).

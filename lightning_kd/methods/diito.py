@@ -72,6 +72,7 @@ from lightning_kd.losses.masking import Reduction
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.models.layer_stack import find_layer_stack
 from lightning_kd.models.loading import is_activation_checkpointing
+from lightning_kd.stages.positions import term_positions
 
 Alignment = Literal["full", "middle", "late"]
 
@@ -155,10 +156,10 @@ class DIITO(DistillationModule):
         if prediction.soft_positions not in ("masked_tokens", "all_tokens"):
             raise ValueError(f"prediction.soft_positions must be 'masked_tokens' or 'all_tokens', got {prediction.soft_positions!r}.")
         super().__init__(prediction=prediction, forward_repeats=1, **kwargs)
-        if self.task_head != "masked_lm":
+        if not self.stage.token_level:
             raise ValueError(
-                "DIITO is a pre-training (masked LM) method: use MLM teacher/student and PretrainDataModule "
-                "(task_head='masked_lm'); fine-tune afterwards with StudentOnly."
+                "DIITO is a pre-training method: use MLM models with PretrainDataModule (task_head='masked_lm') or "
+                "decoder LMs with CausalLMDataModule (task_head='causal_lm'); fine-tune afterwards with StudentOnly."
             )
         if self.random_inputs is not None:
             raise ValueError("DIITO's interchange needs the real batch in both passes; remove random_inputs.")
@@ -227,7 +228,10 @@ class DIITO(DistillationModule):
 
     def draw_interchange(self, batch: dict[str, Tensor]) -> Interchange:
         """The positions swapped for this batch (global RNG, so ``seed_everything`` fixes them)."""
-        return sample_interchange(batch["attention_mask"], self.interchange_prop, self.interchange_way, self.interchange_max_token)
+        real = batch.get("attention_mask")
+        if real is None:  # packed blocks without padding
+            real = torch.ones_like(batch["input_ids"])
+        return sample_interchange(real, self.interchange_prop, self.interchange_way, self.interchange_max_token)
 
     @contextmanager
     def interchanged(self, model: nn.Module, sites: list[int], values: dict[int, Tensor], swap: Interchange) -> Iterator[None]:
@@ -325,7 +329,7 @@ class DIITO(DistillationModule):
             terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
         if self.cosine_weight > 0:
             terms["cosine"] = self.cosine_weight * cosine_rows(
-                student.hidden_states[-1], teacher.hidden_states[-1], batch["attention_mask"], self.reduction == "gkd"
+                student.hidden_states[-1], teacher.hidden_states[-1], term_positions(batch), self.reduction == "gkd"
             )
         return terms
 
@@ -337,6 +341,6 @@ class DIITO(DistillationModule):
             terms.soft("causal_soft", self.causal_prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
         if self.causal_cosine_weight > 0:
             terms["causal_cosine"] = self.causal_cosine_weight * cosine_rows(
-                student.hidden_states[-1], teacher.hidden_states[-1], batch["attention_mask"], self.reduction == "gkd"
+                student.hidden_states[-1], teacher.hidden_states[-1], term_positions(batch), self.reduction == "gkd"
             )
         return terms

@@ -51,6 +51,7 @@ from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.hidden import cosine_distance
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 from lightning_kd.losses.prediction import PredictionLoss, SoftPositions
+from lightning_kd.stages.positions import term_positions
 
 CosinePositions = Literal["all_tokens", "masked_tokens"]
 
@@ -99,7 +100,7 @@ class DistilBERTIntermediate(nn.Module):
         settings: the knobs (``alpha_cos``, ``cos_positions``, ``reduction``).
         student_config: the student's HF config.
         teacher_configs: each teacher's HF config.
-        task_head: ``"masked_lm"`` or ``"sequence_classification"`` (MLM targets exist only in the former).
+        token_level: whether the stage has token labels (MLM, causal LM); classification batches have none.
         student_projection: optional ``(hidden, teacher_index) → hidden`` map from the student's to
             a teacher's width (MixBaseline passes TinyBERT's fit layer, as the reference does).
 
@@ -112,7 +113,7 @@ class DistilBERTIntermediate(nn.Module):
         settings: DistilBERTSettings,
         student_config,
         teacher_configs: list,
-        task_head: str,
+        token_level: bool,
         student_projection: Callable[[Tensor, int], Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -121,9 +122,9 @@ class DistilBERTIntermediate(nn.Module):
         self.active = settings.alpha_cos > 0
         if not self.active:
             return
-        if settings.cos_positions == "masked_tokens" and task_head != "masked_lm":
+        if settings.cos_positions == "masked_tokens" and not token_level:
             raise ValueError(
-                "cos_positions='masked_tokens' needs MLM targets, which fine-tuning batches do not have: "
+                "cos_positions='masked_tokens' needs token targets (MLM or next-token), which fine-tuning batches do not have: "
                 "use cos_positions='all_tokens', or alpha_cos=0 (what the GKD reference silently does)."
             )
         if student_projection is None:
@@ -152,7 +153,8 @@ class DistilBERTIntermediate(nn.Module):
         if settings.cos_positions == "masked_tokens":
             mask = target_mask(batch["labels"])
         else:
-            mask = padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
+            positions = term_positions(batch)
+            mask = padding_mask(positions) if positions is not None else None
         value = cosine_distance(hidden, teacher.hidden_states[-1], mask, settings.reduction)
         if settings.reduction == "gkd" and mask is not None:
             # The reference zeroes masked rows of both models; their cosine is 0, so each adds a loss of 1.
@@ -207,7 +209,7 @@ class DistilBERT(DistillationModule):
             raise ValueError("DistilBERT has nothing to train: prediction.soft_weight, prediction.hard_weight and alpha_cos are all 0.")
         super().__init__(prediction=prediction, **kwargs)
         self.intermediate = DistilBERTIntermediate(
-            settings, self.student.config, [t.config for t in self.teachers], self.task_head
+            settings, self.student.config, [t.config for t in self.teachers], self.stage.token_level
         )
 
 

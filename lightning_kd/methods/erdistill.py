@@ -61,6 +61,7 @@ from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.token_relation import RelationLoss, token_relation_loss, vocabulary_projection_loss
 from lightning_kd.models.embedding_projection import check_vocabulary_scoring, states_in_embedding_space
+from lightning_kd.stages.positions import term_positions
 
 LayerChoice = Literal["all", "last_two", "final", "final_plus_previous", "none"]
 Term = Literal["local", "global"]
@@ -166,7 +167,7 @@ class ERDistill(DistillationModule):
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> dict[str, Tensor]:
         """Unweighted ``{"local": …, "global": …}`` (for the chosen terms) with one teacher, summed over pairs."""
-        mask = batch.get("attention_mask") if self.positions == "all_tokens" else None
+        mask = term_positions(batch) if self.positions == "all_tokens" else None
         teacher_model = self.teachers[teacher_index]
         student_embeddings = self.student.get_input_embeddings().weight
         teacher_embeddings = teacher_model.get_input_embeddings().weight

@@ -55,6 +55,7 @@ from lightning_kd.losses.vocabulary import (
 )
 from lightning_kd.models.loading import ModelSource
 from lightning_kd.models.vocab_head import VocabularyHead, check_tied_head, load_vocab_head
+from lightning_kd.stages.positions import term_positions
 
 #: The name earlier releases exported (a head of any family now, not only BERT's).
 load_mlm_head = load_vocab_head
@@ -129,7 +130,7 @@ class LogitsDistil(DistillationModule):
             raise ValueError("Every term is off: set vocabulary_weight > 0, or give a `prediction` with soft_weight/hard_weight > 0.")
         self.temperature, self.vocabulary_weight, self.vocabulary_loss = temperature, vocabulary_weight, vocabulary_loss
         self.positions, self.top_n, self.top_n_mode, self.reduction = positions, top_n, top_n_mode, reduction
-        pretraining = self.task_head == "masked_lm"
+        pretraining = self.stage.token_level  # the model's own logits are vocabulary logits
         heads_given = vocab_head is not None or student_mlm_head is not None or teacher_mlm_heads is not None
         if vocabulary_weight == 0:
             changed = [name for name, value, default in (
@@ -233,7 +234,8 @@ class LogitsDistil(DistillationModule):
     def position_mask(self, batch: dict[str, Tensor]) -> Tensor | None:
         """Rows of the word-prediction term: per ``positions``."""
         if self.positions == "tokens":
-            return padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
+            positions = term_positions(batch)
+            return padding_mask(positions) if positions is not None else None
         if self.positions == "targets":
             return target_mask(batch["labels"])
         return None

@@ -55,6 +55,7 @@ from lightning_kd.core.pooling import Pooling, check_pooling, pool, resolve_pair
 from lightning_kd.losses.masking import zero_like_loss
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.losses.structure import pooled_sample_structure_loss, random_span_lengths, span_pool, token_structure_loss
+from lightning_kd.stages.positions import term_positions
 
 Term = Literal["sample", "token", "span", "prediction"]
 SpanPooling = Literal["valid_tokens", "all_tokens"]
@@ -241,18 +242,21 @@ class MGSKD(DistillationModule):
             return terms
         hs, ht = student.hidden_states, teacher.hidden_states
         batch_size, length = hs[0].shape[:2]
-        mask = batch.get("attention_mask")
-        mask = torch.ones(batch_size, length, dtype=torch.bool, device=hs[0].device) if mask is None else mask.bool()
+        everything = torch.ones(batch_size, length, dtype=torch.bool, device=hs[0].device)
+        real, tokens = batch.get("attention_mask"), term_positions(batch)
+        # Pooling reads the real tokens (a decoder pools its last one); token and span terms the term positions.
+        real = everything if real is None else real.bool()
+        mask = everything if tokens is None else tokens.bool()
         spans = random_span_lengths(length, self.span_rate) if "span" in self.levels else []
         sums = {name: zero_like_loss(hs[0]) for name in self.levels}
         if "sample" in sums:
             s_mode, t_mode = resolve_pair(self.sample_pooling, self.student, self.teachers[teacher_index], teacher_index)
-            rows = mask.any(dim=1)
+            rows = real.any(dim=1)
         for i, t_index in enumerate(self.teacher_layers[teacher_index]):
             s_x, t_x = hs[i], ht[t_index]
             if i >= self.sample_level_from:
                 if "sample" in sums:
-                    s_vec, t_vec = pool(s_x.float(), mask, s_mode), pool(t_x.float(), mask, t_mode)
+                    s_vec, t_vec = pool(s_x.float(), real, s_mode), pool(t_x.float(), real, t_mode)
                     sums["sample"] = sums["sample"] + pooled_sample_structure_loss(s_vec, t_vec, rows, self.relation_heads)
                 continue
             if "token" in sums:

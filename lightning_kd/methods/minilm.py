@@ -32,6 +32,7 @@ from lightning_kd.losses.attention import (
     relation_kl,
 )
 from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.stages.positions import term_positions
 
 
 class MiniLMIntermediate(nn.Module):
@@ -68,7 +69,7 @@ class MiniLMIntermediate(nn.Module):
     def forward(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
         """``{"attention", "value_relation"}`` against one teacher (unweighted)."""
         s, t = self.student_layer, self.teacher_layers[teacher_index]
-        mask, mask_padding = batch.get("attention_mask"), self.settings.mask_padding
+        mask, mask_padding = term_positions(batch), self.settings.mask_padding
         if mask_padding and mask is None:
             raise ValueError("MiniLM mask_padding=True needs an attention_mask in the batch.")
         keys = shared_key_mask(student, s, teacher, t)

@@ -34,6 +34,7 @@ from lightning_kd.core.method_settings import method_settings
 from lightning_kd.core.module import DistillationModule
 from lightning_kd.losses.attention import relation_kl, split_relation_heads
 from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.stages.positions import term_positions
 
 PaddedQueries = Literal["drop", "keep"]
 _RELATIONS = (("query_relation", "queries"), ("key_relation", "keys"), ("value_relation", "values"))
@@ -118,7 +119,7 @@ class MiniLMv2Intermediate(nn.Module):
         """``{"query_relation", "key_relation", "value_relation"}`` against one teacher (unweighted)."""
         s, t = self.student_layer, self.teacher_layers[teacher_index]
         heads, mask_padding = self.relation_heads[teacher_index], self.settings.mask_padding
-        mask = batch.get("attention_mask")
+        mask = term_positions(batch)
         if mask_padding and mask is None:
             raise ValueError("MiniLMv2 mask_padding=True needs an attention_mask in the batch.")
         keys = shared_key_mask(student, s, teacher, t)

@@ -49,6 +49,7 @@ from lightning_kd.losses.attention import attention_score_mse
 from lightning_kd.losses.hidden import hidden_mse
 from lightning_kd.losses.masking import Reduction, padding_mask
 from lightning_kd.losses.prediction import PredictionLoss
+from lightning_kd.stages.positions import term_positions
 
 TinyBERTTerm = Literal["embedding", "attention", "hidden", "final"]
 TINYBERT_TERMS: tuple[str, ...] = ("embedding", "attention", "hidden", "final")
@@ -136,7 +137,8 @@ class TinyBERTIntermediate(nn.Module):
     def forward(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
         """Unweighted TinyBERT terms against one teacher, each summed over its layer pairs."""
         reduction = self.settings.reduction
-        token_mask = padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
+        positions = term_positions(batch)
+        token_mask = padding_mask(positions) if positions is not None else None
         hidden_mask = token_mask if reduction == "masked_mean" else None  # the reference averages over every position
         pairs = self.pairs[teacher_index]
         out: dict[str, Tensor] = {}
@@ -146,7 +148,7 @@ class TinyBERTIntermediate(nn.Module):
                     attention_score_mse(
                         student.attention_scores(s),
                         teacher.attention_scores(t),
-                        batch.get("attention_mask"),
+                        positions,
                         reduction,
                         key_mask=shared_key_mask(student, s, teacher, t),
                     )

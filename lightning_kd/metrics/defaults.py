@@ -1,15 +1,19 @@
-"""Fallback metrics when no data module provides the task's own (e.g. plain dataloaders in a notebook)."""
+"""Token accuracy, the metric of the token-level stages (each stage's fallback metrics: :mod:`lightning_kd.stages`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
 
 class MaskedTokenAccuracy(Metric):
     """Accuracy of the argmax prediction at positions whose label is not ``ignore_index``."""
+
+    # ``update`` only adds counts: ``forward`` need not re-run it on the accumulated state, and
+    # ``merge_state`` (summing the counts, like the DDP reduction) applies.
+    full_state_update = False
+    higher_is_better = True
 
     def __init__(self, ignore_index: int = -100) -> None:
         super().__init__()
@@ -24,12 +28,3 @@ class MaskedTokenAccuracy(Metric):
 
     def compute(self) -> Tensor:
         return self.correct / self.total.clamp_min(1)
-
-
-def default_metrics(task_head: str, num_labels: int | None, prefix: str) -> MetricCollection | None:
-    """Accuracy for classification, masked-token accuracy for MLM, nothing for regression."""
-    if task_head == "masked_lm":
-        return MetricCollection({"mlm_accuracy": MaskedTokenAccuracy()}, prefix=prefix)
-    if num_labels and num_labels > 1:
-        return MetricCollection({"accuracy": MulticlassAccuracy(num_classes=num_labels, average="micro")}, prefix=prefix)
-    return None

@@ -1,40 +1,23 @@
-"""Loading teachers and students as Hugging Face models with the head a stage needs."""
+"""Loading teachers and students as Hugging Face models with the head a stage needs.
+
+The stage (:mod:`lightning_kd.stages`) names the auto class, recognises its head's class names and
+says how to obtain a teacher with that head.
+"""
 
 from __future__ import annotations
 
 from typing import Literal, Union
 
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from lightning_kd.data.sources import resolve_source
+from lightning_kd.stages import Stage, TaskHead, stage_named
 
-TaskHead = Literal["sequence_classification", "masked_lm"]
 ModelSource = Union[str, PreTrainedModel]
 Precision = Literal["float32", "bfloat16", "float16"]
 
-_AUTO_CLASSES = {"sequence_classification": AutoModelForSequenceClassification, "masked_lm": AutoModelForMaskedLM}
-_HEAD_SUFFIX = {"sequence_classification": "ForSequenceClassification", "masked_lm": ("ForMaskedLM", "ForPreTraining")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def head_of(model: PreTrainedModel) -> TaskHead | None:
-    """The task head of a built model, or ``None`` for a bare encoder."""
-    name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "sequence_classification"
-    if name.endswith(("ForMaskedLM", "ForPreTraining")):
-        return "masked_lm"
-    return None
-
-
-def _checkpoint_head(config) -> TaskHead | None:
-    for arch in getattr(config, "architectures", None) or []:
-        if arch.endswith("ForSequenceClassification"):
-            return "sequence_classification"
-        if arch.endswith(("ForMaskedLM", "ForPreTraining")):
-            return "masked_lm"
-    return None
 
 
 def load_config(source: str):
@@ -52,7 +35,7 @@ def load_config(source: str):
 
 def load_model(
     source: ModelSource,
-    head: TaskHead,
+    stage: TaskHead | Stage,
     num_labels: int | None = None,
     *,
     role: Literal["teacher", "student"] = "student",
@@ -64,7 +47,7 @@ def load_model(
     Args:
         source: a built model (returned as is, after checks), a local directory, ``embedded:<name>``
             or a hub name.
-        head: the stage's head: ``"sequence_classification"`` (fine-tuning) or ``"masked_lm"``.
+        stage: the stage (:mod:`lightning_kd.stages`, or its name) whose head the model must carry.
         num_labels: number of task labels (1 = regression) for a classification head.
         role: a teacher must already carry the stage's head (a fine-tuned teacher for a task); a
             student may start with a freshly initialised head.
@@ -75,45 +58,43 @@ def load_model(
         ValueError: a teacher without the right head or label count, or (from a checkpoint) one whose
             weights lack tensors that ``from_pretrained`` would have to initialise at random.
     """
+    stage = stage_named(stage)
     if isinstance(source, PreTrainedModel):
         model = source
-        built_head = head_of(model)
-        if built_head != head:
+        if not stage.owns(type(model).__name__):
             raise ValueError(
-                f"The {role} is a {type(model).__name__}, but this stage needs a {head} head. Build it with "
-                f"AutoModelFor{'SequenceClassification' if head == 'sequence_classification' else 'MaskedLM'}."
+                f"The {role} is a {type(model).__name__}, but {stage.description} needs a {stage.name} head. Build it "
+                f"with {stage.auto_class().__name__}."
             )
-        _check_labels(model.config, head, num_labels, role, type(model).__name__)
+        _check_labels(model.config, stage, num_labels, role, type(model).__name__)
         return model.to(DTYPES[dtype]) if dtype != "float32" else model
 
     config = load_config(source)
-    checkpoint_head = _checkpoint_head(config)
-    if role == "teacher" and checkpoint_head != head and not random_init:
-        hint = (
-            "fine-tune it on the task first (e.g. configs/quickstart/1_finetune_teacher.yaml) and use the export"
-            if head == "sequence_classification"
-            else "use a checkpoint saved with its masked-LM head"
+    carries_head = any(stage.owns(name) for name in getattr(config, "architectures", None) or [])
+    if role == "teacher" and not carries_head and not random_init:
+        raise ValueError(
+            f"The teacher {source!r} has no trained {stage.name} head (architectures={config.architectures}); "
+            f"{stage.teacher_hint()}."
         )
-        raise ValueError(f"The teacher {source!r} has no trained {head} head (architectures={config.architectures}); {hint}.")
     kwargs = {}
-    if head == "sequence_classification" and num_labels is not None:
+    if not stage.token_level and num_labels is not None:
         if role == "teacher":
-            _check_labels(config, head, num_labels, role, source)
-        elif checkpoint_head == head and config.num_labels != num_labels:
+            _check_labels(config, stage, num_labels, role, source)
+        elif carries_head and config.num_labels != num_labels:
             kwargs["ignore_mismatched_sizes"] = True  # a student may re-initialise a head of another size
         config.num_labels = num_labels
-    auto = _AUTO_CLASSES[head]
+    auto = stage.auto_class()
     if random_init:
         return auto.from_config(config, dtype=DTYPES[dtype])
     model, loading_info = auto.from_pretrained(
         resolve_source(source), config=config, dtype=DTYPES[dtype], output_loading_info=True, **kwargs
     )
     if role == "teacher":
-        _check_teacher_weights(source, head, config, loading_info)
+        _check_teacher_weights(source, stage, config, loading_info)
     return model
 
 
-def _check_teacher_weights(source: str, head: TaskHead, config, loading_info: dict) -> None:
+def _check_teacher_weights(source: str, stage: Stage, config, loading_info: dict) -> None:
     """Refuse a teacher whose checkpoint lacks tensors its model needs.
 
     ``config.json``'s ``architectures`` may claim a head the weights do not have (a config copied or
@@ -126,19 +107,15 @@ def _check_teacher_weights(source: str, head: TaskHead, config, loading_info: di
     if not missing:
         return
     shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-    hint = (
-        "fine-tune it on the task first (e.g. configs/quickstart/1_finetune_teacher.yaml) and use the export"
-        if head == "sequence_classification"
-        else "use a checkpoint saved with its masked-LM head (e.g. from AutoModelForMaskedLM.save_pretrained)"
-    )
     raise ValueError(
         f"The teacher {source!r} lacks trained weights for {shown}: config.json says {config.architectures}, but "
-        f"from_pretrained would initialise these tensors at random, so the teacher's {head} outputs would be noise; {hint}."
+        f"from_pretrained would initialise these tensors at random, so the teacher's {stage.name} outputs would be "
+        f"noise; {stage.teacher_hint()}."
     )
 
 
-def _check_labels(config, head: TaskHead, num_labels: int | None, role: str, name) -> None:
-    if head == "sequence_classification" and num_labels is not None and config.num_labels != num_labels:
+def _check_labels(config, stage: Stage, num_labels: int | None, role: str, name) -> None:
+    if not stage.token_level and num_labels is not None and config.num_labels != num_labels:
         raise ValueError(
             f"The {role} {name!r} predicts {config.num_labels} labels but the task has {num_labels}. "
             f"Use a {role} fine-tuned on this task."

@@ -10,6 +10,8 @@ would leave student tensors random (another family) is refused.
 
 from __future__ import annotations
 
+import copy
+
 import re
 from typing import Literal
 
@@ -21,14 +23,17 @@ from lightning_kd.core.layer_map import uniform_boundaries
 from lightning_kd.models.layer_config import layer_fields_at, per_layer_fields, trimmed_config
 from lightning_kd.models.layer_stack import LayerStack, LayerStackNotFound, family_of, find_layer_stack
 
-LayerSelection = Literal["first", "uniform"]
+LayerSelection = Literal["first", "uniform", "first_last"]
 
 
 def select_teacher_layers(selection: LayerSelection | list[int], count: int | None, teacher_layers: int) -> list[int]:
     """0-based teacher layers that initialise the student's layers, in order.
 
     ``"first"`` takes layers ``0…count−1`` (the GKD default); ``"uniform"`` takes the last layer of
-    each uniform segment (12→6: 1,3,5,7,9,11); a list is used as given.
+    each uniform segment (12→6: 1,3,5,7,9,11); ``"first_last"`` takes the first ``⌊count/2⌋`` and the
+    last ``⌈count/2⌉`` layers, two contiguous blocks that keep both ends of the network (30→15: 0…6
+    and 22…29; for a decoder LM far closer to the teacher at the start than every other layer); a
+    list is used as given.
     """
     if isinstance(selection, list):
         bad = [i for i in selection if not 0 <= i < teacher_layers]
@@ -43,7 +48,10 @@ def select_teacher_layers(selection: LayerSelection | list[int], count: int | No
         return list(range(count))
     if selection == "uniform":
         return [b - 1 for b in uniform_boundaries(teacher_layers, count)[1:]]
-    raise ValueError(f"Unknown layer selection {selection!r}; use 'first', 'uniform' or a list of teacher layers.")
+    if selection == "first_last":
+        head = count // 2
+        return list(range(head)) + list(range(teacher_layers - (count - head), teacher_layers))
+    raise ValueError(f"Unknown layer selection {selection!r}; use 'first', 'uniform', 'first_last' or a list of teacher layers.")
 
 
 _NO_COPY_FIX = "use student_init: pretrained or random (the student keeps its own or fresh weights)"
@@ -216,4 +224,7 @@ def truncated_copy(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedMod
         config.num_hidden_groups = _shared_groups(teacher, stack, layers)
     student = type(teacher)(config).to(next(teacher.parameters()).dtype)
     copy_teacher_weights(teacher, student, layers)
+    if getattr(teacher, "generation_config", None) is not None and getattr(student, "generation_config", None) is not None:
+        # A decoder student generates as its teacher does (EOS, pad, sampling defaults) and exports so.
+        student.generation_config = copy.deepcopy(teacher.generation_config)
     return student.float()

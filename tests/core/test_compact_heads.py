@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import DebertaV2ForMaskedLM
 
-from lightning_kd.core.compact_head import head_entry
+from lightning_kd.stages import STAGES
 from lightning_kd.core.features import FeatureRequest, capture
 from lightning_kd.core.logit_rows import mean_per_example, row_mask, rows_at, sum_per_example, widest
 from tests.conftest import make_batch, make_tiny_bert
@@ -95,7 +95,7 @@ def test_models_without_a_known_mlm_head_return_whole_logits():
     classifier = make_tiny_bert("classification")
     features = capture(classifier, make_batch(), FeatureRequest(logit_rows="labelled"))
     assert features.logit_rows is None and features.logits.shape == (4, 2)
-    assert head_entry(classifier) is None and head_entry(make_tiny_bert("mlm")) is not None
+    assert STAGES["masked_lm"].head_entry(classifier) is None and STAGES["masked_lm"].head_entry(make_tiny_bert("mlm")) is not None
 
 
 def test_a_student_whose_hard_labels_differ_takes_the_rows_it_is_given():

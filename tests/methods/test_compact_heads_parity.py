@@ -186,8 +186,6 @@ def test_fine_tuning_heads_are_never_compacted():
 
 
 def test_validation_reads_the_labelled_rows_only():
-    from lightning_kd.metrics.defaults import default_metrics
-
     method = StudentOnly(student=make_tiny_bert("mlm", seed=2, layers=2)).eval()
     batch = make_batch("mlm")
     logged = {}
@@ -196,7 +194,7 @@ def test_validation_reads_the_labelled_rows_only():
     results = {}
     for compact in (True, False):
         method.compact_heads = compact
-        metrics = default_metrics("masked_lm", None, "val/")
+        metrics = method.stage.metrics(None, "val/")
         method._evaluate(batch, metrics, "val/")
         results[compact] = dict(logged)
     torch.testing.assert_close(results[True]["val/loss"], results[False]["val/loss"], rtol=1e-5, atol=1e-6)
