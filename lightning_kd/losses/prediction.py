@@ -7,19 +7,21 @@ made of it alone; intermediate-layer methods add it for their prediction stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from lightning_kd.losses.logits import logits_mse, soft_cross_entropy, soft_kl
+from lightning_kd.losses.logits import check_divergence_weights, logits_mse, soft_divergence
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
+from lightning_kd.stages.positions import term_positions
 
 if TYPE_CHECKING:
     from lightning_kd.core.features import Features
     from lightning_kd.core.logit_rows import LogitRows
 
-SoftLoss = Literal["kl", "ce", "mse"]
+#: The soft divergences of :func:`~lightning_kd.losses.logits.soft_divergence`, and ``"mse"`` between raw logits.
+SoftLoss = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "mse"]
 SoftPositions = Literal["masked_tokens", "all_tokens", "all_positions"]
 #: The token-logit rows (:data:`~lightning_kd.core.logit_rows.LogitRows`) each ``soft_positions`` reads.
 _ROWS: dict[str, str] = {"masked_tokens": "labelled", "all_tokens": "tokens", "all_positions": "all"}
@@ -32,11 +34,28 @@ class PredictionLoss:
     Attributes:
         soft_weight: weight of the soft term (0 disables it). GKD: ``--distill_soft_rate``.
         hard_weight: weight of the student's own task/MLM loss (0 disables it). GKD: ``--distill_hard_rate``.
-        temperature: softmax temperature ``T`` of the soft term (ignored by ``mse``).
-        soft_loss: ``"kl"`` (Hinton et al.), ``"ce"`` (soft cross-entropy, the GKD fine-tuning
-            default) or ``"mse"`` between raw logits.
-        t2_scale: multiply ``kl``/``ce`` by ``T²`` so the soft gradient does not shrink with ``T``.
+        temperature: softmax temperature ``T`` of the soft term: the teacher's ``p = softmax(z_t/T)``
+            and the student's ``q = softmax(z_s/T)`` (ignored by ``mse``).
+        soft_loss: per row, summed over the classes:
+
+            * ``"kl"``: ``KL(p ‖ q) = Σ p (log p − log q)`` (Hinton et al.);
+            * ``"ce"``: ``−Σ p log q`` (soft cross-entropy, the GKD fine-tuning default);
+            * ``"reverse_kl"``: ``KL(q ‖ p) = Σ q (log q − log p)``;
+            * ``"jsd"``: ``β KL(p ‖ m) + (1−β) KL(q ‖ m)``, ``m = β p + (1−β) q``, ``β = jsd_beta``
+              (generalized JSD of on-policy GKD, Agarwal et al.);
+            * ``"skew_kl"``: ``KL(p ‖ α p + (1−α) q)``, ``α = skew_alpha`` (DistiLLM);
+            * ``"skew_reverse_kl"``: ``KL(q ‖ (1−α) p + α q)``;
+            * ``"tvd"``: total variation ``½ Σ |p − q|``;
+            * ``"mse"``: mean squared error between raw logits (no ``T``).
+        t2_scale: multiply the KL-family terms (every ``soft_loss`` but ``tvd`` and ``mse``) by ``T²``
+            so the soft gradient does not shrink with ``T``. Total variation is never scaled (its
+            gradient shrinks as ``1/T``, not ``1/T²``), nor is ``mse``, whatever this flag says.
             The library default is ``True``; GKD's fine-tuning presets use ``ce`` without it.
+        jsd_beta: ``β`` of ``jsd``, in ``[0, 1]``; ``0.5`` is the symmetric Jensen–Shannon divergence.
+            The ends, where the formula is 0, are defined as ``KL(p ‖ q)`` (``β = 0``) and ``KL(q ‖ p)``
+            (``β = 1``), TRL's GKD convention. Read by ``jsd`` only.
+        skew_alpha: ``α`` of ``skew_kl``/``skew_reverse_kl``, in ``(0, 1]``; DistiLLM uses ``0.1``.
+            Read by those two only.
         soft_positions: for token-level (MLM) logits, which positions the soft term covers:
             ``"masked_tokens"`` (positions with an MLM label; GKD default), ``"all_tokens"`` (every
             non-padding token; GKD ``--distill_only_mask_pad``) or ``"all_positions"`` (padding
@@ -44,11 +63,11 @@ class PredictionLoss:
             per example, so this knob does not apply to them.
         reduction: ``"masked_mean"`` (default) or ``"gkd"`` (divide by all positions; parity).
         mse_teacher_scale: multiplier on teacher logits in the ``mse`` variant (GKD ``mse_t_w``).
-        class_mean: divide the ``kl``/``ce`` soft term by the class count ``C`` (the last logit
+        class_mean: divide a KL-family soft term by the class count ``C`` (the last logit
             dimension), i.e. average the per-class summands instead of summing them, as the original
             authors' code does: TinyBERT's ``(−p_T·log p_S).mean()`` and PKD's
             ``KLDivLoss(reduction="mean")``. Parity only (``False`` keeps the usual per-example sum);
-            ``mse`` already averages over classes and refuses it.
+            ``mse`` already averages over classes and refuses it, as does ``tvd``.
     """
 
     soft_weight: float = 1.0
@@ -60,6 +79,8 @@ class PredictionLoss:
     reduction: Reduction = "masked_mean"
     mse_teacher_scale: float = 1.0
     class_mean: bool = False
+    jsd_beta: float = 0.5
+    skew_alpha: float = 0.1
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -68,10 +89,16 @@ class PredictionLoss:
             raise ValueError(
                 f"soft_weight and hard_weight must be >= 0 (0 disables a term), got {self.soft_weight} and {self.hard_weight}."
             )
-        if self.soft_loss not in ("kl", "ce", "mse"):
-            raise ValueError(f"soft_loss must be 'kl', 'ce' or 'mse', got {self.soft_loss!r}.")
+        if self.soft_loss not in get_args(SoftLoss):
+            raise ValueError(f"soft_loss must be one of {', '.join(get_args(SoftLoss))}; got {self.soft_loss!r}.")
+        check_divergence_weights(self.jsd_beta, self.skew_alpha)
         if self.class_mean and self.soft_loss == "mse":
             raise ValueError("class_mean averages the kl/ce summands over classes; soft_loss 'mse' already does: remove class_mean.")
+        if self.class_mean and self.soft_loss == "tvd":
+            raise ValueError(
+                "class_mean is the original codes' mean of KL summands over classes; soft_loss 'tvd' has no such parity: "
+                "remove class_mean."
+            )
 
     def soft_mask(self, batch: dict[str, Tensor], student_logits: Tensor) -> Tensor | None:
         """The mask of rows the soft term averages over (``None`` = every row)."""
@@ -81,8 +108,9 @@ class PredictionLoss:
         """The ``(B, N)`` positions the soft term averages over for token-level logits (``None`` = all)."""
         if self.soft_positions == "all_positions":
             return None
-        if self.soft_positions == "all_tokens" and "attention_mask" in batch:
-            return padding_mask(batch["attention_mask"])
+        if self.soft_positions == "all_tokens" and term_positions(batch) is not None:
+            # The tokens the step's terms read: every real token, or the causal-LM stage's scored ones.
+            return padding_mask(term_positions(batch))
         if self.soft_positions == "masked_tokens" and "labels" in batch and batch["labels"].dim() == 2:
             return target_mask(batch["labels"])
         return padding_mask(batch["attention_mask"]) if "attention_mask" in batch else None
@@ -113,14 +141,11 @@ class PredictionLoss:
     def _soft(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None, positions: Tensor | None, per_sample: bool) -> Tensor:
         if self.soft_loss == "mse":
             value = logits_mse(student_logits, teacher_logits, mask, self.reduction, self.mse_teacher_scale, per_sample, positions)
-        elif self.soft_loss == "ce":
-            value = soft_cross_entropy(
-                student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample, positions
-            )
         else:
-            value = soft_kl(
-                student_logits, teacher_logits, self.temperature, mask, self.reduction, self.t2_scale, per_sample, positions
+            value = soft_divergence(
+                student_logits, teacher_logits, self.soft_loss, self.temperature, mask, self.reduction, self.t2_scale,
+                per_sample, positions, jsd_beta=self.jsd_beta, skew_alpha=self.skew_alpha,
             )
-        if self.class_mean and self.soft_loss != "mse":
+        if self.class_mean:  # mse and tvd refuse it
             value = value / student_logits.shape[-1]  # the original codes' mean over the C class summands
         return self.soft_weight * value
