@@ -1,4 +1,4 @@
-"""Data modules: task classification data (GLUE, SuperGLUE, files, embedded) and MLM pretraining corpora.
+"""Data modules: task classification data (GLUE, SuperGLUE, files, embedded), MLM pretraining corpora and causal-LM data.
 
 Imports are lazy so that ``import lightning_kd.core`` (which needs only :mod:`.sources`) does not
 pay for ``datasets``; ``from lightning_kd.data import GlueDataModule`` works as usual.
@@ -10,6 +10,7 @@ import importlib
 
 _EXPORTS = {
     "GlueDataModule": "lightning_kd.data.glue",
+    "CausalLMDataModule": "lightning_kd.data.causal_lm",
     "PretrainDataModule": "lightning_kd.data.pretrain",
     "resolve_source": "lightning_kd.data.sources",
     "TASKS": "lightning_kd.data.tasks",

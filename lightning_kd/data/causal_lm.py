@@ -1,0 +1,397 @@
+"""``CausalLMDataModule``: next-token (causal LM) distillation data, packed plain text or prompt/response examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, Features, IterableDataset, List, Value
+from datasets.distributed import split_dataset_by_node
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from transformers import PreTrainedTokenizerBase
+
+from lightning_kd.data.chitchat import CHITCHAT, write_chitchat_splits
+from lightning_kd.data.collators import IndexedRows
+from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
+from lightning_kd.data.lm_examples import (
+    DOCUMENT_STARTS,
+    CausalLMCollator,
+    PackDocuments,
+    TokenizeExamples,
+    template_adds_bos,
+)
+from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
+from lightning_kd.data.sources import load_tokenizer, locate_embedded
+from lightning_kd.metrics import build_lm_metrics
+
+# int32 ids halve the cached corpus on disk versus the int64 that ``map`` would infer.
+_BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
+_SEPARATE_BLOCK_FEATURES = Features({"input_ids": List(Value("int32")), DOCUMENT_STARTS: List(Value("int32"))})
+_EXAMPLE_FEATURES = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32"))})
+_SHUFFLE_BUFFER = 10_000
+
+
+class CausalLMDataModule(LightningDataModule):
+    """Next-token prediction batches for causal-LM distillation: packed plain text or prompt/response examples.
+
+    **Plain text** (the default; ``text_column`` of ``train_files`` or ``hf_dataset``, one document
+    per line/row): each non-blank document is tokenised without special tokens, followed by EOS
+    (and preceded by BOS when ``add_bos``), the documents are concatenated and cut into blocks of
+    exactly ``block_size`` tokens (the tail of each 1,000-document ``map`` batch is dropped), and
+    cached as memory-mapped Arrow by ``datasets`` (``cache_dir``, ``num_proc``); or read, tokenised
+    and packed on the fly with ``streaming=True``. Every token is a target (``labels == input_ids``).
+    With ``separate_documents=True`` a token attends only to its own document: batches carry
+    ``position_ids`` that restart at 0 at each document start and no ``attention_mask`` (transformers
+    builds a block-diagonal causal mask from packed position ids; the model must run without a KV
+    cache, ``use_cache=False``, for that), and each document's first token has label -100.
+
+    **Prompt/response examples** (``prompt_field`` + ``response_field``, or ``messages_field`` with
+    chat messages ``[{"role", "content"}, ...]``): each row is one example, rendered with the
+    tokenizer's chat template when it has one (a pair becomes a user and an assistant message),
+    else ``[BOS] prompt response [EOS]`` (texts concatenated as they are; put a separator in the
+    prompt). Only response (assistant) tokens are targets; prompt, system and user tokens and
+    padding have label -100. Examples longer than ``block_size`` keep their first ``block_size``
+    tokens (cut from the right); one left without a response token is refused. Batches are padded
+    on the right, per batch, with the pad token (EOS when the tokenizer has none).
+    ``train_files: [embedded:chitchat]`` selects the embedded Chit-Chat conversations as
+    ``prompt``/``response`` pairs of consecutive turns (see :mod:`lightning_kd.data.chitchat`),
+    whose validation conversations are split off by conversation.
+
+    Batches (Hugging Face's causal-LM convention): ``input_ids`` (B, N) int64; ``attention_mask``
+    (B, N) (not with ``separate_documents``); ``position_ids`` (B, N) (only with it); ``labels``
+    (B, N) **unshifted** (``labels[t]`` is the token at ``t``, the model at ``t`` predicts
+    ``labels[t + 1]``; the shift happens in the loss) with -100 where nothing is predicted; and, in
+    map-style training batches, ``example_index`` (B,) int64, each row's index in the training split.
+
+    Training order is fixed by (seed, epoch) and resumes mid-epoch exactly (see
+    :mod:`lightning_kd.data.sampling`); streamed corpora use a 10,000-row shuffle buffer.
+
+    Args:
+        tokenizer: model name, local directory or ``embedded:<name>`` of the tokenizer.
+        train_files: data files (``.txt`` one document per line, ``.csv``/``.tsv``/``.jsonl``/``.parquet``;
+            compressed or glob patterns allowed; ``embedded:`` names, e.g. ``embedded:chitchat``).
+        validation_files: held-out files of the same type (default: ``validation_fraction`` of the training rows).
+        test_files: files for ``test`` (default: the validation data).
+        hf_dataset: Hugging Face dataset name, or a ``save_to_disk`` directory (instead of ``train_files``).
+        hf_config: configuration of ``hf_dataset``.
+        text_column: the column holding the documents in plain-text mode (``text`` for ``.txt`` files).
+        prompt_field: the prompt column of prompt/response examples (with ``response_field``).
+        response_field: the response column of prompt/response examples.
+        messages_field: the column of chat messages (instead of ``prompt_field``/``response_field``).
+        validation_fraction: share of training rows (documents or examples) held out when there is no validation data.
+        block_size: tokens per plain-text block; the most tokens an example keeps.
+        separate_documents: plain text only: documents packed in one block do not attend to each other.
+        add_bos: precede each document (and each template-less example) with BOS. ``None`` (default):
+            when the tokenizer's own template does (Llama/Gemma yes, GPT-2/Qwen no).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        num_proc: processes for tokenising (not with ``streaming``).
+        cache_dir: directory of the ``datasets`` cache (and of the converted ``embedded:chitchat`` files).
+        streaming: read the data lazily instead of pre-tokenising it (for corpora too big to cache).
+        max_train_samples: use this many training rows (blocks or examples; a seeded random subset,
+            the first ones when streaming).
+        max_eval_samples: use this many validation (and test) rows.
+        seed: seed of the validation hold-out, the subsets and the shuffles.
+
+    Raises:
+        ValueError: no corpus or two, fields that do not go together, or an out-of-range number.
+    """
+
+    task_head: str = "causal_lm"
+    num_labels: int | None = None
+
+    def __init__(
+        self,
+        tokenizer: str,
+        train_files: list[str] | None = None,
+        validation_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        hf_dataset: str | None = None,
+        hf_config: str | None = None,
+        text_column: str = "text",
+        prompt_field: str | None = None,
+        response_field: str | None = None,
+        messages_field: str | None = None,
+        validation_fraction: float = 0.01,
+        block_size: int = 512,
+        separate_documents: bool = False,
+        add_bos: bool | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
+        streaming: bool = False,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if bool(train_files) == bool(hf_dataset):
+            raise ValueError(
+                "Pass exactly one corpus: train_files=[...] (text one document per line, or JSONL/CSV with the "
+                f"fields below) or hf_dataset=...; got train_files={train_files!r}, hf_dataset={hf_dataset!r}."
+            )
+        if validation_files and not train_files:
+            raise ValueError("validation_files go with train_files; an hf_dataset brings its own 'validation' split.")
+        if hf_config and not hf_dataset:
+            raise ValueError("hf_config only applies to hf_dataset.")
+        chitchat = CHITCHAT in (train_files or [])
+        if chitchat and not (prompt_field or response_field or messages_field):
+            prompt_field, response_field = "prompt", "response"  # the converted corpus's columns
+        if bool(prompt_field) != bool(response_field):
+            raise ValueError(
+                f"prompt_field and response_field go together (got prompt_field={prompt_field!r}, "
+                f"response_field={response_field!r}); for chat messages set messages_field instead."
+            )
+        if messages_field and prompt_field:
+            raise ValueError("Set messages_field (chat messages) or prompt_field/response_field (pairs), not both.")
+        examples = bool(messages_field or prompt_field)
+        if examples and separate_documents:
+            raise ValueError(
+                "separate_documents applies to packed plain text; prompt/response examples are one per row already."
+            )
+        if chitchat and len(train_files) > 1 and not validation_files:
+            raise ValueError(
+                f"{CHITCHAT} is split into training and validation by conversation; mixed with other train_files, "
+                "pass validation_files too (a row-level hold-out would put one conversation on both sides)."
+            )
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        if block_size < 2:
+            raise ValueError(f"block_size must be at least 2 (a token and the one it predicts), got {block_size}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_proc", num_proc),
+                            ("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if streaming and num_proc:
+            raise ValueError("num_proc parallelises pre-tokenisation; streaming=True tokenises on the fly. Drop one.")
+        self.tokenizer_name = tokenizer
+        self.train_files, self.validation_files, self.test_files = train_files, validation_files, test_files
+        self.hf_dataset, self.hf_config, self.text_column = hf_dataset, hf_config, text_column
+        self.prompt_field, self.response_field, self.messages_field = prompt_field, response_field, messages_field
+        self.examples = examples
+        self.validation_fraction, self.block_size = validation_fraction, block_size
+        self.separate_documents, self.add_bos = separate_documents, add_bos
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
+        self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._bos_id: int | None = None
+        self.datasets: dict[str, Dataset | IterableDataset] = {}
+        self._sharded = False
+
+    @property
+    def max_length(self) -> int:
+        """The longest row, ``block_size`` (what the memory estimate reads)."""
+        return self.block_size
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, loaded (and checked) on first use.
+
+        Raises:
+            ValueError: it has neither an EOS nor a pad token, or no EOS where documents/responses need one.
+        """
+        if self._tokenizer is None:
+            tokenizer = load_tokenizer(self.tokenizer_name)
+            if tokenizer.eos_token_id is None and tokenizer.pad_token_id is None:
+                raise ValueError(
+                    f"the tokenizer {self.tokenizer_name!r} has neither an EOS nor a pad token, so batches cannot be "
+                    "padded nor documents ended; use a causal-LM tokenizer (one with an EOS token)"
+                )
+            if tokenizer.eos_token_id is None and not (self.examples and getattr(tokenizer, "chat_template", None)):
+                what = "each document" if not self.examples else "each response (there is no chat template)"
+                raise ValueError(
+                    f"the tokenizer {self.tokenizer_name!r} has no EOS token to end {what}; use a causal-LM "
+                    "tokenizer (one with an EOS token), or one with a chat template for prompt/response data"
+                )
+            add_bos = template_adds_bos(tokenizer) if self.add_bos is None else self.add_bos
+            if add_bos and tokenizer.bos_token_id is None:
+                raise ValueError(f"add_bos=True, but the tokenizer {self.tokenizer_name!r} has no BOS token")
+            self._bos_id = tokenizer.bos_token_id if add_bos else None
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id that pads example batches: the pad token, else EOS."""
+        tokenizer = self.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def build_metrics(self, prefix: str) -> MetricCollection:
+        """Next-token metrics keyed ``<prefix>...`` (:func:`lightning_kd.metrics.build_lm_metrics`).
+
+        The causal-LM stage updates them with the logits and the labels it has shifted to match them.
+        """
+        return build_lm_metrics(prefix)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What the training rows are, as JSON values (the dataset part of a teacher cache's key).
+
+        The readable settings that shape the rows plus ``datasets``' fingerprint of the tokenised
+        training split (covering the files' paths, sizes and modification times or the HF dataset's
+        fingerprint, the tokenizer, the hold-out and the subset). Builds the rows if needed.
+
+        Raises:
+            ValueError: the corpus is streamed, so its rows have no stable index.
+        """
+        if self.streaming:
+            raise ValueError(
+                "A streamed corpus (streaming=True) has no stable row index to key a teacher cache by; "
+                "set streaming=False or remove teacher_cache."
+            )
+        self._build()
+        train = self.datasets["train"]
+        return {
+            "data_module": type(self).__name__,
+            "mode": "examples" if self.examples else "text",
+            "block_size": self.block_size,
+            "separate_documents": self.separate_documents,
+            "bos": self._bos_id is not None,
+            "validation_fraction": self.validation_fraction,
+            "max_train_samples": self.max_train_samples,
+            "seed": self.seed,
+            "train_rows": len(train),
+            "datasets_fingerprint": train._fingerprint,
+        }
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def prepare_data(self) -> None:
+        """Tokenise once (map-style), so every rank then reads ``datasets``' cache."""
+        if not self.streaming:
+            self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (or load from cache) the tokenised splits; shard streamed ones across ranks."""
+        self._build()
+        trainer = self.trainer
+        if self.streaming and trainer is not None and trainer.world_size > 1 and not self._sharded:
+            self._sharded = True  # setup runs once per stage; shard only once
+            self.datasets = {
+                name: split_dataset_by_node(split, rank=trainer.global_rank, world_size=trainer.world_size)
+                for name, split in self.datasets.items()
+            }
+
+    def _build(self) -> None:
+        if self.datasets:
+            return
+        _ = self.tokenizer  # load and check it before reading any data
+        for split, raw in self._raw_splits().items():
+            rows = self._tokenize(raw, split)
+            limit = self.max_train_samples if split == "train" else self.max_eval_samples
+            if isinstance(rows, IterableDataset):
+                rows = rows.take(limit) if limit else rows  # before the shuffle buffer: a quick run reads little
+                if split == "train":
+                    rows = rows.shuffle(seed=self.seed, buffer_size=_SHUFFLE_BUFFER)
+            else:
+                if len(rows) == 0:
+                    if self.examples:
+                        raise ValueError(f"the {split} data has no examples; add rows or raise validation_fraction")
+                    raise ValueError(
+                        f"the {split} data is shorter than one block of {self.block_size} tokens; add text, "
+                        "lower block_size, or raise validation_fraction"
+                    )
+                if limit is not None and limit < len(rows):
+                    rows = rows.shuffle(seed=self.seed).select(range(limit))
+            self.datasets[split] = rows
+
+    def _columns(self) -> list[str]:
+        if self.messages_field:
+            return [self.messages_field]
+        if self.prompt_field:
+            return [self.prompt_field, self.response_field]
+        return [self.text_column]
+
+    def _raw_splits(self) -> dict[str, Corpus]:
+        if self.hf_dataset:
+            raw = load_hf_corpus(self.hf_dataset, self.hf_config, self.cache_dir, self.streaming)
+        else:
+            train_files, validation_files = self._expand(self.train_files, "train"), self.validation_files
+            if validation_files:
+                validation_files = self._expand(validation_files, "validation")
+            elif self.train_files == [CHITCHAT]:
+                validation_files = self._expand(self.train_files, "validation")
+            raw = load_files(train_files, validation_files, self.cache_dir, self.streaming)
+        if self.test_files:
+            raw["test"] = load_files(self._expand(self.test_files, "validation"), None, self.cache_dir,
+                                     self.streaming)["train"]
+        columns = self._columns()
+        for name, split in raw.items():
+            present = split.column_names
+            missing = [column for column in columns if present is not None and column not in present]
+            if missing:
+                setting = "text_column" if not self.examples else (
+                    "messages_field" if self.messages_field else "prompt_field/response_field")
+                raise ValueError(f"the {name} data has no column {missing[0]!r}; it has {present}. Set {setting}=.")
+            raw[name] = split.select_columns(columns)  # only what is tokenised travels on
+        if "validation" not in raw:
+            raw["train"], raw["validation"] = split_off_validation(
+                raw["train"], columns[0], self.validation_fraction, self.seed
+            )
+        return raw
+
+    def _expand(self, files: list[str], split: str) -> list[str]:
+        """Replace ``embedded:chitchat`` by its converted ``split`` JSONL file."""
+        if CHITCHAT not in files:
+            return files
+        cache = Path(self.cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_kd"
+        converted = write_chitchat_splits(locate_embedded(CHITCHAT), cache, self.validation_fraction, self.seed)
+        return [str(converted[split]) if entry == CHITCHAT else entry for entry in files]
+
+    def _tokenize(self, raw: Corpus, split: str) -> Corpus:
+        tokenizer = self.tokenizer
+        columns = self._columns()
+        if self.examples:
+            function: Any = TokenizeExamples(
+                tokenizer, self.block_size, self.prompt_field, self.response_field, self.messages_field,
+                eos_id=tokenizer.eos_token_id, bos_id=self._bos_id, split=split,
+            )
+            options: dict[str, Any] = dict(with_indices=True, features=_EXAMPLE_FEATURES)
+            desc = "Tokenizing examples"
+        else:
+            function = PackDocuments(tokenizer, self.text_column, self.block_size, tokenizer.eos_token_id,
+                                     self._bos_id, document_starts=self.separate_documents)
+            options = dict(features=_SEPARATE_BLOCK_FEATURES if self.separate_documents else _BLOCK_FEATURES)
+            desc = f"Tokenizing and packing into {self.block_size}-token blocks"
+        if isinstance(raw, IterableDataset):
+            return raw.map(function, batched=True, remove_columns=columns, **options)
+        return raw.map(function, batched=True, remove_columns=columns, num_proc=self.num_proc, desc=desc, **options)
+
+    # ----------------------------------------------------------------------------- loaders
+    def _collator(self) -> CausalLMCollator:
+        return CausalLMCollator(self.pad_token_id, self.separate_documents)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training rows; map-style ones in an order fixed by (seed, epoch), resumable mid-epoch."""
+        return self._loader("train", self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation rows in order."""
+        return self._loader("validation", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """``test_files`` rows in order, else the validation rows."""
+        return self._loader("test" if self.test_files else "validation", self.eval_batch_size)
+
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
+        if not self.datasets:
+            self._build()
+        dataset = self.datasets[split]
+        options: dict[str, Any] = dict(
+            batch_size=batch_size, collate_fn=self._collator(), num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+        if split != "train" or isinstance(dataset, IterableDataset):
+            return DataLoader(dataset, **options)
+        sampler = EpochShuffleSampler(dataset, global_seed(self.seed))
+        return ResumableDataLoader(IndexedRows(dataset), sampler=sampler, position=self._fit_position, **options)
+
+    def _fit_position(self) -> dict[str, int]:
+        return fit_position(self.trainer)
