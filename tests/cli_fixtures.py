@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from tests.conftest import WORDS, make_tiny_bert, write_tiny_tokenizer
+from tests.conftest import WORDS, make_tiny_bert, write_tiny_lm_tokenizer, write_tiny_tokenizer
+from tests.families import make_family_model
 
 # Widths divisible by the seed's 48 MiniLMv2 relation heads; 12 teacher layers so every seed layer choice is valid.
 TEACHER_SHAPE = {"layers": 12, "hidden": 96, "heads": 12}
@@ -31,6 +32,23 @@ def write_models(root: Path) -> dict[str, Path]:
     make_tiny_bert("classification", seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TEACHER_SHAPE).save_pretrained(deterministic)
     write_tiny_tokenizer(deterministic)
     paths["teacher_classification_no_dropout"] = deterministic
+    return paths
+
+
+#: The tiny decoders' shape: Llamas with grouped-query attention (12 heads, 4 key/value heads); the
+#: teacher has 12 layers, so every layer choice of the causal-LM configs is valid; 64 positions.
+LM_SHAPE = {"hidden_size": 96, "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 192}
+
+
+def write_causal_models(root: Path) -> dict[str, Path]:
+    """A tiny Llama teacher and a 6-layer student with causal-LM heads, saved with the tiny LM tokenizer."""
+    paths = {}
+    for role, layers, seed in (("teacher", 12, 1), ("student", 6, 2)):
+        directory = root / f"{role}_causal"
+        model = make_family_model("llama", "causal", layers=layers, seed=seed, **LM_SHAPE)
+        model.save_pretrained(directory)
+        write_tiny_lm_tokenizer(directory)
+        paths[f"{role}_causal"] = directory
     return paths
 
 
@@ -90,6 +108,17 @@ def classification_data_args(tokenizer: Path, files: dict[str, Path]) -> list[st
 def pretrain_data_args(tokenizer: Path, corpus: Path) -> list[str]:
     return [
         "--data=lightning_kd.data.PretrainDataModule",
+        f"--data.tokenizer={tokenizer}",
+        f"--data.train_files=[{corpus}]",
+        "--data.block_size=16",
+        "--data.batch_size=4",
+        "--data.validation_fraction=0.1",
+    ]
+
+
+def causal_data_args(tokenizer: Path, corpus: Path) -> list[str]:
+    return [
+        "--data=lightning_kd.data.CausalLMDataModule",
         f"--data.tokenizer={tokenizer}",
         f"--data.train_files=[{corpus}]",
         "--data.block_size=16",

@@ -40,6 +40,31 @@ def write_tiny_tokenizer(directory: Path) -> Path:
     return directory
 
 
+#: Special tokens of the tiny decoder-LM tokenizer (no [CLS]/[SEP]; EOS ends documents and turns).
+LM_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
+LM_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def write_tiny_lm_tokenizer(directory: Path, pad: bool = True) -> Path:
+    """Write a word-level decoder-LM tokenizer (BOS/EOS, a chat template; a pad token unless ``pad=False``)
+    over :data:`WORDS` into ``directory``: ids fit the tiny models' 220-token vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(LM_SPECIALS + WORDS))}
+    model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", **({"pad_token": "<pad>"} if pad else {})}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, extra_special_tokens=LM_SPECIALS[4:], **specials)
+    tokenizer.chat_template = LM_CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """Directory holding a tiny WordPiece tokenizer (loadable with ``AutoTokenizer``)."""

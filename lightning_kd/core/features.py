@@ -205,6 +205,8 @@ def capture(
     # Labels reach the model's own loss only where its stage allows it and the logits are whole.
     take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_to_model))
     seen = HeadCall()
+    if stage is not None:
+        inputs.update(stage.forward_options)
     with recording(layers) as recorder:
         if entry is None:
             with labels_taken(model, seen) if take_labels else nullcontext():

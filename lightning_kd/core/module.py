@@ -50,6 +50,7 @@ from lightning_kd.core.passes import (
     total_loss,
 )
 from lightning_kd.core.random_inputs import RandomInputs, randomise_batch
+from lightning_kd.core.sequence_length import check_sequence_length
 from lightning_kd.core.student_builder import StudentInit, build_student, check_vocabularies, infer_task_head
 from lightning_kd.core.teacher_pool import TeacherPool
 from lightning_kd.core.terms import LossTerms, Role
@@ -87,6 +88,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             ``student_layers`` teacher layers (the first ones; the last of each uniform segment; or the
             first half and the last half as two contiguous blocks, the better start for a decoder LM);
             ``"teacher_layers"`` copies the explicit 0-based teacher layers listed in ``student_layers``.
+            Without a teacher (StudentOnly) these modes copy the layers of ``student`` itself: the
+            no-teacher baseline then starts from the weights a distilled student of those layers does.
         student_layers: a layer count (``teacher_first``/``teacher_uniform``/``teacher_first_last``)
             or a list of teacher layers (``teacher_layers``).
         allow_width_truncation: when copying teacher layers into a narrower student, copy the
@@ -411,6 +414,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         trainer = attached_trainer(self)
         if stage == "fit" and trainer is not None:
             self.teacher_pool.check(**self._teacher_context())  # a wrong strategy or placement fails before any work
+            check_sequence_length(self, getattr(trainer, "datamodule", None))
             if self.memory_check != "off":
                 check_memory(self, trainer, self.memory_check)
         builder = getattr(getattr(trainer, "datamodule", None), "build_metrics", None) if trainer is not None else None

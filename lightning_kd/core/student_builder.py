@@ -40,6 +40,7 @@ def build_student(
     Args:
         source: the student (a built model, a directory, ``embedded:<name>`` or a hub name); may be
             ``None`` for the ``teacher_*`` modes, which then build the teacher's class with fewer layers.
+            Without teachers, the ``teacher_*`` modes copy the chosen layers of ``source`` itself.
         init: ``"pretrained"``, ``"random"``, ``"teacher_first"``, ``"teacher_uniform"``, ``"teacher_first_last"`` or ``"teacher_layers"``.
         layers: a layer count (``teacher_first``/``teacher_uniform``/``teacher_first_last``) or 0-based teacher layers
             (``teacher_layers``); ``None`` otherwise.
@@ -75,10 +76,14 @@ def _initialised(
         if layers is not None:
             raise ValueError("student_layers only applies when student_init copies teacher layers.")
         return load_model(source, stage, num_labels, role="student", random_init=init == "random")
-    if not teachers:
-        raise ValueError(f"student_init={init!r} copies teacher layers, so it needs a teacher.")
-    teacher = teachers[0]
-    depth = teacher.config.num_hidden_layers
+    if not teachers and source is None:
+        raise ValueError(
+            f"student_init={init!r} copies layers of the teacher (or, in a run without a teacher, of `student`): give one."
+        )
+    # Without a teacher (StudentOnly, the no-teacher baseline), the layers come from `student` itself, so
+    # the baseline starts from exactly the weights a distilled student of those layers starts from.
+    donor = teachers[0] if teachers else load_model(source, stage, num_labels, role="student")
+    depth = donor.config.num_hidden_layers
     if init == "teacher_layers":
         if not isinstance(layers, list):
             raise ValueError("student_init='teacher_layers' needs student_layers as a list of 0-based teacher layers.")
@@ -87,14 +92,14 @@ def _initialised(
         if not isinstance(layers, int):
             raise ValueError(f"student_init={init!r} needs student_layers as a layer count, e.g. student_layers: 3.")
         chosen = select_teacher_layers(init.removeprefix("teacher_"), layers, depth)
-    if source is None:
-        return truncated_copy(teacher, chosen)
+    if source is None or not teachers:
+        return truncated_copy(donor, chosen)
     student = load_model(source, stage, num_labels, role="student", random_init=True)
     if student.config.num_hidden_layers != len(chosen):
         raise ValueError(
             f"The student config has {student.config.num_hidden_layers} layers but {len(chosen)} teacher layers were chosen."
         )
-    copy_teacher_weights(teacher, student, chosen, allow_width_truncation)
+    copy_teacher_weights(donor, student, chosen, allow_width_truncation)
     return student
 
 

@@ -82,6 +82,9 @@ class CausalLMDataModule(LightningDataModule):
         response_field: the response column of prompt/response examples.
         messages_field: the column of chat messages (instead of ``prompt_field``/``response_field``).
         validation_fraction: share of training rows (documents or examples) held out when there is no validation data.
+        test_fraction: share of the remaining training rows held out as the test split when there are no
+            ``test_files`` (default 0: ``test`` reads the validation data). A separate test split lets a
+            recipe be chosen on validation and reported once on test.
         block_size: tokens per plain-text block; the most tokens an example keeps.
         separate_documents: plain text only: documents packed in one block do not attend to each other.
         add_bos: precede each document (and each template-less example) with BOS. ``None`` (default):
@@ -117,6 +120,7 @@ class CausalLMDataModule(LightningDataModule):
         response_field: str | None = None,
         messages_field: str | None = None,
         validation_fraction: float = 0.01,
+        test_fraction: float = 0.0,
         block_size: int = 512,
         separate_documents: bool = False,
         add_bos: bool | None = None,
@@ -163,6 +167,10 @@ class CausalLMDataModule(LightningDataModule):
             )
         if not 0 < validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        if not 0 <= test_fraction < 1:
+            raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        if test_fraction and test_files:
+            raise ValueError("test_fraction holds out a test split from the training rows; test_files give one: drop one.")
         if block_size < 2:
             raise ValueError(f"block_size must be at least 2 (a token and the one it predicts), got {block_size}")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_proc", num_proc),
@@ -176,7 +184,7 @@ class CausalLMDataModule(LightningDataModule):
         self.hf_dataset, self.hf_config, self.text_column = hf_dataset, hf_config, text_column
         self.prompt_field, self.response_field, self.messages_field = prompt_field, response_field, messages_field
         self.examples = examples
-        self.validation_fraction, self.block_size = validation_fraction, block_size
+        self.validation_fraction, self.test_fraction, self.block_size = validation_fraction, test_fraction, block_size
         self.separate_documents, self.add_bos = separate_documents, add_bos
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
@@ -256,6 +264,7 @@ class CausalLMDataModule(LightningDataModule):
             "separate_documents": self.separate_documents,
             "bos": self._bos_id is not None,
             "validation_fraction": self.validation_fraction,
+            "test_fraction": self.test_fraction,
             "max_train_samples": self.max_train_samples,
             "seed": self.seed,
             "train_rows": len(train),
@@ -335,6 +344,8 @@ class CausalLMDataModule(LightningDataModule):
             raw["train"], raw["validation"] = split_off_validation(
                 raw["train"], columns[0], self.validation_fraction, self.seed
             )
+        if self.test_fraction:
+            raw["train"], raw["test"] = split_off_validation(raw["train"], columns[0], self.test_fraction, self.seed + 1)
         return raw
 
     def _expand(self, files: list[str], split: str) -> list[str]:
@@ -377,8 +388,9 @@ class CausalLMDataModule(LightningDataModule):
         return self._loader("validation", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        """``test_files`` rows in order, else the validation rows."""
-        return self._loader("test" if self.test_files else "validation", self.eval_batch_size)
+        """The test rows (``test_files`` or the ``test_fraction`` hold-out) in order, else the validation rows."""
+        return self._loader("test" if "test" in self.datasets or self.test_files or self.test_fraction else "validation",
+                            self.eval_batch_size)
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         if not self.datasets:

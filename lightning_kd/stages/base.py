@@ -76,6 +76,8 @@ class Stage:
 
     #: Whether the model's own forward may receive ``labels`` (its loss then equals the stage's hard loss).
     labels_to_model: ClassVar[bool] = True
+    #: Extra keyword arguments of every forward :func:`~lightning_kd.core.features.capture` runs.
+    forward_options: ClassVar[dict[str, object]] = {}
 
     def token_loss(self, logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
         """The mean cross-entropy over labelled positions, from whole ``(B, N, V)`` logits or compact

@@ -42,6 +42,9 @@ class CausalLM(Stage):
     token_level: ClassVar[bool] = True
     class_suffixes: ClassVar[tuple[str, ...]] = ("ForCausalLM", "LMHeadModel")
     labels_to_model: ClassVar[bool] = False
+    # A distillation forward reads every position once: a KV cache would only hold memory, and
+    # transformers detects packed documents (position ids restarting) only without one.
+    forward_options: ClassVar[dict[str, object]] = {"use_cache": False}
     # Decoder attention always carries its causal key mask, so a query-row mask never changes the keys.
     intermediate_positions: ClassVar[tuple[str, ...]] = ("scored", "all_tokens")
     description: ClassVar[str] = "causal-LM (next-token) distillation"

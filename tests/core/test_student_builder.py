@@ -65,7 +65,7 @@ def test_wrong_arguments_for_a_mode_are_refused():
         build_student(None, "pretrained", None, head=HEAD)
     with pytest.raises(ValueError, match="student_layers only applies"):
         build_student(student, "pretrained", 2, head=HEAD)
-    with pytest.raises(ValueError, match="needs a teacher"):
+    with pytest.raises(ValueError, match="copies layers of the teacher .* of `student`"):
         build_student(None, "teacher_first", 2, head=HEAD)
     with pytest.raises(ValueError, match="as a list"):
         build_student(None, "teacher_layers", 2, head=HEAD, teachers=[teacher])
@@ -90,3 +90,17 @@ def test_the_head_comes_from_the_first_teacher_then_the_student(tmp_path):
     assert infer_task_head([str(tmp_path)], None) == "sequence_classification"
     with pytest.raises(ValueError, match="set task_head"):
         infer_task_head([], None)
+
+
+def test_without_a_teacher_the_layers_come_from_the_student_source():
+    """The no-teacher baseline (StudentOnly) cuts its own source: the same weights a distilled student
+    of those layers starts from."""
+    from tests.families import make_family_model
+
+    source = make_family_model("llama", "causal", layers=4, seed=1)
+    alone = build_student(source, "teacher_first_last", 2, head="causal_lm")
+    distilled = build_student(None, "teacher_first_last", 2, head="causal_lm", teachers=[source])
+    assert alone.config.num_hidden_layers == 2
+    for (name, ours), (_, theirs) in zip(alone.state_dict().items(), distilled.state_dict().items()):
+        assert torch.equal(ours, theirs), name
+    torch.testing.assert_close(alone.model.layers[1].mlp.up_proj.weight, source.model.layers[3].mlp.up_proj.weight)

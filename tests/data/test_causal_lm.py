@@ -586,3 +586,18 @@ def test_a_template_that_rewrites_earlier_turns_is_reported(tokenizers, pairs_fi
                    response_field="answer", block_size=32)
     with pytest.raises(ValueError, match="does not render assistant message 1 as a continuation"):
         data.setup("fit")
+
+
+def test_test_fraction_holds_out_a_third_disjoint_split(tokenizers, tmp_path):
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(f"{w} {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}" for i, w in enumerate(WORDS * 4)) + "\n")
+    data = CausalLMDataModule(tokenizer=tokenizers["plain"], train_files=[str(corpus)], block_size=4, batch_size=2,
+                              validation_fraction=0.2, test_fraction=0.25, seed=3)
+    data.setup("fit")
+    rows = {split: {tuple(r["input_ids"]) for r in data.datasets[split]} for split in ("train", "validation", "test")}
+    assert all(rows.values())
+    assert next(iter(data.test_dataloader()))["input_ids"].tolist()[0] in [list(r) for r in rows["test"]]
+    with pytest.raises(ValueError, match="test_fraction must be in"):
+        CausalLMDataModule(tokenizer=tokenizers["plain"], train_files=[str(corpus)], test_fraction=1.0)
+    with pytest.raises(ValueError, match="drop one"):
+        CausalLMDataModule(tokenizer=tokenizers["plain"], train_files=[str(corpus)], test_fraction=0.1, test_files=[str(corpus)])
