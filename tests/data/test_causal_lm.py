@@ -320,7 +320,7 @@ def test_pad_less_tokenizer_pads_with_eos(tokenizers, pairs_file, cache_dir) -> 
         _check_response_labels(batch, tokenizer, dict(PAIRS), tokenizer.eos_token_id, tokenizer.eos_token_id)
 
 
-def test_long_examples_are_cut_from_the_right_and_promptless_ones_refused(tokenizers, tmp_path, cache_dir) -> None:
+def test_long_examples_are_cut_from_the_right_and_promptless_ones_dropped_or_refused(tokenizers, tmp_path, cache_dir) -> None:
     path = tmp_path / "long.jsonl"
     rows = [{"prompt": "tell me", "response": " ".join(["great"] * 40)}, {"prompt": "hello", "response": "fine"}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -331,8 +331,12 @@ def test_long_examples_are_cut_from_the_right_and_promptless_ones_refused(tokeni
     assert len(first["input_ids"]) == 10 and first["labels"][:2] == [-100, -100] and first["labels"][2:] == first["input_ids"][2:]
     assert len(data.datasets["validation"][1]["input_ids"]) == 3, "hello fine </s>: short examples are not padded in the cache"
     too_long = tmp_path / "too_long.jsonl"
-    too_long.write_text(json.dumps({"prompt": " ".join(["no"] * 12), "response": "yes"}) + "\n")
-    refused = _module(tokenizers["plain"], tmp_path / "other_cache", train_files=[str(path)],
+    too_long.write_text(json.dumps({"prompt": " ".join(["no"] * 12), "response": "yes"}) + "\n" + json.dumps(rows[1]) + "\n")
+    dropped = _module(tokenizers["plain"], tmp_path / "drop_cache", train_files=[str(path)],
+                      validation_files=[str(too_long)], prompt_field="prompt", response_field="response", block_size=10)
+    dropped.setup("fit")
+    assert len(dropped.datasets["validation"]) == 1, "the example whose response starts after block_size is dropped"
+    refused = _module(tokenizers["plain"], tmp_path / "other_cache", train_files=[str(path)], overlong_examples="error",
                       validation_files=[str(too_long)], prompt_field="prompt", response_field="response", block_size=10)
     with pytest.raises(ValueError, match=r"example 0 of the validation data has no response token within .* block_size=10"):
         refused.setup("fit")
