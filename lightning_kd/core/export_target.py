@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,9 +110,18 @@ def check_writable(target: str | os.PathLike) -> None:
     """Raise :class:`ExportTargetError` unless the export can create its files next to ``target``.
 
     The export writes a staging directory beside ``target`` (creating missing parents), so this creates
-    and removes a probe file in the nearest existing directory above ``target``.
+    and removes a probe file in the nearest existing directory above ``target``. An existing ``target``
+    that is read-only (no write bit, or not writable for this user) is refused too: replacing it would
+    silently drop the protection its owner gave it.
     """
     target = Path(target).resolve()
+    if target.is_dir():
+        mode = stat.S_IMODE(target.stat().st_mode)
+        if not mode & 0o222 or not os.access(target, os.W_OK):
+            raise ExportTargetError(
+                f"Cannot export to {target}: the directory is read-only (mode {mode:o}), and an export would replace it with "
+                "a new, writable one. Make it writable (chmod u+w) if that is intended, or choose another export directory."
+            )
     place = target.parent
     while not place.exists() and place != place.parent:
         place = place.parent

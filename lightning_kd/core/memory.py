@@ -100,7 +100,7 @@ def estimate(module: Any, trainer: Any, batch_size: int | None, length: int | No
 
     if batch_size and length:
         # The share of positions with a label: the data's masking rate for MLM, else the stage's own.
-        share = float(getattr(getattr(trainer, "datamodule", None), "mlm_probability", None) or module.stage.labelled_share)
+        share = float(getattr(getattr(trainer, "datamodule", None), "mlm_probability", None) or module.task_stage.labelled_share)
         student = student_activations(module, batch_size, length, 2 if half else 4, share)
         result.add(device, f"student activations (batch {batch_size} x {length})", student)
         teachers = [teacher_activations(module, i, batch_size, length, share) for i in range(len(module.teachers))]
@@ -162,7 +162,7 @@ def _rows(request: Any, batch: int, length: int, labelled_share: float) -> float
 
 def _logits(module: Any, config: Any, batch: int, rows: float) -> float:
     """Logit elements: ``rows × V`` for a vocabulary head (MLM, causal LM), one row of task logits per example otherwise."""
-    if module.stage.token_level:
+    if module.task_stage.token_level:
         return rows * config.vocab_size
     return batch * max(1, module.num_labels or 2)
 

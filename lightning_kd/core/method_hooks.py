@@ -14,7 +14,7 @@ adds:
   :meth:`~MethodHooks.student_logit_rows`), so compact heads compute only those rows.
 
 The hooks read attributes the module's constructor sets: ``prediction``, ``multi_teacher``,
-``intermediate`` and ``stage``.
+``intermediate`` and ``task_stage``.
 """
 
 from __future__ import annotations
@@ -92,12 +92,12 @@ class MethodHooks:
         """What the student's training forward captures: :meth:`student_request` with its logit rows
         (every row for sequence-level heads or with :attr:`compact_heads` off; token-level stages —
         MLM and causal LM — compute only the rows a step reads)."""
-        rows = self.student_logit_rows() if self.compact_heads and self.stage.token_level else "all"
+        rows = self.student_logit_rows() if self.compact_heads and self.task_stage.token_level else "all"
         return dataclasses.replace(self.student_request(), logit_rows=rows)
 
     def teacher_features_request(self, teacher_index: int) -> FeatureRequest:
         """What teacher ``teacher_index``'s forward captures (and a teacher cache stores): its request with its logit rows."""
-        rows = self.teacher_logit_rows(teacher_index) if self.compact_heads and self.stage.token_level else "all"
+        rows = self.teacher_logit_rows(teacher_index) if self.compact_heads and self.task_stage.token_level else "all"
         return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows)
 
     # ------------------------------------------------------------------ terms

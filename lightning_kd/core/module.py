@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
@@ -174,9 +175,10 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if prediction is not None and prediction.soft_weight > 0 and not sources:
             raise ValueError("prediction.soft_weight > 0 needs a teacher; set soft_weight=0 or give a teacher.")
         self.tokenizer_source = export_tokenizer or _first_str(sources) or _first_str([student])
-        #: The stage (:mod:`lightning_kd.stages`) everything stage-dependent asks.
-        self.stage: Stage = stage_named(task_head or infer_task_head(sources, student))
-        self.intermediate_positions = resolve_positions(self.stage, intermediate_positions)
+        #: The stage (:mod:`lightning_kd.stages`) everything stage-dependent asks (``stage`` is left to the
+        #: methods whose own training stages it counts: SID, MobileBERT).
+        self.task_stage: Stage = stage_named(task_head or infer_task_head(sources, student))
+        self.intermediate_positions = resolve_positions(self.task_stage, intermediate_positions)
         self.num_labels = num_labels
         self.prediction = prediction
         if sources:
@@ -196,10 +198,10 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
 
         # A plain object, not a submodule: no strategy wraps, casts, partitions or checkpoints the
         # teachers behind our back. The cache is checked in check_construction, once the requests are known.
-        self.teacher_pool = TeacherPool(sources, self.stage, num_labels, teacher_precision, teacher_placement, teacher_cache)
+        self.teacher_pool = TeacherPool(sources, self.task_stage, num_labels, teacher_precision, teacher_placement, teacher_cache)
         self.memory_check = memory_check
         self.student = build_student(
-            student, student_init, student_layers, head=self.stage, num_labels=num_labels, teachers=self.teachers,
+            student, student_init, student_layers, head=self.task_stage, num_labels=num_labels, teachers=self.teachers,
             allow_width_truncation=allow_width_truncation, activation_checkpointing=activation_checkpointing,
         )
         self._check_vocabularies()
@@ -209,7 +211,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
     @property
     def task_head(self) -> str:
         """The stage's name (``"sequence_classification"``, ``"masked_lm"`` or ``"causal_lm"``)."""
-        return self.stage.name
+        return self.task_stage.name
 
     def prepare_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` as every reader of this method takes it: labels aligned with the logits by the
@@ -219,7 +221,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         Every entry point calls it (:meth:`compute_losses`, :meth:`run_pass`, evaluation and
         prediction), so a batch straight from a data loader or from the user is read the same way; a
         method that reads labels before its passes run calls it first."""
-        batch = self.stage.prepare(batch)
+        batch = self.task_stage.prepare(batch)
         return with_term_positions(batch) if self.intermediate_positions == "scored" else batch
 
     def _check_vocabularies(self) -> None:
@@ -413,6 +415,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
     def setup(self, stage: str) -> None:
         trainer = attached_trainer(self)
         if stage == "fit" and trainer is not None:
+            rank_zero_info(f"lightning_kd: {type(self).__name__}, stage {self.task_stage.name} ({self.task_stage.description})")
             self.teacher_pool.check(**self._teacher_context())  # a wrong strategy or placement fails before any work
             check_sequence_length(self, getattr(trainer, "datamodule", None))
             if self.memory_check != "off":
@@ -421,11 +424,11 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if builder is not None:
             self._val_metrics, self._test_metrics = builder("val/"), builder("test/")
         else:
-            self._val_metrics, self._test_metrics = self.stage.metrics(self.num_labels, "val/"), self.stage.metrics(self.num_labels, "test/")
+            self._val_metrics, self._test_metrics = self.task_stage.metrics(self.num_labels, "val/"), self.task_stage.metrics(self.num_labels, "test/")
 
     def _evaluate(self, batch: dict[str, Tensor], metrics, prefix: str) -> None:
         # Token-level losses and metrics read the labelled positions only: project just those rows.
-        compact = self.compact_heads and self.stage.token_level
+        compact = self.compact_heads and self.task_stage.token_level
         batch = self.student_inputs(self.prepare_batch(batch))  # the labels too, as the student's logits number them
         features = capture(self.student, batch, FeatureRequest(logit_rows="labelled" if compact else "all"), with_labels=True)
         size = batch["input_ids"].shape[0]

@@ -156,7 +156,7 @@ class DIITO(DistillationModule):
         if prediction.soft_positions not in ("masked_tokens", "all_tokens"):
             raise ValueError(f"prediction.soft_positions must be 'masked_tokens' or 'all_tokens', got {prediction.soft_positions!r}.")
         super().__init__(prediction=prediction, forward_repeats=1, **kwargs)
-        if not self.stage.token_level:
+        if not self.task_stage.token_level:
             raise ValueError(
                 "DIITO is a pre-training method: use MLM models with PretrainDataModule (task_head='masked_lm') or "
                 "decoder LMs with CausalLMDataModule (task_head='causal_lm'); fine-tune afterwards with StudentOnly."

@@ -209,7 +209,7 @@ class DistilBERT(DistillationModule):
             raise ValueError("DistilBERT has nothing to train: prediction.soft_weight, prediction.hard_weight and alpha_cos are all 0.")
         super().__init__(prediction=prediction, **kwargs)
         self.intermediate = DistilBERTIntermediate(
-            settings, self.student.config, [t.config for t in self.teachers], self.stage.token_level
+            settings, self.student.config, [t.config for t in self.teachers], self.task_stage.token_level
         )
 
 

@@ -130,7 +130,7 @@ class LogitsDistil(DistillationModule):
             raise ValueError("Every term is off: set vocabulary_weight > 0, or give a `prediction` with soft_weight/hard_weight > 0.")
         self.temperature, self.vocabulary_weight, self.vocabulary_loss = temperature, vocabulary_weight, vocabulary_loss
         self.positions, self.top_n, self.top_n_mode, self.reduction = positions, top_n, top_n_mode, reduction
-        pretraining = self.stage.token_level  # the model's own logits are vocabulary logits
+        pretraining = self.task_stage.token_level  # the model's own logits are vocabulary logits
         heads_given = vocab_head is not None or student_mlm_head is not None or teacher_mlm_heads is not None
         if vocabulary_weight == 0:
             changed = [name for name, value, default in (

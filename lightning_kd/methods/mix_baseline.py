@@ -177,7 +177,7 @@ class MixBaseline(DistillationModule):
             else:
                 tiny = parts.get("TinyBERT")
                 projection = tiny.project if tiny is not None and tiny.fit is not None else None
-                parts[name] = DistilBERTIntermediate(distilbert, student_config, teacher_configs, self.stage.token_level, projection)
+                parts[name] = DistilBERTIntermediate(distilbert, student_config, teacher_configs, self.task_stage.token_level, projection)
         self.parts = nn.ModuleDict(parts)
 
     def student_request(self) -> FeatureRequest:

@@ -242,7 +242,7 @@ class VocabDistil(LogitsDistil):
                 "build_vocabulary_map(counts) first, or give token_counts / vocab_map."
             )
         mapped = {**batch, "input_ids": self.vocab_map.student_ids(batch["input_ids"])}
-        if self.stage.token_level and "labels" in batch:
+        if self.task_stage.token_level and "labels" in batch:
             mapped["labels"] = self.vocab_map.student_labels(batch["labels"])
         return mapped
 

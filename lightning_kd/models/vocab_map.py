@@ -341,8 +341,9 @@ def compress_model_vocabulary(model: PreTrainedModel, row_token: Tensor, student
 
     Input embeddings, an output decoder and its bias (tied or not) keep the rows of the kept tokens
     in row order, so a student copied from a teacher starts with the teacher's rows ``E_t[ρ[j]]``.
-    ``config.vocab_size`` becomes ``M`` and special-token ids in the config are sent through
-    ``student_row``; the result saves and loads as an ordinary HF model of that vocabulary.
+    ``config.vocab_size`` becomes ``M`` and special-token ids in the config (and a decoder's
+    generation config) are sent through ``student_row``; the result saves and loads as an ordinary HF
+    model of that vocabulary.
     """
     rows = row_token.to(model.get_input_embeddings().weight.device)
     old_in = model.get_input_embeddings()
@@ -370,10 +371,15 @@ def compress_model_vocabulary(model: PreTrainedModel, row_token: Tensor, student
             stale[id(old_out.bias)] = new_out.bias
         _repoint_parameters(model, stale)
     model.config.vocab_size = rows.numel()
-    for name in _CONFIG_TOKEN_IDS:
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and 0 <= value < student_row.numel():
-            setattr(model.config, name, int(student_row[value]))
+    # A decoder's generation config names its EOS/pad/BOS too (EOS may be a list): a compressed student
+    # must stop and pad on its own rows, or generate() would compare against the teacher's ids.
+    for settings in (model.config, getattr(model, "generation_config", None)):
+        for name in _CONFIG_TOKEN_IDS if settings is not None else ():
+            value = getattr(settings, name, None)
+            if isinstance(value, int) and 0 <= value < student_row.numel():
+                setattr(settings, name, int(student_row[value]))
+            elif isinstance(value, list) and all(isinstance(v, int) and 0 <= v < student_row.numel() for v in value):
+                setattr(settings, name, [int(student_row[v]) for v in value])
     return model
 
 

@@ -194,7 +194,7 @@ def test_validation_reads_the_labelled_rows_only():
     results = {}
     for compact in (True, False):
         method.compact_heads = compact
-        metrics = method.stage.metrics(None, "val/")
+        metrics = method.task_stage.metrics(None, "val/")
         method._evaluate(batch, metrics, "val/")
         results[compact] = dict(logged)
     torch.testing.assert_close(results[True]["val/loss"], results[False]["val/loss"], rtol=1e-5, atol=1e-6)

@@ -212,3 +212,19 @@ def test_pinned_ids_keep_their_own_row_and_the_kept_set():
     assert low.student_row[5] == 5 and low.kept[5] and not low.kept[6]
     with pytest.raises(ValueError, match="own row"):
         VocabularyMap(10, 5).build(counts, [0, 1], tokenizer_size=9, unk_id=1, pinned=[7])
+
+
+def test_a_compressed_decoder_generates_with_its_own_special_rows():
+    from tests.families import make_family_model
+
+    model = make_family_model("llama", "causal", layers=2, seed=1)
+    model.generation_config.eos_token_id = [3, 7]
+    model.generation_config.pad_token_id = 0
+    row_token = torch.tensor([0, 1, 2, 3, 7] + list(range(10, 40)))
+    student_row = torch.zeros(220, dtype=torch.long)
+    student_row[row_token] = torch.arange(row_token.numel())
+    compress_model_vocabulary(model, row_token, student_row)
+    assert model.config.eos_token_id == 3 and model.generation_config.eos_token_id == [3, 4]
+    assert model.generation_config.pad_token_id == 0 and model.config.vocab_size == 35
+    out = model.generate(torch.tensor([[2, 10, 11]]), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] <= 6 and int(out.max()) < 35
