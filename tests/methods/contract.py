@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 
 def check_contract(method, batch: dict, tmp_path, steps: int = 25, lr: float = 3e-3, min_drop: float = 0.1) -> dict:
@@ -49,8 +48,7 @@ def check_contract(method, batch: dict, tmp_path, steps: int = 25, lr: float = 3
     assert not any(n.startswith("teachers.") for n, _ in method.trainable_named_parameters())
 
     out = method.export_student(tmp_path / "export")
-    auto = AutoModelForMaskedLM if method.task_head == "masked_lm" else AutoModelForSequenceClassification
-    reloaded = auto.from_pretrained(out).eval()
+    reloaded = method.task_stage.auto_class().from_pretrained(out).eval()
     student = method.student.eval()
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():

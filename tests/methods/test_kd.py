@@ -91,3 +91,16 @@ def test_bad_inputs_fail_fast(tiny_teacher, tiny_student):
         KD(teacher=tiny_teacher, student=tiny_student, prediction=PredictionLoss(temperature=0))
     with pytest.raises(ValueError, match="trains the student alone"):
         StudentOnly(student=tiny_student, teacher=tiny_teacher)
+
+
+def test_a_run_without_teachers_has_no_strategy_submodule():
+    """StudentOnly's model summary lists the student alone (no empty `multi_teacher Average`)."""
+    from pytorch_lightning.utilities.model_summary import ModelSummary
+
+    method = StudentOnly(student=make_tiny_bert(seed=2, layers=2))
+    assert "multi_teacher" not in dict(method.named_children())
+    assert "multi_teacher" not in str(ModelSummary(method, max_depth=1))
+    with pytest.raises(ValueError, match="remove `multi_teacher`"):
+        from lightning_kd.methods.multi_teacher import TMKD
+
+        StudentOnly(student=make_tiny_bert(seed=2, layers=2), multi_teacher=TMKD())
