@@ -17,12 +17,14 @@ Wrapped here:
 
 Used where they are (overrides of private hooks, and files outside the core), tested the same way:
 
-* ``lightning_kd/cli.py``: ``LightningCLI._instantiate_trainer`` (override: drops the ``None`` of an
+* ``lightning_kd/distillation_cli.py``: ``LightningCLI._instantiate_trainer`` (override: drops the ``None`` of an
   unset optional callback key), ``LightningCLI._parse_ckpt_path`` (override: the command line wins
   over a checkpoint's hyper-parameters), ``LightningCLI._subcommand_parsers`` (read: every key a
-  subcommand accepts, for "did you mean" suggestions);
+  subcommand accepts, for "did you mean" suggestions), argparse's ``HelpFormatter._fill_text``
+  (override, as the standard library's ``RawDescriptionHelpFormatter`` does: the method table keeps its lines);
 * ``lightning_kd/fault/periodic_checkpoint.py``: ``ModelCheckpoint._find_last_checkpoints`` (override)
-  and ``ModelCheckpoint._fs`` (set with the default directory);
+  and ``ModelCheckpoint._fs`` (set with the default directory); ``lightning_kd/fault/resume.py`` calls
+  ``ModelCheckpoint._find_last_checkpoints`` (what ``--ckpt_path last`` would find);
 * ``lightning_kd/fault/nonfinite.py`` and ``lightning_kd/cache/teacher_cache.py``:
   ``LightningModule._trainer`` (the attribute :func:`attached_trainer` reads);
 * ``lightning_kd/callbacks/compatibility.py``: ``DDPStrategy._ddp_kwargs`` (the attribute

@@ -7,6 +7,13 @@ each raised from the next. :func:`describe_parse_error` walks that cause chain t
 key and the class it belongs to, then asks jsonargparse for that class's keys to suggest from.
 The phrases matched are jsonargparse's (4.x); tests/test_cli_errors.py fails if an upgrade rewords
 them, and a message no pattern matches is still shown, only without suggestions.
+
+Suggestions are always keys that exist, at the level of the unknown one: a misspelt section is
+answered with the section (``trainr.max_epochs`` → ``trainer.max_epochs`` only when that key exists,
+else ``trainer``), and an abbreviation (``max_step``) is named as one, never silently completed
+(the parser runs with ``allow_abbrev=False``). :func:`unknown_key` is also what the start-up checks
+(:mod:`lightning_kd.startup.preflight`) answer with, so both say the same; this module imports
+jsonargparse only when a parse error is described.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import importlib
 import re
 import typing
 from collections.abc import Callable, Iterable
-
-from jsonargparse import ArgumentError, ArgumentParser
+from typing import TYPE_CHECKING
 
 from lightning_kd.errors import UserInputError, exception_chain
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentError
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
@@ -29,9 +38,12 @@ _SUBCOMMAND_OPTION = re.compile(r"Subcommand '[^']+' does not accept option '([^
 _GROUP_OPTION = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'")
+_INTERNAL_VALUE = re.compile(r"\.?\s*Got value: Namespace\(.*", re.DOTALL)
 _MAX_LISTED = 12
 #: LightningCLI's optimizer sections, which the CLI does not add (methods configure their own optimizer).
 _OPTIMIZER_SECTIONS = ("optimizer", "lr_scheduler")
+#: Top-level keys that hold a class (their own keys are the class's arguments, not listed among a command's keys).
+_CLASS_SECTIONS = ("model", "data", "checkpoint")
 
 
 def describe_parse_error(error: ArgumentError, top_level_keys: Callable[[], Iterable[str]]) -> UserInputError:
@@ -69,14 +81,23 @@ def describe_parse_error(error: ArgumentError, top_level_keys: Callable[[], Iter
         elif match := _UNRECOGNIZED.match(message):
             flags = [word for word in match[1].split() if word.startswith("--")]
             if flags:
-                key = flags[0][2:].split("=", 1)[0]
+                key = flags[0][2:].split("=", 1)[0].rstrip("+")
+                if class_path:  # an argument of that class, nested or not (``prediction.temprature``)
+                    return _unknown_key(".".join([*parts, key]), key, class_keys(class_path), moved_keys(class_path))
                 return _unknown_key(key, key, list(top_level_keys()))
-    leaf = str(chain[-1]).strip()
+    leaf = _without_internals(str(chain[-1]).strip())
     if match := _NO_ATTRIBUTE.search(leaf):
         leaf += _class_hint(match[1], match[2])
     if parts and parts[-1] == "init_args":  # the class itself was wrong, not one of its arguments
         parts.pop()
     return UserInputError(leaf, where=".".join(parts) or None)
+
+
+def _without_internals(message: str) -> str:
+    """jsonargparse's message without its internal parts: a ``Got value: Namespace(...)`` dump and the list of
+    forms a subclass value may take."""
+    message = _INTERNAL_VALUE.sub(".", message.split("\nSubclass types expect one of:")[0]).strip()
+    return message.replace("..", ".")
 
 
 def class_keys(class_path: str) -> list[str]:
@@ -85,6 +106,8 @@ def class_keys(class_path: str) -> list[str]:
     Nested arguments are named as a config writes them (``prediction.temperature``, never
     ``prediction.init_args.temperature``).
     """
+    from jsonargparse import ArgumentParser
+
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -138,11 +161,19 @@ def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
 
 
+def unknown_key(key: str, valid: Iterable[str], where: str | None = None) -> UserInputError:
+    """The error for an unknown top-level ``key`` (``trainer.max_step``, ``trainr.max_epochs``, ``seed``) given
+    the ``valid`` keys of that command (``trainer.max_steps``, ``model``, …); ``where``: the config file it is in."""
+    error = _unknown_key(key, key, sorted(set(valid)))
+    return UserInputError(error.message, where=where) if where else error
+
+
 def _unknown_key(key: str, word: str, valid: list[str], moved: dict[str, str] | None = None) -> UserInputError:
     """``key`` is unknown; suggest the entries of ``valid`` closest to ``word`` (the part the user may have misspelt).
 
     A ``word`` that is an argument nested one level down (``temperature`` of ``prediction``), or one
     the class says has moved (``moved``: ``alpha_ce`` → ``prediction.soft_weight``), is pointed there.
+    A ``word`` that starts one or more valid keys is answered as the abbreviation it is.
     """
     section, _, rest = key.partition(".")
     sections = {k.split(".", 1)[0] for k in valid}
@@ -153,16 +184,30 @@ def _unknown_key(key: str, word: str, valid: list[str], moved: dict[str, str] | 
             "lr_schedule, warmup_ratio, final_lr_ratio); set those, or subclass the method and override "
             "configure_optimizers."
         )
+    level = [k for k in valid if k.count(".") == word.count(".")]
+    prefix = word.rpartition(".")[0]
+    abbreviated = [k for k in level if k.startswith(word) and k.rpartition(".")[0] == prefix]
     nested = [k for k in valid if "." in k and k.split(".", 1)[1] == word]
     if moved and word in moved:
         matches = [moved[word]]
+    elif abbreviated:
+        return UserInputError(f"Unknown key {key}; did you mean {_or(abbreviated)}? (Keys cannot be abbreviated.)")
     elif nested:
         matches = nested
     elif word == key and rest and section not in sections:  # a misspelt section (``trainr.max_epochs``)
-        matches = [f"{root}.{rest}" for root in closest(section, sections)]
-    else:  # keys at the word's own level first (``temperature`` before ``prediction.temperature``)
-        level = [k for k in valid if k.count(".") == word.count(".")]
-        matches = closest(word, level) or closest(word, valid)
+        # Only keys that can hold ``rest``: sections with keys of their own, or a class (``model``, ``data``, …).
+        holders = {k.split(".", 1)[0] for k in valid if "." in k} | (sections & set(_CLASS_SECTIONS))
+        roots = closest(section, holders)
+        whole = [f"{root}.{rest}" for root in roots if f"{root}.{rest}" in valid]
+        if whole:
+            matches = whole
+        elif roots:
+            return UserInputError(f"Unknown key {key}: there is no section {section!r}; did you mean {_or(roots)}?")
+        else:
+            matches = []
+    else:  # keys at the word's own level under the same parent, else one level down (``temprature`` → ``prediction.temperature``)
+        siblings = {k.rpartition(".")[2]: k for k in level if k.rpartition(".")[0] == prefix}
+        matches = [siblings[m] for m in closest(word.rpartition(".")[2], siblings)] or _close_below(word, valid)
     if matches:
         return UserInputError(f"Unknown key {key}; did you mean {_or(matches)}?")
     if not valid:
@@ -170,6 +215,13 @@ def _unknown_key(key: str, word: str, valid: list[str], moved: dict[str, str] | 
     listed = sorted(valid)
     more = f", … ({len(listed) - _MAX_LISTED} more; see --help)" if len(listed) > _MAX_LISTED else ""
     return UserInputError(f"Unknown key {key}; valid keys here: {', '.join(listed[:_MAX_LISTED])}{more}.")
+
+
+def _close_below(word: str, valid: list[str]) -> list[str]:
+    """Keys one level below ``word``'s, under the same parent, whose last part looks like ``word``'s last part."""
+    prefix, _, last = word.rpartition(".")
+    below = [k for k in valid if k.count(".") == word.count(".") + 1 and (not prefix or k.startswith(f"{prefix}."))]
+    return [k for k in below if closest(last, [k.rpartition(".")[2]])][:3]
 
 
 def _class_hint(module: str, name: str) -> str:
@@ -183,3 +235,6 @@ def _class_hint(module: str, name: str) -> str:
 
 def _or(words: list[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+or_list = _or

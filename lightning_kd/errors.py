@@ -18,7 +18,13 @@ Which errors count as input errors depends on the phase:
   :data:`INPUT_ERRORS` raised by lightning_kd's own code (the data readers' located errors, the
   memory check, a stale teacher cache, an unusable export directory, …).
 
+A :class:`RunFailure` (a non-finite loss, a checkpoint or export that could not be written) is a run
+that stopped itself and says what happened and where to resume from: its message alone, exit status 3.
+
 From Python (``run_cli``, ``trainer.fit``) nothing changes: exceptions keep their type and traceback.
+
+This module imports nothing heavy (no torch, no Lightning), so the ``lightning-kd`` command can
+report a refused command line before those libraries load.
 """
 
 from __future__ import annotations
@@ -30,25 +36,43 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from types import TracebackType
 
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-from lightning_kd.fault.nonfinite import NonFiniteLossError
-
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LIGHTNING_KD_DEBUG"
+#: Exit statuses of ``lightning-kd`` (``docs/fault_tolerance.md`` has the whole table, with 130 and 143).
+EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 1
-#: Failures a run detects and explains itself (what happened, the last good checkpoint, the fix): their
-#: message is the whole report, so no traceback (``--debug`` still shows it).
-RUN_FAILURES: tuple[type[BaseException], ...] = (NonFiniteLossError,)
-#: Exception types that a check of the user's input raises (UnicodeDecodeError is a ValueError).
-INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError, MisconfigurationException)
+EXIT_RUN_FAILED = 3
+#: Exception types that a check of the user's input raises (UnicodeDecodeError is a ValueError); Lightning's
+#: ``MisconfigurationException`` counts too (see :func:`input_error_types`).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
 HOW_TO_DEBUG = f"(Run again with {DEBUG_FLAG}, or with {DEBUG_ENV}=1 in the environment, to see the traceback.)"
 
 # Libraries whose exceptions only wrap the user's own (their frames are skipped when looking for the original).
 _WRAPPERS = ("jsonargparse", "argparse")
 # Inside user_errors: "report" (one sentence), or "debug" (every exception raised as it is); None outside.
 _mode: ContextVar[str | None] = ContextVar("lightning_kd_user_errors", default=None)
+
+
+class RunFailure(Exception):
+    """A run that stopped itself and explains why: what happened, what is intact, how to resume.
+
+    Its message is the whole report (no traceback; ``--debug`` shows it) and ``lightning-kd`` exits
+    with :data:`EXIT_RUN_FAILED`. Subclasses: ``NonFiniteLossError``, ``CheckpointWriteError``,
+    ``ExportFailedError``.
+    """
+
+
+def _misconfiguration() -> tuple[type[BaseException], ...]:
+    """Lightning's ``MisconfigurationException`` once Lightning is loaded (none can have been raised
+    before), so this module never imports Lightning itself."""
+    exceptions = sys.modules.get("lightning_fabric.utilities.exceptions")
+    found = getattr(exceptions, "MisconfigurationException", None)
+    return (found,) if isinstance(found, type) else ()
+
+
+def input_error_types() -> tuple[type[BaseException], ...]:
+    """:data:`INPUT_ERRORS` plus Lightning's ``MisconfigurationException`` (when Lightning is loaded)."""
+    return INPUT_ERRORS + _misconfiguration()
 
 
 class UserInputError(Exception):
@@ -82,7 +106,8 @@ def debug_requested(argv: list[str]) -> bool:
 
 @contextmanager
 def user_errors(argv: list[str] | None = None) -> Iterator[None]:
-    """Report input errors raised inside as ``lightning-kd: error: <message>`` and exit with status 2.
+    """Report input errors raised inside as ``lightning-kd: error: <message>`` and exit with status 2
+    (:data:`EXIT_BAD_INPUT`); a :class:`RunFailure` is reported the same way with status 3 (:data:`EXIT_RUN_FAILED`).
 
     Args:
         argv: the command line to take ``--debug`` out of (default ``sys.argv``). With ``--debug`` or
@@ -93,7 +118,7 @@ def user_errors(argv: list[str] | None = None) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if not debug and isinstance(error, RUN_FAILURES):  # a run that stopped itself, with its own report
+        if not debug and isinstance(error, RunFailure):  # a run that stopped itself, with its own report
             print(f"lightning-kd: error: {error}", file=sys.stderr)
             raise SystemExit(EXIT_RUN_FAILED) from None
         message = None if debug else short_message(error)
@@ -107,9 +132,9 @@ def user_errors(argv: list[str] | None = None) -> Iterator[None]:
 
 def short_message(error: BaseException) -> str | None:
     """The message to print for ``error`` if it is an input error, else ``None`` (show the traceback)."""
-    if isinstance(error, (UserInputError, MisconfigurationException)):
+    if isinstance(error, (UserInputError, *_misconfiguration())):
         return str(error)
-    if isinstance(error, INPUT_ERRORS) and _raised_by(error).startswith("lightning_kd"):
+    if isinstance(error, input_error_types()) and _raised_by(error).startswith("lightning_kd"):
         return str(error)
     return None
 
@@ -131,7 +156,7 @@ def input_errors() -> Iterator[None]:
         raise
     except Exception as error:
         original = original_error(error)
-        if not isinstance(original, INPUT_ERRORS):
+        if not isinstance(original, input_error_types()):
             raise
         raise UserInputError(str(original), where=_built_by(original)) from error
 

@@ -118,6 +118,6 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(assets, tmp_path):
 def test_cpu_trainers_keep_freed_memory(assets, tmp_path, monkeypatch):
     """The CLI asks glibc to keep freed memory when the trainer runs on CPU (lightning_kd/cpu_allocator.py)."""
     calls = []
-    monkeypatch.setattr("lightning_kd.cli.keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.setattr("lightning_kd.distillation_cli.keep_freed_memory", lambda: calls.append(True) or True)
     main(_kd_args(assets, tmp_path, extra=["--trainer.accelerator=cpu"]), run=False)
     assert calls == [True]

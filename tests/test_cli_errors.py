@@ -115,7 +115,7 @@ def _bad_input_cases(assets, root: Path) -> dict[str, tuple[list[str], tuple[str
                              (r"model\.init_args\.student_init: Expected a .*Literal.*Got value: teacher_uniformm",)),
         "value of the wrong type": (_args(assets, root, "--model.temperature=hot", model=_flat_temperature_model(assets)), (r"model\.init_args\.temperature: Expected a <class 'float'>",)),
         "unknown method class": (_args(assets, root, model=("--model=lightning_kd.methods.KDD",)),
-                                 (r"^lightning-kd: error: model: .*'KDD'.*did you mean lightning_kd\.methods\.KD\b",)),
+                                 (r"^lightning-kd: error: --model: unknown method 'KDD'; did you mean KD\b", r"The methods: ALPKD, .*VocabDistil")),
         "teacher whose config lies about its head": (
             _args(assets, root, f"--model.teacher={assets['liar']}"),
             (r"lacks trained weights for classifier\.bias, classifier\.weight", r"BertForSequenceClassification", r"fine-tune it"),
@@ -231,9 +231,9 @@ def test_the_installed_command_prints_no_traceback(assets, tmp_path, extra, expe
     assert done.stderr.rstrip().endswith(HOW_TO_DEBUG)
 
 
-def test_a_nan_stop_is_its_own_report_with_exit_status_1(assets, tmp_path, monkeypatch, capsys):
+def test_a_nan_stop_is_its_own_report_with_exit_status_3(assets, tmp_path, monkeypatch, capsys):
     code, err = _main(monkeypatch, capsys, _args(assets, tmp_path, "--trainer.callbacks+=tests.fault.helpers.PoisonLossAt",
                                                  "--trainer.callbacks.step=1"))
-    assert code == 1
+    assert code == 3
     assert "lightning-kd: error: " in err and "non-finite" in err.lower()
     assert "Traceback" not in err

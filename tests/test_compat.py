@@ -77,13 +77,17 @@ def test_lightning_cli_private_hooks_used_by_the_cli():
     from lightning_kd.cli import DistillationCLI
 
     source = inspect.getsource(LightningCLI)
-    # Overridden in lightning_kd/cli.py: LightningCLI must still call both.
+    # Overridden in lightning_kd/distillation_cli.py: LightningCLI must still call both.
     assert "self._parse_ckpt_path()" in source, UPGRADE
     assert "self._instantiate_trainer(" in source, UPGRADE
     assert list(inspect.signature(LightningCLI._instantiate_trainer).parameters) == ["self", "config", "callbacks"], UPGRADE
     assert DistillationCLI._parse_ckpt_path is not LightningCLI._parse_ckpt_path
-    # Read in lightning_kd/cli.py: the per-subcommand parsers.
+    # Read in lightning_kd/distillation_cli.py: the per-subcommand parsers.
     assert "self._subcommand_parsers[subcommand] = subcommand_parser" in source, UPGRADE
+    # Overridden in lightning_kd/distillation_cli.py (the method table of `fit --help` keeps its lines).
+    from jsonargparse import DefaultHelpFormatter
+
+    assert callable(getattr(DefaultHelpFormatter, "_fill_text", None)), UPGRADE
 
 
 def test_model_checkpoint_private_members_used_by_the_periodic_checkpoint():

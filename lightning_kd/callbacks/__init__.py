@@ -6,6 +6,7 @@ from lightning_kd.callbacks.mobilebert_stages import MobileBERTStages
 from lightning_kd.callbacks.module_driver import ModuleDriver
 from lightning_kd.callbacks.progress_log import ProgressLog
 from lightning_kd.callbacks.rail_kd_resampling import RailKDResampling
+from lightning_kd.callbacks.run_directories import RunDirectories
 from lightning_kd.callbacks.sid_stages import SIDStages
 from lightning_kd.callbacks.step_schedule import StepSchedule
 from lightning_kd.callbacks.temperature_schedule import TemperatureSchedule
@@ -18,6 +19,7 @@ __all__ = [
     "ModuleDriver",
     "ProgressLog",
     "RailKDResampling",
+    "RunDirectories",
     "SIDStages",
     "StepSchedule",
     "TemperatureSchedule",

@@ -10,16 +10,18 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_kd.core.export_target import ExportTargetError, check_export_target, check_writable
+from lightning_kd.errors import RunFailure
 from lightning_kd.fault.atomic_io import atomic_write
 from lightning_kd.fault.checkpoint_files import newest_checkpoint
 from lightning_kd.fault.interrupted import report_interruption
 
 
-class ExportFailedError(OSError):
+class ExportFailedError(RunFailure, OSError):
     """Writing the student at the end of ``fit`` failed; the message says where the trained weights are.
 
-    An ``OSError`` (what the failure nearly always is: permissions, a full disk), so ``lightning-kd``
-    reports the message alone; the original error is its ``__cause__``.
+    An ``OSError`` (what the failure nearly always is: permissions, a full disk) and a
+    :class:`~lightning_kd.errors.RunFailure`: ``lightning-kd`` reports the message alone and exits with
+    status 3; the original error is its ``__cause__``.
     """
 
 

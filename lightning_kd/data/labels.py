@@ -39,6 +39,15 @@ def _as_key(raw: Any) -> int | str:
     return int(text) if _INT.match(text) else text
 
 
+def label_key(raw: Any) -> int | str:
+    """What a raw label is as a class: an integer id candidate or a stripped name (``"1"``, ``1.0``, ``True`` → 1).
+
+    Raises:
+        ValueError: a missing label or a fractional number.
+    """
+    return _as_key(raw)
+
+
 @dataclass(frozen=True)
 class LabelEncoder:
     """Maps raw label values to what the model is trained on.

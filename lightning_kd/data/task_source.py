@@ -18,7 +18,6 @@ each file's size and modification time, so editing a file is picked up.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from lightning_kd.data.hf_source import (
     normalise_hf,
     pick_split,
 )
+from lightning_kd.data.label_check import LabelCensus, census, check_label_splits
 from lightning_kd.data.labels import LabelEncoder, infer_label_encoder
 from lightning_kd.data.readers import (
     iter_rotten_tomatoes,
@@ -42,6 +42,7 @@ from lightning_kd.data.readers import (
     iter_twenty_newsgroups,
     resolve_text_columns,
 )
+from lightning_kd.data.readers.generic import iter_table_labels
 from lightning_kd.data.readers.examples import example_features
 from lightning_kd.data.readers.fields import TextColumns
 from lightning_kd.data.readers.generic import default_text_columns
@@ -163,20 +164,54 @@ class TaskSource:
             return LabelEncoder(spec.num_labels, self.label_names or spec.label_names)
         if self.label_names is not None:
             return LabelEncoder(len(self.label_names), self.label_names)
+        column = self.label_column or "label"
         if self.hf_dataset:
             train = pick_split(self._hf(), spec.hf_splits.train, "train", self.hf_dataset)
-            return hf_label_encoder(train, self.label_column or "label", None)
+            encoder = hf_label_encoder(train, column, None)
+            if not _is_class_label(train, column):  # classes inferred from the training labels
+                check_label_splits(self._hf_census("train", train, column), self._hf_evaluation_censuses(column))
+            return encoder
         located = self._file_for("train")
         if located is None:
             raise ValueError(
                 f"Task {spec.name!r} learns its classes from the training labels: pass train_file= or label_names=."
             )
         columns = resolve_text_columns(located, self.text_columns)
-        rows = iter_table_file(located, columns, self.label_column or "label", None)
-        first = next(rows, None)
-        if first is None:
+        train = census(iter_table_labels(located, columns, column), str(located))
+        if not train.rows:
             raise no_examples(located, "train")
-        return infer_label_encoder(itertools.chain([first["label"]], (row["label"] for row in rows)))
+        # The classes are the training labels: a stray one would become a class, so compare with the other splits.
+        evaluation = [
+            census(iter_table_labels(path, resolve_text_columns(path, self.text_columns), column), str(path))
+            for path in self._evaluation_files(located)
+        ]
+        check_label_splits(train, evaluation)
+        return infer_label_encoder(train.labels)
+
+    def _evaluation_files(self, train: Path) -> list[Path]:
+        """The validation and test files that are not the training file (each once)."""
+        found: list[Path] = []
+        for split in ("validation", "test"):
+            path = self._file_for(split)
+            if path is not None and path != train and path not in found:
+                found.append(path)
+        return found
+
+    def _hf_census(self, split: str, dataset: Dataset, column: str) -> LabelCensus:
+        return census(enumerate(dataset[column]), f"{self.hf_dataset} ({split} split)", unit="row")
+
+    def _hf_evaluation_censuses(self, column: str) -> list[LabelCensus]:
+        data, censuses, seen = self._hf(), [], set()
+        for split in ("validation", "test"):
+            name = next((n for n in (self.spec.hf_splits[split], *VALIDATION_NAMES) if n in data), None)
+            if name is None or name in seen or name == self.spec.hf_splits.train or column not in data[name].column_names:
+                continue
+            seen.add(name)
+            labels = data[name][column]
+            if any(label == -1 for label in labels):  # hidden test labels: nothing to compare
+                continue
+            censuses.append(census(enumerate(labels), f"{self.hf_dataset} ({name} split)", unit="row"))
+        return censuses
 
     # ----------------------------------------------------------------------------------- splits
     def has(self, split: str) -> bool:
@@ -280,6 +315,11 @@ class TaskSource:
             hidden_is_error=self.spec.benchmark in ("glue", "superglue"),
         )
         return normalise_hf(dataset, normalise, self.spec.is_regression)
+
+
+def _is_class_label(dataset: Dataset, column: str) -> bool:
+    """Whether ``column`` is a ``ClassLabel`` (its classes are the feature's names, not inferred from the rows)."""
+    return type(dataset.features.get(column)).__name__ == "ClassLabel"
 
 
 def no_examples(path: Path, split: str) -> DataFileError:

@@ -14,6 +14,11 @@ host memory as large as the checkpoint (measured: +400 MB peak for a 400 MB chec
 is always a same-filesystem rename), fsyncs it, ``os.replace``\\ s it onto the target and fsyncs the
 directory. :class:`AtomicCheckpointIO` is Lightning's ``TorchCheckpointIO`` with that write, and
 :func:`install_atomic_checkpoint_io` makes it a trainer's checkpoint IO unless the user chose one.
+
+A write that fails (a full disk, an exhausted quota, a permission) raises the ``OSError`` itself, not
+the ``RuntimeError: [enforce fail at inline_container.cc:…]`` that ``torch.save`` turns it into, and
+:class:`AtomicCheckpointIO` reports it as a :class:`CheckpointWriteError` naming the file, the cause
+and the intact checkpoints to resume from (:mod:`lightning_kd.fault.write_errors`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.strategies import DeepSpeedStrategy, Strategy
 
 from lightning_kd.fault.checkpoint_files import intact_checkpoints, readable_archive
+from lightning_kd.fault.write_errors import CheckpointWriteError, describe_write_failure
 
 
 class CorruptCheckpointError(ValueError):
@@ -77,7 +83,7 @@ def remove_stale_temporaries(directory: Path, target_name: str | None = None) ->
     return removed
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+def atomic_write(target: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, opener: Callable[[int], IO[bytes]] | None = None) -> Path:
     """Create or replace ``target`` with what ``write(handle)`` writes, all or nothing.
 
     A reader (or a resumed run) sees either the previous complete file or the new complete file:
@@ -86,9 +92,14 @@ def atomic_write(target: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -
     fsynced so the rename survives a crash of the machine. If ``write`` raises, the temporary file
     is removed and ``target`` is untouched. A symlink at ``target`` is replaced, not followed.
 
+    An ``OSError`` raised by the handle inside ``write`` (a full disk) is raised as itself even when
+    ``write`` turned it into another exception (``torch.save`` raises a ``RuntimeError`` instead).
+
     Args:
         target: the file to create or replace; its directory is created if missing.
         write: writes the file's contents to the binary handle it is given.
+        opener: turns the temporary file's descriptor into the binary handle (default
+            ``os.fdopen(descriptor, "wb")``); tests use it to simulate a full disk.
 
     Returns:
         ``target`` as a ``Path``.
@@ -97,10 +108,18 @@ def atomic_write(target: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with (opener or _open_for_writing)(descriptor) as raw:
+            handle = _RecordingWriter(raw)
+            try:
+                write(handle)
+            except OSError:
+                raise
+            except Exception as error:
+                if handle.error is not None:  # the real cause, which the writer wrapped in its own error
+                    raise handle.error from error
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
         # mkstemp creates the file private (0600); give it the permissions a plain open() would.
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, target)
@@ -109,6 +128,35 @@ def atomic_write(target: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -
         raise
     _fsync_directory(target.parent)
     return target
+
+
+def _open_for_writing(descriptor: int) -> IO[bytes]:
+    return os.fdopen(descriptor, "wb")
+
+
+class _RecordingWriter:
+    """A binary handle that remembers the ``OSError`` its ``write`` raised (everything else is the handle's)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -134,7 +182,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     left there. Remote paths (``s3://`` …) are written by ``TorchCheckpointIO`` unchanged. Loading
     and removal are ``TorchCheckpointIO``'s, so ``ModelCheckpoint``'s ``save_top_k`` clean-up and
     ``save_last`` (a full copy, or ``"link"``: a symlink to the step file) work as usual.
+
+    A write that fails raises :class:`CheckpointWriteError`: the file, the cause (no space left, quota,
+    permission) and the intact checkpoints to resume from, newest first; the file being written is left
+    as it was (its previous version, if any, intact).
     """
+
+    #: How a temporary file's descriptor becomes the handle ``torch.save`` writes to (see :func:`atomic_write`).
+    opener: Callable[[int], IO[bytes]] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,10 +204,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         target = Path(path)
         directory = target.parent.resolve()
-        if directory not in self._cleaned:
-            remove_stale_temporaries(directory)
-            self._cleaned.add(directory)
-        atomic_write(target, lambda handle: torch.save(checkpoint, handle))
+        try:
+            if directory not in self._cleaned:
+                remove_stale_temporaries(directory)
+                self._cleaned.add(directory)
+            atomic_write(target, lambda handle: torch.save(checkpoint, handle), opener=self.opener)
+        except OSError as error:
+            raise CheckpointWriteError(describe_write_failure(target, error), error) from error
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
         """``TorchCheckpointIO.load_checkpoint``; a truncated or corrupt local file raises :class:`CorruptCheckpointError`

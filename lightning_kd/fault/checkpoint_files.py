@@ -8,10 +8,15 @@ past the end of the file. Reading the directory costs a few kilobytes however la
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
 
 
 def readable_archive(path: str | os.PathLike) -> bool:
@@ -37,6 +42,21 @@ def intact_checkpoints(directory: str | os.PathLike, exclude: str | os.PathLike 
     return sorted((p for p in candidates if readable_archive(p)), key=_age_key, reverse=True)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The global step a checkpoint was written at: from its name (``…step=1000…``), else from the file
+    (memory-mapped: only the small header is read); ``None`` when neither says."""
+    match = _STEP.search(Path(path).stem)
+    if match:
+        return int(match[1])
+    try:
+        import torch
+
+        step = torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("global_step")
+        return int(step) if step is not None else None
+    except Exception:  # only a label in a message
+        return None
+
+
 def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
     """The newest intact checkpoint file of this run: in any checkpoint callback's directory, or the one it resumed from."""
     candidates: set[Path] = set()
@@ -57,3 +77,17 @@ def newest_checkpoint(trainer: pl.Trainer) -> Path | None:
 def _age_key(path: Path) -> tuple[int, bool]:
     # last.ckpt is written right after the periodic file of the same step; prefer it when times tie.
     return path.stat().st_mtime_ns, path.name.startswith("last")
+
+
+def describe_missing_checkpoint(path: str | os.PathLike) -> str:
+    """``--ckpt_path <path>`` names no file: say so, with the checkpoints beside it (newest first) to choose from."""
+    path = Path(path)
+    text = f"--ckpt_path {path}: no such file."
+    directory = path.parent
+    if not directory.is_dir():
+        return text + f" Its directory {directory} does not exist either; check the path."
+    intact = intact_checkpoints(directory)
+    if not intact:
+        return text + f" There is no checkpoint in {directory}."
+    shown = ", ".join(p.name for p in intact[:5]) + (f" and {len(intact) - 5} older" if len(intact) > 5 else "")
+    return text + f" Checkpoints in {directory}, newest first: {shown}."

@@ -117,8 +117,9 @@ def _check_teacher_weights(source: str, stage: Stage, config, loading_info: dict
 def _check_labels(config, stage: Stage, num_labels: int | None, role: str, name) -> None:
     if not stage.token_level and num_labels is not None and config.num_labels != num_labels:
         raise ValueError(
-            f"The {role} {name!r} predicts {config.num_labels} labels but the task has {num_labels}. "
-            f"Use a {role} fine-tuned on this task."
+            f"The {role} {name!r} predicts {config.num_labels} labels but the task has {num_labels} (the data's classes). "
+            f"Use a {role} fine-tuned on this task, or, if the data's classes are wrong, list them explicitly with "
+            "data.init_args.label_names: [...]."
         )
 
 

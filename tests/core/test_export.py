@@ -146,3 +146,16 @@ def test_an_unwritable_place_is_reported_before_anything_is_written(tmp_path, mo
     monkeypatch.setattr(export_target.tempfile, "mkstemp", refuse)
     with pytest.raises(ExportTargetError, match=r"is not writable \(Permission denied\)"):
         check_writable(tmp_path / "student")
+
+
+def test_a_read_only_export_directory_is_refused_not_replaced(tmp_path):
+    target = tmp_path / "student"
+    target.mkdir()
+    target.chmod(0o555)
+    try:
+        with pytest.raises(ExportTargetError, match=r"the directory is read-only \(mode 555\)"):
+            check_writable(target)
+        assert oct(target.stat().st_mode & 0o777) == "0o555"
+    finally:
+        target.chmod(0o755)
+    check_writable(target)  # writable again: accepted

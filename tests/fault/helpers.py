@@ -5,6 +5,7 @@ A subprocess imports this module as ``tests.fault.helpers`` (its PYTHONPATH hold
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -70,7 +71,11 @@ class DieDuringWrite(AtomicCheckpointIO):
 
 
 class PoisonLossAt(pl.Callback):
-    """From optimizer step ``step`` on, make the student's embeddings NaN, so the loss is NaN; weights stay finite.
+    """From optimizer step ``step`` on, make the student's embeddings NaN in the first forward pass of each training
+    batch, so the loss is NaN while the weights stay finite and good.
+
+    This is a transient fault (what an fp16 overflow or a flaky device looks like): any further pass of the same
+    batch, such as the check of the checkpoints after the NaN, is finite, so the newest checkpoint recovers.
 
     Args:
         step: the ``trainer.global_step`` at whose next batch the loss turns NaN.
@@ -79,11 +84,61 @@ class PoisonLossAt(pl.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
         self._hook = None
+        self._armed = False
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step and self._hook is None:
-            embeddings = pl_module.student.get_input_embeddings()
-            self._hook = embeddings.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        if trainer.global_step >= self.step:
+            self._armed = True
+            if self._hook is None:
+                self._hook = pl_module.student.get_input_embeddings().register_forward_hook(self._poison)
+
+    def _poison(self, module, inputs, output):
+        if self._armed:
+            self._armed = False
+            return output * float("nan")
+        return output
+
+
+class FullDiskAfter(AtomicCheckpointIO):
+    """Atomic checkpoint IO on a disk that fills up: from the ``write``-th checkpoint file on, ``write()`` raises
+    ``OSError(ENOSPC)`` once ``keep`` bytes of that file are written (as a full filesystem does).
+
+    Args:
+        write: the first checkpoint write that fails (1 = the first file).
+        keep: bytes that still fit before the error.
+    """
+
+    def __init__(self, write: int, keep: int = 4096) -> None:
+        super().__init__()
+        self.write, self.keep, self._count = write, keep, 0
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self._count += 1
+        self.opener = (lambda descriptor: _FullDiskFile(os.fdopen(descriptor, "wb"), self.keep)) if self._count >= self.write else None
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class _FullDiskFile:
+    """A binary file whose writes fail with ENOSPC past ``room`` bytes."""
+
+    def __init__(self, handle, room: int) -> None:
+        self._handle, self._room = handle, room
+
+    def write(self, data) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= size
+        return self._handle.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.close()
 
 
 class PauseAfterStep(pl.Callback):
@@ -149,3 +204,27 @@ class RecordTraining(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         self.losses.append(float(outputs["loss"]))
+
+
+class WaitForFile(pl.Callback):
+    """After optimizer step ``step``, write ``marker`` and wait (up to ``timeout`` s) until ``release`` exists:
+    a run held mid-training while a test starts another one beside it.
+
+    Args:
+        step: the ``trainer.global_step`` after which to wait.
+        marker: a file created when the wait starts.
+        release: the file whose appearance ends the wait.
+        timeout: seconds to wait at most.
+    """
+
+    def __init__(self, step: int, marker: str, release: str, timeout: float = 120.0) -> None:
+        self.step, self.marker, self.release, self.timeout = step, marker, release, timeout
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        with open(self.marker, "w") as handle:
+            handle.write(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.05)

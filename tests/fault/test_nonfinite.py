@@ -102,4 +102,6 @@ def test_message_tailors_the_fixes_and_the_checkpoint_hint(tmp_path):
     callback = SimpleNamespace(last_model_path="", best_model_path=str(newest), best_k_models={str(newest): 0.0})
     with pytest.raises(NonFiniteLossError) as bf16:
         check_finite_loss(_module(_trainer(precision="bf16-mixed", checkpoints=[callback])), nan, batch_idx=5)
-    assert "bf16-mixed instead" not in str(bf16.value) and f"Last good checkpoint: {newest}" in str(bf16.value)
+    # Without a NonFiniteRecovery callback nothing is tried on the batch: the newest checkpoint is named, unchecked.
+    assert "bf16-mixed instead" not in str(bf16.value) and f"Newest checkpoint: {newest}" in str(bf16.value)
+    assert "not checked on this batch" in str(bf16.value)

@@ -7,6 +7,7 @@ compression is undone on the fly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,45 @@ def iter_table_file(
         rows = _delimited_rows(path, _DELIMITERS[suffix], wanted)
     else:
         rows = iter_jsonl(path)
+    empty: list[int] = []
     for line, row in rows:
         with at_line(path, line):
             texts = [text_field(row, column) for column in text_columns]
+            if any(not text.strip() for text in texts):
+                empty.append(line)
             yield make_example(texts, raw_field(row, label_column), encode)
+    if empty:
+        warn_empty_texts(path, empty)
+
+
+def warn_empty_texts(path: str | Path, lines: Sequence[int]) -> None:
+    """Say that rows of ``path`` have an empty text (they are kept: the model sees only special tokens for them)."""
+    shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+    warnings.warn(
+        f"{path}: {len(lines)} row(s) have an empty text (line {shown}); they are kept, and the model sees only the "
+        "special tokens for them. Remove or fill those rows if they are mistakes.",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def iter_table_labels(path: str | Path, text_columns: Sequence[str], label_column: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line, raw label)`` for every row of a user file (for the label checks); rows are checked as
+    :func:`iter_table_file` checks them.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a missing column or field, a short/long row, or a missing label, naming the file and line.
+    """
+    path = _check(path)
+    suffix = data_suffix(path)
+    wanted = (*text_columns, label_column)
+    rows = _delimited_rows(path, _DELIMITERS[suffix], wanted) if suffix in _DELIMITERS else iter_jsonl(path)
+    for line, row in rows:
+        with at_line(path, line):
+            for column in text_columns:
+                text_field(row, column)
+            yield line, raw_field(row, label_column)
 
 
 def _delimited_rows(path: Path, delimiter: str, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
