@@ -10,7 +10,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.lm_board plan                  # what would run, with the stored results
     python -m benchmarks.lm_board run [--row NAME] [--seed S] [--commit]
-    python -m benchmarks.lm_board report                # the LM section of docs/leaderboard.md
+    python -m benchmarks.lm_board report                # docs/leaderboard_lm.md
 
 Resumable: finished runs live in ``benchmarks/lm_board_results.json`` and are skipped.
 """
@@ -32,8 +32,7 @@ import yaml
 SPEC = Path("benchmarks/lm_board.yaml")
 RESULTS = Path("benchmarks/lm_board_results.json")
 OUTPUTS = Path("outputs/lm_board")
-PAGE = Path("docs/leaderboard.md")
-BEGIN, END = "<!-- lm-board:begin -->", "<!-- lm-board:end -->"
+PAGE = Path("docs/leaderboard_lm.md")
 BOOTSTRAP_SAMPLES = 4000
 
 
@@ -80,9 +79,20 @@ def run_one(row: dict, seed: int, directory: Path) -> dict:
         "test_block_tokens": test[1],
         "fit_seconds": round(fit_seconds, 1),
         "steps": int(cli.trainer.global_step),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def machine() -> str:
+    """The CPU's model name (or the architecture) and core count, e.g. ``AMD EPYC (x86_64), 2 cores``."""
+    name = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name or 'unknown CPU'} ({platform.machine()}), {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -175,15 +185,16 @@ def table(spec: dict, results: dict) -> str:
 
 
 def report(spec: dict) -> None:
+    """Write the page: the spec's preamble, the table, then its notes."""
     results = load_results()
-    body = f"{spec.get('preamble', '').strip()}\n\n{table(spec, results)}\n\n{spec.get('notes', '').strip()}".strip()
-    text = PAGE.read_text()
-    if BEGIN in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-    else:
-        before, after = text.rstrip() + "\n\n## LM board: causal-LM distillation of SmolLM2-135M-Instruct\n\n", "\n"
-    PAGE.write_text(f"{before}{BEGIN}\n{body}\n{END}{after}")
+    runs = [run for rows in results.values() for run in rows.values()]
+    machines = sorted({run["machine"] for run in runs})
+    dates = sorted({run["date"] for run in runs})
+    provenance = (f"Measured {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''} on {', '.join(machines)} (shared with "
+                  "other jobs, so fit times vary); written by `python -m benchmarks.lm_board report` from "
+                  "`benchmarks/lm_board_results.json`.") if runs else ""
+    parts = [f"# {spec['title']}", spec.get("preamble", "").strip(), provenance, table(spec, results), spec.get("notes", "").strip()]
+    PAGE.write_text("\n\n".join(part for part in parts if part) + "\n")
     print(table(spec, results))
 
 
