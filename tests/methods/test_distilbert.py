@@ -165,7 +165,7 @@ def test_bad_inputs_fail_at_construction():
     with pytest.raises(ValueError, match="alpha_cos=0"):
         DistilBERT(teacher=teacher, student=narrow)
     DistilBERT(teacher=teacher, student=narrow, alpha_cos=0.0)
-    with pytest.raises(ValueError, match="needs MLM targets"):
+    with pytest.raises(ValueError, match="needs token targets"):
         DistilBERT(teacher=teacher, student=make_tiny_bert(seed=2, layers=2), cos_positions="masked_tokens")
     with pytest.raises(ValueError, match="nothing to train"):
         DistilBERT(teacher=teacher, student=narrow, prediction=replace(DISTILBERT_PREDICTION, soft_weight=0, hard_weight=0), alpha_cos=0)
