@@ -191,6 +191,11 @@ def _row_divergence(kind: str, jsd_beta: float, skew_alpha: float) -> RowDiverge
     return _FIXED_ROWS[kind]
 
 
+#: Public name of :func:`_row_divergence`, reused by the fused LM-head losses
+#: (:mod:`lightning_kd.losses.fused_linear`); the private name stays for this module's callers.
+row_divergence = _row_divergence
+
+
 CHUNK_ELEMENTS = 1 << 20  # logits per chunk of the fused soft-target kernel (4 MB in float32)
 
 
