@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import datasets
 from datasets import Dataset, Features, IterableDataset, List, Value
-from datasets.distributed import split_dataset_by_node
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -15,7 +14,6 @@ from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
 from lightning_kd.data.chitchat import CHITCHAT, write_chitchat_splits
-from lightning_kd.data.collators import IndexedRows
 from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
 from lightning_kd.data.lm_examples import (
     DOCUMENT_STARTS,
@@ -24,7 +22,7 @@ from lightning_kd.data.lm_examples import (
     TokenizeExamples,
     template_adds_bos,
 )
-from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
+from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
 from lightning_kd.data.sources import load_tokenizer, locate_embedded
 from lightning_kd.metrics import build_lm_metrics
 
@@ -32,10 +30,9 @@ from lightning_kd.metrics import build_lm_metrics
 _BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
 _SEPARATE_BLOCK_FEATURES = Features({"input_ids": List(Value("int32")), DOCUMENT_STARTS: List(Value("int32"))})
 _EXAMPLE_FEATURES = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32"))})
-_SHUFFLE_BUFFER = 10_000
 
 
-class CausalLMDataModule(LightningDataModule):
+class CausalLMDataModule(CorpusSplits, LightningDataModule):
     """Next-token prediction batches for causal-LM distillation: packed plain text or prompt/response examples.
 
     **Plain text** (the default; ``text_column`` of ``train_files`` or ``hf_dataset``, one document
@@ -141,15 +138,13 @@ class CausalLMDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if bool(train_files) == bool(hf_dataset):
-            raise ValueError(
-                "Pass exactly one corpus: train_files=[...] (text one document per line, or JSONL/CSV with the "
-                f"fields below) or hf_dataset=...; got train_files={train_files!r}, hf_dataset={hf_dataset!r}."
-            )
-        if validation_files and not train_files:
-            raise ValueError("validation_files go with train_files; an hf_dataset brings its own 'validation' split.")
-        if hf_config and not hf_dataset:
-            raise ValueError("hf_config only applies to hf_dataset.")
+        check_corpus_arguments(
+            train_files=train_files, validation_files=validation_files, hf_dataset=hf_dataset, hf_config=hf_config,
+            validation_fraction=validation_fraction, streaming=streaming,
+            files_hint="text one document per line, or JSONL/CSV with the fields below",
+            counts={"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_proc": num_proc,
+                    "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples},
+        )
         chitchat = CHITCHAT in (train_files or [])
         if chitchat and not (prompt_field or response_field or messages_field):
             prompt_field, response_field = "prompt", "response"  # the converted corpus's columns
@@ -170,20 +165,12 @@ class CausalLMDataModule(LightningDataModule):
                 f"{CHITCHAT} is split into training and validation by conversation; mixed with other train_files, "
                 "pass validation_files too (a row-level hold-out would put one conversation on both sides)."
             )
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
         if not 0 <= test_fraction < 1:
             raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
         if test_fraction and test_files:
             raise ValueError("test_fraction holds out a test split from the training rows; test_files give one: drop one.")
         if block_size < 2:
             raise ValueError(f"block_size must be at least 2 (a token and the one it predicts), got {block_size}")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_proc", num_proc),
-                            ("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if streaming and num_proc:
-            raise ValueError("num_proc parallelises pre-tokenisation; streaming=True tokenises on the fly. Drop one.")
         self.tokenizer_name = tokenizer
         self.train_files, self.validation_files, self.test_files = train_files, validation_files, test_files
         self.hf_dataset, self.hf_config, self.text_column = hf_dataset, hf_config, text_column
@@ -258,13 +245,7 @@ class CausalLMDataModule(LightningDataModule):
         Raises:
             ValueError: the corpus is streamed, so its rows have no stable index.
         """
-        if self.streaming:
-            raise ValueError(
-                "A streamed corpus (streaming=True) has no stable row index to key a teacher cache by; "
-                "set streaming=False or remove teacher_cache."
-            )
-        self._build()
-        train = self.datasets["train"]
+        train = self._cached_training_split()
         return {
             "data_module": type(self).__name__,
             "mode": "examples" if self.examples else "text",
@@ -280,45 +261,17 @@ class CausalLMDataModule(LightningDataModule):
             "datasets_fingerprint": train._fingerprint,
         }
 
-    # ----------------------------------------------------------------------------- lifecycle
-    def prepare_data(self) -> None:
-        """Tokenise once (map-style), so every rank then reads ``datasets``' cache."""
-        if not self.streaming:
-            self._build()
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build (or load from cache) the tokenised splits; shard streamed ones across ranks."""
-        self._build()
-        trainer = self.trainer
-        if self.streaming and trainer is not None and trainer.world_size > 1 and not self._sharded:
-            self._sharded = True  # setup runs once per stage; shard only once
-            self.datasets = {
-                name: split_dataset_by_node(split, rank=trainer.global_rank, world_size=trainer.world_size)
-                for name, split in self.datasets.items()
-            }
-
+    # ----------------------------------------------------------------------------- splits
     def _build(self) -> None:
         if self.datasets:
             return
         _ = self.tokenizer  # load and check it before reading any data
         for split, raw in self._raw_splits().items():
-            rows = self._tokenize(raw, split)
             limit = self.max_train_samples if split == "train" else self.max_eval_samples
-            if isinstance(rows, IterableDataset):
-                rows = rows.take(limit) if limit else rows  # before the shuffle buffer: a quick run reads little
-                if split == "train":
-                    rows = rows.shuffle(seed=self.seed, buffer_size=_SHUFFLE_BUFFER)
-            else:
-                if len(rows) == 0:
-                    if self.examples:
-                        raise ValueError(f"the {split} data has no examples; add rows or raise validation_fraction")
-                    raise ValueError(
-                        f"the {split} data is shorter than one block of {self.block_size} tokens; add text, "
-                        "lower block_size, or raise validation_fraction"
-                    )
-                if limit is not None and limit < len(rows):
-                    rows = rows.shuffle(seed=self.seed).select(range(limit))
-            self.datasets[split] = rows
+            empty = (f"the {split} data has no examples; add rows or raise validation_fraction" if self.examples else
+                     f"the {split} data is shorter than one block of {self.block_size} tokens; add text, lower "
+                     "block_size, or raise validation_fraction")
+            self.datasets[split] = limited(self._tokenize(raw, split), split, limit, self.seed, empty)
 
     def _columns(self) -> list[str]:
         if self.messages_field:
@@ -397,29 +350,13 @@ class CausalLMDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training rows; map-style ones in an order fixed by (seed, epoch), resumable mid-epoch."""
-        return self._loader("train", self.batch_size)
+        return self._loader("train", self.batch_size, self._collator())
 
     def val_dataloader(self) -> DataLoader:
         """Validation rows in order."""
-        return self._loader("validation", self.eval_batch_size)
+        return self._loader("validation", self.eval_batch_size, self._collator())
 
     def test_dataloader(self) -> DataLoader:
         """The test rows (``test_files`` or the ``test_fraction`` hold-out) in order, else the validation rows."""
-        return self._loader("test" if "test" in self.datasets or self.test_files or self.test_fraction else "validation",
-                            self.eval_batch_size)
-
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        if not self.datasets:
-            self._build()
-        dataset = self.datasets[split]
-        options: dict[str, Any] = dict(
-            batch_size=batch_size, collate_fn=self._collator(), num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-        if split != "train" or isinstance(dataset, IterableDataset):
-            return DataLoader(dataset, **options)
-        sampler = EpochShuffleSampler(dataset, global_seed(self.seed))
-        return ResumableDataLoader(IndexedRows(dataset), sampler=sampler, position=self._fit_position, **options)
-
-    def _fit_position(self) -> dict[str, int]:
-        return fit_position(self.trainer)
+        split = "test" if "test" in self.datasets or self.test_files or self.test_fraction else "validation"
+        return self._loader(split, self.eval_batch_size, self._collator())

@@ -5,26 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset, Features, IterableDataset, List, Value
-from datasets.distributed import split_dataset_by_node
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
-from lightning_kd.data.collators import IndexedRows, MaskingCollator
+from lightning_kd.data.collators import MaskingCollator
 from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
 from lightning_kd.data.masking import continuation_table
 from lightning_kd.data.packing import TokenizeAndPack
-from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
+from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
 from lightning_kd.data.sources import load_tokenizer
 from lightning_kd.metrics import build_mlm_metrics
 
 # int32 ids halve the cached corpus on disk versus the int64 that ``map`` would infer.
 _BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
-_SHUFFLE_BUFFER = 10_000
 
 
-class PretrainDataModule(LightningDataModule):
+class PretrainDataModule(CorpusSplits, LightningDataModule):
     """Masked-language-model batches from raw text, scaled to BERT-corpus size.
 
     Text (files or an HF dataset) is tokenised without special tokens, concatenated and cut into
@@ -96,27 +94,16 @@ class PretrainDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if bool(train_files) == bool(hf_dataset):
-            raise ValueError(
-                "Pass exactly one corpus: train_files=[...] (text files, one document or sentence per line) "
-                f"or hf_dataset=...; got train_files={train_files!r}, hf_dataset={hf_dataset!r}."
-            )
-        if validation_files and not train_files:
-            raise ValueError("validation_files go with train_files; an hf_dataset brings its own 'validation' split.")
-        if hf_config and not hf_dataset:
-            raise ValueError("hf_config only applies to hf_dataset.")
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        check_corpus_arguments(
+            train_files=train_files, validation_files=validation_files, hf_dataset=hf_dataset, hf_config=hf_config,
+            validation_fraction=validation_fraction, streaming=streaming, files_hint="text files, one document or sentence per line",
+            counts={"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_proc": num_proc,
+                    "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples},
+        )
         if not 0 < mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
         if block_size < 3:
             raise ValueError(f"block_size must be at least 3 ([CLS] token [SEP]), got {block_size}")
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("num_proc", num_proc),
-                            ("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if streaming and num_proc:
-            raise ValueError("num_proc parallelises pre-tokenisation; streaming=True tokenises on the fly. Drop one.")
         if streaming and masking_seed is not None:
             raise ValueError(
                 "masking_seed keys masks by each block's index in the packed corpus, which a streamed corpus does not "
@@ -160,13 +147,7 @@ class PretrainDataModule(LightningDataModule):
         Raises:
             ValueError: the corpus is streamed, so its blocks have no stable index.
         """
-        if self.streaming:
-            raise ValueError(
-                "A streamed corpus (streaming=True) has no stable block index to key a teacher cache by; "
-                "set streaming=False or remove teacher_cache."
-            )
-        self._build()
-        train = self.datasets["train"]
+        train = self._cached_training_split()
         return {
             "data_module": type(self).__name__,
             "block_size": self.block_size,
@@ -179,44 +160,16 @@ class PretrainDataModule(LightningDataModule):
             "datasets_fingerprint": train._fingerprint,
         }
 
-    # ----------------------------------------------------------------------------- lifecycle
-    def prepare_data(self) -> None:
-        """Tokenise and pack once (map-style), so every rank then reads ``datasets``' cache."""
-        if not self.streaming:
-            self._build()
-
-    def setup(self, stage: str | None = None) -> None:
-        """Build (or load from cache) the packed splits; shard streamed ones across ranks."""
-        self._build()
-        trainer = self.trainer
-        if self.streaming and trainer is not None and trainer.world_size > 1 and not self._sharded:
-            self._sharded = True  # setup runs once per stage; shard only once
-            self.datasets = {
-                name: split_dataset_by_node(split, rank=trainer.global_rank, world_size=trainer.world_size)
-                for name, split in self.datasets.items()
-            }
-
+    # ----------------------------------------------------------------------------- splits
     def _build(self) -> None:
         if self.datasets:
             return
         raw = self._raw_splits()
         for split, corpus in raw.items():
-            blocks = self._pack(corpus)
             limit = self.max_train_samples if split == "train" else self.max_eval_samples
-            if isinstance(blocks, IterableDataset):
-                # Take before shuffling: a quick run then reads only ``limit`` blocks, not a full buffer.
-                blocks = blocks.take(limit) if limit else blocks
-                if split == "train":
-                    blocks = blocks.shuffle(seed=self.seed, buffer_size=_SHUFFLE_BUFFER)
-            else:
-                if len(blocks) == 0:
-                    raise ValueError(
-                        f"the {split} corpus is shorter than one block of {self.block_size} tokens; "
-                        "add text, lower block_size, or raise validation_fraction"
-                    )
-                if limit is not None and limit < len(blocks):
-                    blocks = blocks.shuffle(seed=self.seed).select(range(limit))
-            self.datasets[split] = blocks
+            empty = (f"the {split} corpus is shorter than one block of {self.block_size} tokens; "
+                     "add text, lower block_size, or raise validation_fraction")
+            self.datasets[split] = limited(self._pack(corpus), split, limit, self.seed, empty)
 
     def _raw_splits(self) -> dict[str, Corpus]:
         if self.hf_dataset:
@@ -264,19 +217,3 @@ class PretrainDataModule(LightningDataModule):
         return self._loader("validation", self.eval_batch_size, MaskingCollator(
             self.tokenizer, self.mlm_probability, self.whole_word_mask, eval_seed=self.seed
         ))
-
-    def _loader(self, split: str, batch_size: int, collate: Any) -> DataLoader:
-        if not self.datasets:
-            self._build()
-        dataset = self.datasets[split]
-        options: dict[str, Any] = dict(
-            batch_size=batch_size, collate_fn=collate, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-        if split != "train" or isinstance(dataset, IterableDataset):
-            return DataLoader(dataset, **options)
-        sampler = EpochShuffleSampler(dataset, global_seed(self.seed))
-        return ResumableDataLoader(IndexedRows(dataset), sampler=sampler, position=self._fit_position, **options)
-
-    def _fit_position(self) -> dict[str, int]:
-        return fit_position(self.trainer)

@@ -112,5 +112,5 @@ def test_fingerprints_are_stable_and_follow_the_data(tmp_path, tiny_tokenizer_di
 def test_streamed_corpora_have_no_static_masks_or_fingerprint(tmp_path, tiny_tokenizer_dir, cache_dir):
     with pytest.raises(ValueError, match="set streaming=False"):
         _pretrain(tmp_path, tiny_tokenizer_dir, cache_dir, streaming=True, masking_seed=0)
-    with pytest.raises(ValueError, match="no stable block index"):
+    with pytest.raises(ValueError, match="no stable row index"):
         _ = _pretrain(tmp_path, tiny_tokenizer_dir, cache_dir, streaming=True).fingerprint
