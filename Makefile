@@ -37,7 +37,7 @@ quickstart-lm: install
 	$(VENV)/bin/lightning-kd fit --config configs/quickstart_lm/2_no_teacher.yaml
 	$(PY) -m lightning_kd.report --teacher embedded:smollm2-135m-instruct --student outputs/quickstart_lm/student \
 		--baseline outputs/quickstart_lm/no_teacher --data-config configs/quickstart_lm/1_distil_student.yaml \
-		--max-new-tokens 24 --output outputs/quickstart_lm/report.md
+		--prompts configs/quickstart_lm/prompts.txt --max-new-tokens 24 --output outputs/quickstart_lm/report.md
 
 test: install
 	$(PY) -m pytest --nbmake --nbmake-timeout=600 tests notebooks
