@@ -268,6 +268,7 @@ class _Plan:
     chunk_rows: int
     dtype: torch.dtype
     track: bool  # gradients wanted (grad mode on and some input requires grad)
+    hard_ratio: float | None = None  # combined: the hard output's upstream gradient / the soft output's
 
 
 def _project(rows: Tensor, weight: Tensor, bias: Tensor | None, head: LinearHead) -> tuple[Tensor, Tensor | None]:
@@ -325,14 +326,17 @@ class _FusedLinearTerms(torch.autograd.Function):
         want = [plan.track and needed for needed in ctx.needs_input_grad[:3]]
         weights = {"soft": plan.soft_weights, "hard": plan.hard_weights}
         terms = [term for term in ("soft", "hard") if weights[term] is not None]
-        # One set of accumulators per term: the gradients of (rows, weight, bias), float32/64.
+        combined = plan.hard_ratio is not None and len(terms) == 2
+        # One set of accumulators per term — the gradients of (rows, weight, bias), float32/64 — or one set
+        # for both when the caller declared the ratio of their upstream gradients (two products a chunk fewer).
+        sets = ["both"] if combined else terms
         acc = {
-            term: [
+            name: [
                 rows.new_zeros(rows.shape, dtype=dtype) if want[0] else None,
                 w.new_zeros(w.shape) if want[1] else None,
                 w.new_zeros(w.shape[0]) if want[2] and b is not None else None,
             ]
-            for term in terms
+            for name in sets
         }
         totals = {term: rows.new_zeros((), dtype=dtype) for term in ("soft", "hard")}
         teacher = None
@@ -347,6 +351,7 @@ class _FusedLinearTerms(torch.autograd.Function):
                 z, capped = _project(x, w, b, head)
                 # ∂z/∂a per logit, σ(1 − y²), in place of y = tanh(s/c); None: the constant σ.
                 deriv = None if capped is None else capped.square_().neg_().add_(1.0).mul_(head.scale)
+                total = None  # combined: ∂(soft + ratio·hard)/∂z of the chunk
                 for term in terms:
                     coef = weights[term][idx]
                     local = _weighted_rows(coef)  # a row may carry one term only
@@ -360,23 +365,22 @@ class _FusedLinearTerms(torch.autograd.Function):
                     totals[term] += (coef * values).sum()
                     if grad is None:
                         continue
-                    grad.mul_(coef.unsqueeze(1))
-                    if deriv is not None:  # back through the post-transform: ∂L/∂a = ∂L/∂z ⊙ ∂z/∂a
-                        grad.mul_(_select(deriv, local))
-                    elif head.scale != 1.0:
-                        grad.mul_(head.scale)
-                    grad_rows, grad_weight, grad_bias = acc[term]
-                    if grad_rows is not None:  # ∂L/∂x = G W (each row lies in one chunk)
-                        grad_rows.index_copy_(0, at, grad @ w)
-                    if grad_weight is not None:  # ∂L/∂W += Gᵀ x
-                        grad_weight.addmm_(grad.T, _select(x, local))
-                    if grad_bias is not None:  # ∂L/∂b += Σ_rows G
-                        grad_bias += grad.sum(0)
+                    grad.mul_(coef.unsqueeze(1) if term == "soft" or not combined else coef.unsqueeze(1) * plan.hard_ratio)
+                    if combined:
+                        if total is None:
+                            total = torch.zeros_like(z)
+                        total.index_add_(0, local, grad) if local is not None else total.add_(grad)
+                        continue
+                    _push(grad, local, at, x, w, deriv, head, acc[term])
                     del grad
+                if total is not None:
+                    _push(total, None, idx, x, w, deriv, head, acc["both"])
+                    del total
         # On ctx rather than save_for_backward: a backward that is the graph's last can then drop ctx's
         # reference and hand an accumulator itself to autograd, which adopts it as ``.grad`` (no copy).
-        ctx.accumulators = [acc[term] for term in terms]
-        ctx.terms = terms
+        ctx.accumulators = [acc[name] for name in sets]
+        ctx.terms = sets
+        ctx.hard_ratio = plan.hard_ratio
         ctx.dtypes = (rows.dtype, weight.dtype, None if bias is None else bias.dtype)
         return totals["soft"], totals["hard"]
 
@@ -393,7 +397,13 @@ class _FusedLinearTerms(torch.autograd.Function):
         last_use = not _keep_graph()
         if last_use:
             ctx.accumulators = None
-        upstream = {"soft": grad_soft, "hard": grad_hard}
+        upstream = {"soft": grad_soft, "hard": grad_hard, "both": grad_soft}
+        if ctx.terms == ["both"] and not torch.allclose(grad_hard, grad_soft * ctx.hard_ratio, rtol=1e-5, atol=1e-12):
+            raise RuntimeError(
+                f"fused_linear_terms combined the terms' gradients for a hard/soft upstream ratio of {ctx.hard_ratio}, "
+                f"but backward brought {float(grad_hard)} / {float(grad_soft)}: call it without hard_ratio when the "
+                "terms are weighted independently."
+            )
         out: list[Tensor | None] = [None, None, None]
         for term, sets in zip(ctx.terms, accumulators):
             for slot, accumulated in enumerate(sets):
@@ -408,6 +418,23 @@ class _FusedLinearTerms(torch.autograd.Function):
         grads = [None if g is None else g.to(dtype) for g, dtype in zip(out, ctx.dtypes)]
         del out
         return grads[0], grads[1], grads[2], None
+
+
+def _push(grad: Tensor, local: Tensor | None, at: Tensor, x: Tensor, w: Tensor, deriv: Tensor | None,
+          head: LinearHead, accumulators: list[Tensor | None]) -> None:
+    """Send a chunk's ``∂L/∂z`` (rows ``local`` of the chunk, at global rows ``at``) back through the
+    post-transform and the linear map into the accumulators of (rows, weight, bias)."""
+    if deriv is not None:  # back through the post-transform: ∂L/∂a = ∂L/∂z ⊙ ∂z/∂a
+        grad.mul_(_select(deriv, local))
+    elif head.scale != 1.0:
+        grad.mul_(head.scale)
+    grad_rows, grad_weight, grad_bias = accumulators
+    if grad_rows is not None:  # ∂L/∂x = G W (each row lies in one chunk)
+        grad_rows.index_copy_(0, at, grad @ w)
+    if grad_weight is not None:  # ∂L/∂W += Gᵀ x
+        grad_weight.addmm_(grad.T, _select(x, local))
+    if grad_bias is not None:  # ∂L/∂b += Σ_rows G
+        grad_bias += grad.sum(0)
 
 
 def _keep_graph() -> bool:
@@ -435,6 +462,7 @@ def fused_linear_terms(
     soft: SoftSpec | None = None,
     hard: HardSpec | None = None,
     chunk_rows: int | None = None,
+    hard_ratio: float | None = None,
 ) -> dict[str, Tensor]:
     """The soft and hard terms of rows through their heads, without materialising the logits.
 
@@ -447,6 +475,11 @@ def fused_linear_terms(
         soft: the soft divergence term, or ``None``.
         hard: the cross-entropy term on the labels, or ``None``.
         chunk_rows: rows projected at a time (default :func:`default_chunk_rows`).
+        hard_ratio: with both terms, promise that backward brings the hard output ``hard_ratio`` times
+            the soft output's upstream gradient (1 when the loss is their plain sum; ``hard_weight`` when
+            the caller multiplies the hard output by it): the two terms' gradients then share one set of
+            accumulators (per chunk two matrix products and one ``(V, d)`` buffer fewer). Backward
+            checks the promise and raises if it is broken.
 
     Returns:
         ``{"soft": Σ_r w_r D(p_r ‖ q_r), "hard": Σ_r v_r CE(z_r, y_r)}`` — a key per given spec — float32
@@ -507,6 +540,7 @@ def fused_linear_terms(
         chunk_rows=chunk_rows or default_chunk_rows(vocab),
         dtype=dtype,
         track=torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params),
+        hard_ratio=hard_ratio,
     )
     soft_total, hard_total = _FusedLinearTerms.apply(rows, student_head.weight, student_head.bias, plan)
     return {name: value for name, value, spec in (("soft", soft_total, soft), ("hard", hard_total, hard)) if spec is not None}

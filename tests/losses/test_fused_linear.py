@@ -210,6 +210,27 @@ def test_soft_and_hard_together_with_separate_upstream_gradients():
     _close(student.grads(-0.5 * both["hard"]), student.grads(-0.5 * reference["hard"]))
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.7])
+def test_a_declared_upstream_ratio_shares_one_set_of_accumulators(ratio):
+    """With ``hard_ratio`` the two terms' gradients are summed per chunk (fewer products): the same values
+    and gradients when backward brings that ratio, and an error when it does not."""
+    student = Student(10, False, *HEADS["all"])
+    teacher_rows, teacher_head = _teacher(11)
+    soft = SoftSpec.masked_mean(_mask(12), "jsd", 2.0, jsd_beta=BETA)
+    hard = HardSpec.mean(_labels(13))
+    combined = fused_linear_terms(student.rows(), student.head, teacher_rows, teacher_head, soft=soft, hard=hard,
+                                  chunk_rows=3, hard_ratio=ratio)
+    reference = _reference(student.rows(), student.head, teacher_rows, teacher_head, soft, hard)
+    for term in ("soft", "hard"):
+        torch.testing.assert_close(combined[term], reference[term], rtol=1e-5, atol=0)
+    _close(student.grads(2 * combined["soft"] + 2 * ratio * combined["hard"]),
+           student.grads(2 * reference["soft"] + 2 * ratio * reference["hard"]))
+    broken = fused_linear_terms(student.rows(), student.head, teacher_rows, teacher_head, soft=soft, hard=hard,
+                                hard_ratio=ratio)
+    with pytest.raises(RuntimeError, match="upstream ratio"):
+        (broken["soft"] + (ratio + 1.0) * broken["hard"]).backward()
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 3, R, 5 * R, None])
 def test_chunk_size_does_not_change_results(chunk_rows):
     student = Student(14, False, *HEADS["all"])
