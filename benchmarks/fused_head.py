@@ -76,7 +76,7 @@ def child(workload: str, vocab: int, width: int, rows: int, repeats: int, thread
         return loss.item()
 
     def fused() -> float:
-        terms = fused_linear_terms(x, student, teacher_x, teacher, soft=soft, hard=hard)
+        terms = fused_linear_terms(x, student, teacher_x, teacher, soft=soft, hard=hard, hard_ratio=1.0)
         loss = terms["soft"] + terms["hard"]
         loss.backward()
         return loss.item()
