@@ -7,7 +7,8 @@ adds nothing beyond running both models. ``KD + teacher cache`` reads the teache
 filled :class:`~lightning_kd.cache.TeacherCache` instead of running the teacher; its figure of
 merit is step ÷ student-only step (target ≤ 1.05).
 
-Stages: ``--stage finetune`` (default) distils a 2-class sequence classifier; ``--stage pretrain``
+Stages: ``--stage finetune`` (default) distils a 2-class sequence classifier; ``--stage causal``
+runs :mod:`benchmarks.causal_step` (decoder LMs at large vocabularies, fused heads); ``--stage pretrain``
 distils MLM heads on a batch with 15 % of its positions masked. There the floor is the *full-head*
 floor: the teacher forward and the student-only step both with Hugging Face's own MLM heads, which
 project every position onto the 30,522-word vocabulary. The methods run with compact heads (each
@@ -30,6 +31,7 @@ allocator's peak on a GPU.
 
     python benchmarks/step_time.py                          # all methods, batch 32 x 128, CPU
     python benchmarks/step_time.py --stage pretrain         # MLM-stage methods against the full-head floor
+    python benchmarks/step_time.py --stage causal           # decoder KD at 49k-262k vocabularies (benchmarks/causal_step.py)
     python benchmarks/step_time.py --methods KD TinyBERT --batch-size 16 --seq-len 64 --output benchmarks/results.md
 """
 
@@ -277,6 +279,13 @@ def cache_for_benchmark(args: argparse.Namespace):
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    if "--stage" in argv and argv[argv.index("--stage") + 1 : argv.index("--stage") + 2] == ["causal"]:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+        from benchmarks.causal_step import main as causal_main  # its own models, batch and workloads
+
+        at = argv.index("--stage")
+        return causal_main(argv[:at] + argv[at + 2 :])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=list(STAGE_METHODS), default="finetune", help="fine-tuning (classifier) or pre-training (MLM) heads")
     parser.add_argument("--methods", nargs="+", help="default: every method of the stage (and KD + teacher cache when fine-tuning)")

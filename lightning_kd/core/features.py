@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lightning_kd.core.attention_capture import recording
 from lightning_kd.core.compact_head import HeadCall, check_compact_output, compact_head, labels_taken
+from lightning_kd.core.fused_head import HeadRows, linear_head, rows_entering
 from lightning_kd.core.logit_rows import LogitRows, row_mask, rows_at, widest
 from lightning_kd.stages import stage_of_class
 
@@ -51,6 +52,10 @@ class FeatureRequest:
             :data:`~lightning_kd.core.logit_rows.LogitRows`): ``"all"`` (default: the model's own forward),
             ``"tokens"``, ``"labelled"`` or ``"none"``. Sequence-level logits are always whole.
             :class:`~lightning_kd.core.module.DistillationModule` sets it from what its losses read.
+        head_rows: at those rows, keep the hidden rows entering a decoder's LM head instead of projecting
+            them (:mod:`lightning_kd.core.fused_head`): ``Features.logits`` is then ``None`` and the
+            prediction terms project the rows chunk by chunk. Models whose head is not a verified linear
+            head compute their logits as usual.
     """
 
     hidden_states: bool = False
@@ -58,6 +63,7 @@ class FeatureRequest:
     score_layers: frozenset[int] = frozenset()
     prob_layers: frozenset[int] = frozenset()
     logit_rows: LogitRows = "all"
+    head_rows: bool = False
 
     def merge(self, other: "FeatureRequest") -> "FeatureRequest":
         """The union of two requests (used when methods are combined)."""
@@ -67,6 +73,7 @@ class FeatureRequest:
             score_layers=self.score_layers | other.score_layers,
             prob_layers=self.prob_layers | other.prob_layers,
             logit_rows=widest(self.logit_rows, other.logit_rows),
+            head_rows=self.head_rows and other.head_rows,  # a request that reads logits needs them
         )
 
     @property
@@ -80,7 +87,8 @@ class Features:
 
     Attributes:
         logits: the head's logits: ``(B, C)`` sequence-level, ``(B, N, V)`` token-level, or compact
-            ``(R, V)`` token-level rows at the positions of ``logit_rows``.
+            ``(R, V)`` token-level rows at the positions of ``logit_rows``; ``None`` when ``head_rows``
+            holds what would have made them.
         loss: the model's own task/MLM loss when captured with labels (from the compact rows when compact).
         logit_rows: ``(B, N)`` bool positions of compact ``logits`` (row-major order); ``None`` when whole.
         queries / keys / values: per captured layer, ``(B, N, h·d_h)`` states as the attention
@@ -88,9 +96,11 @@ class Features:
         scalings: per captured layer, the factor the model multiplies ``Q Kᵀ`` by (default ``d_h^-½``).
         key_masks: per captured layer whose mask is more than key padding (causal, sliding window),
             the ``(B, 1, N, N)`` boolean (query, key) pairs the model lets attend.
+        head_rows: the rows that entered the LM head at ``logit_rows`` and the head, instead of logits
+            (fused heads; :class:`~lightning_kd.core.fused_head.HeadRows`).
     """
 
-    logits: Tensor
+    logits: Tensor | None
     loss: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     queries: dict[int, Tensor] = field(default_factory=dict)
@@ -101,16 +111,26 @@ class Features:
     attention_mask: Tensor | None = None
     num_heads: int = 1
     logit_rows: Tensor | None = None
+    head_rows: HeadRows | None = None
 
     @property
     def token_level(self) -> bool:
         """Whether the logits are per position (an MLM head), whole or compact."""
         return self.logit_rows is not None or self.logits.dim() == 3
 
+    def _logits(self) -> Tensor:
+        if self.logits is None:
+            raise RuntimeError(
+                "These features hold the rows entering the LM head (fused heads), not logits: only the prediction "
+                "terms read them. A method whose own terms read logits keeps prediction_only_logits = False; or set "
+                "`method.compact_heads = False`."
+            )
+        return self.logits
+
     def logits_at(self, mask: Tensor | None) -> Tensor:
         """``(R', V)`` token logits at the ``(B, N)`` positions of ``mask`` (``None``: every position),
         in row-major order, whole or compact alike (see :func:`~lightning_kd.core.logit_rows.rows_at`)."""
-        return rows_at(self.logits, self.logit_rows, mask)
+        return rows_at(self._logits(), self.logit_rows, mask)
 
     def to(self, device: torch.device | str) -> "Features":
         """The same features with every tensor on ``device`` (used for teachers placed elsewhere)."""
@@ -202,6 +222,9 @@ def capture(
         rows = row_mask(batch, request.logit_rows)
     stage = stage_of_class(type(model).__name__)
     entry = stage.head_entry(model) if stage is not None and rows is not None else None
+    # Fused heads: the head's input rows are kept and the head does not project (decoder LM heads only:
+    # their head entry is the projection itself).
+    fused = linear_head(model) if request.head_rows and entry is not None and entry is model.get_output_embeddings() else None
     # Labels reach the model's own loss only where its stage allows it and the logits are whole.
     take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_to_model))
     seen = HeadCall()
@@ -213,7 +236,7 @@ def capture(
                 outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
             rows = None
         else:
-            with compact_head(model, entry, rows) as seen:
+            with compact_head(model, entry, rows) as seen, rows_entering(entry) if fused is not None else nullcontext() as entered:
                 outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
             check_compact_output(model, seen, outputs.logits, int(rows.sum()))
     if layers and max(layers) >= recorder.count:
@@ -230,10 +253,14 @@ def capture(
     calls = recorder.calls
     config = getattr(model, "config", None)
     loss = outputs.loss if with_labels else None
-    if take_labels and seen.labels is not None:
+    head_rows = None
+    if fused is not None:
+        labels = seen.labels[rows.to(seen.labels.device)] if take_labels and seen.labels is not None else None
+        head_rows = HeadRows(cast(entered[0]), fused, labels)  # the loss: from the rows, on first use
+    elif take_labels and seen.labels is not None:
         loss = stage.token_loss(outputs.logits, seen.labels, rows)
     return Features(
-        logits=cast(outputs.logits),
+        logits=None if head_rows is not None else cast(outputs.logits),
         loss=loss,
         hidden_states=hidden,
         queries={i: cast(_merge_heads(c.queries)) for i, c in calls.items()},
@@ -244,6 +271,7 @@ def capture(
         attention_mask=padding,
         num_heads=next(iter(calls.values())).queries.shape[1] if calls else _config_heads(config),
         logit_rows=rows,
+        head_rows=head_rows,
     )
 
 

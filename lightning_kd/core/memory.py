@@ -27,12 +27,15 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_kd.core.features import FeatureRequest
 from lightning_kd.core.placement import deepspeed_stage, resolve_placement
+from lightning_kd.losses.fused_linear import CHUNK_ELEMENTS
 from lightning_kd.models.loading import is_activation_checkpointing
 
 MemoryCheck = Literal["error", "warn", "off"]
 GIB = 2**30
 #: Share of positions an MLM batch labels when the data module does not say (BERT's 15 %).
 DEFAULT_LABELLED_SHARE = 0.15
+#: Logit-sized buffers a fused-head chunk holds at once (lightning_kd.losses.fused_linear).
+FUSED_CHUNK_BUFFERS = 6
 
 
 @dataclass
@@ -161,9 +164,11 @@ def _rows(request: Any, batch: int, length: int, labelled_share: float) -> float
 
 
 def _logits(module: Any, config: Any, batch: int, rows: float) -> float:
-    """Logit elements: ``rows × V`` for a vocabulary head (MLM, causal LM), one row of task logits per example otherwise."""
+    """Logit elements: ``rows × V`` for a vocabulary head (MLM, causal LM) — with fused heads no more than a
+    chunk's buffers — one row of task logits per example otherwise."""
     if module.task_stage.token_level:
-        return rows * config.vocab_size
+        elements = rows * config.vocab_size
+        return min(elements, FUSED_CHUNK_BUFFERS * CHUNK_ELEMENTS) if module.fused_heads() else elements
     return batch * max(1, module.num_labels or 2)
 
 

@@ -24,6 +24,8 @@ import dataclasses
 from torch import Tensor
 
 from lightning_kd.core.compact_head import compact_heads_default
+from lightning_kd.core.fused_head import model_loss
+from lightning_kd.core.multi_teacher import Average
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.logit_rows import LogitRows, widest
 from lightning_kd.core.terms import LossTerms
@@ -43,6 +45,10 @@ class MethodHooks:
     #: then computes only the logit rows those read (:meth:`student_logit_rows`). ``False`` (default):
     #: the method's own terms may read any row, so every row is computed.
     prediction_only_logits: bool = False
+    #: Set by methods whose terms read token logits and the student's own loss only through the
+    #: prediction loss (``prediction.soft_features``) and the default :meth:`student_terms`: their
+    #: causal-LM steps may then keep the LM heads' input rows instead of logits (:meth:`fused_heads`).
+    fused_heads_ready: bool = False
 
     @property
     def compact_heads(self) -> bool:
@@ -91,14 +97,41 @@ class MethodHooks:
     def student_features_request(self) -> FeatureRequest:
         """What the student's training forward captures: :meth:`student_request` with its logit rows
         (every row for sequence-level heads or with :attr:`compact_heads` off; token-level stages —
-        MLM and causal LM — compute only the rows a step reads)."""
+        MLM and causal LM — compute only the rows a step reads), as head rows with :meth:`fused_heads`."""
         rows = self.student_logit_rows() if self.compact_heads and self.task_stage.token_level else "all"
-        return dataclasses.replace(self.student_request(), logit_rows=rows)
+        return dataclasses.replace(self.student_request(), logit_rows=rows, head_rows=self.fused_heads())
 
     def teacher_features_request(self, teacher_index: int) -> FeatureRequest:
         """What teacher ``teacher_index``'s forward captures (and a teacher cache stores): its request with its logit rows."""
         rows = self.teacher_logit_rows(teacher_index) if self.compact_heads and self.task_stage.token_level else "all"
-        return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows)
+        return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows, head_rows=self.fused_heads())
+
+    def fused_heads(self) -> bool:
+        """Whether the training step keeps the rows entering the decoders' LM heads instead of their logits
+        (:mod:`lightning_kd.core.fused_head`): the soft and next-token terms then project them a chunk at
+        a time, so no ``(rows, vocabulary)`` tensor exists.
+
+        It holds when nothing but the prediction loss reads the token logits: compact heads on, a
+        token-level stage, :attr:`prediction_only_logits` and :attr:`fused_heads_ready`, a divergence soft term (not ``mse``), a
+        multi-teacher strategy that reads no logits, the student's loss or per-example terms, no teacher
+        cache, no random inputs, and every model's head whole on the student's device (not partitioned
+        by ZeRO-3, no teacher placed elsewhere). Otherwise logits are computed as before (same values).
+        """
+        from lightning_kd.core.placement import deepspeed_stage
+
+        if not (self.compact_heads and self.task_stage.token_level and self.prediction_only_logits and self.fused_heads_ready):
+            return False
+        if self.prediction is not None and self.prediction.soft_loss == "mse":
+            return False
+        strategy = self.multi_teacher
+        if strategy.needs_student_loss or strategy.per_sample or "none" != widest(strategy.student_logit_rows(), strategy.teacher_logit_rows()):
+            return False
+        if self.teacher_cache is not None or self.random_inputs is not None:
+            return False
+        context = self._teacher_context()
+        if deepspeed_stage(context["trainer"]) == 3:
+            return False
+        return all(self.teacher_pool.placement(index, **context) == "student" for index in range(len(self.teachers)))
 
     # ------------------------------------------------------------------ terms
     def uses_student_loss(self) -> bool:
@@ -135,8 +168,9 @@ class MethodHooks:
         named ``"soft"`` (:func:`~lightning_kd.core.terms.default_role`).
         """
         terms = LossTerms()
-        if self.prediction is not None and self.prediction.hard_weight > 0 and student.loss is not None:
-            terms.hard("hard", self.prediction.hard_weight * student.loss)
+        loss = model_loss(student)  # from the head rows when fused (unless the soft term computed it already)
+        if self.prediction is not None and self.prediction.hard_weight > 0 and loss is not None:
+            terms.hard("hard", self.prediction.hard_weight * loss)
         return terms
 
     def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> LossTerms:
@@ -150,7 +184,10 @@ class MethodHooks:
         """
         terms = LossTerms()
         if self.prediction is not None and self.prediction.soft_weight > 0:
-            terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms))
+            # One teacher passed through unchanged: the next-token loss can share the soft term's projection.
+            alone = len(self.teachers) == 1 and type(self.multi_teacher) is Average
+            terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms,
+                                                             with_hard=alone and self.uses_student_loss()))
         if self.intermediate is not None:
             for name, value in self.intermediate(batch, student, teacher, teacher_index).items():
                 terms.intermediate(name, value)

@@ -375,11 +375,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             with entered(student_hooks):
                 student = capture(self.student, self.student_inputs(hard_batch), request, with_labels=student_loss,
                                   rows=row_mask(batch, request.logit_rows))
-            # Typed here once, so strategies read roles whatever a method returned (a plain dict is
-            # typed by name; see lightning_kd.core.terms).
-            terms = LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD)
             if not len(self.teachers):
-                return PassResult(terms, student)
+                return PassResult(LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD), student)
             indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step) if teachers is None else teachers
             live = teacher_hooks is not None or teacher_request is not None
             terms_of = self.teacher_terms if teacher_terms is None else teacher_terms
@@ -395,6 +392,10 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
                 rows.append(teacher.logit_rows)
                 del teacher  # release this teacher's activations before the next one runs
             step = TeacherStep(batch, student, logits, indices, self.global_step, rows)
+            # The student's own terms after the teachers': with fused heads the soft term may have computed the
+            # student's loss in its pass (one projection for both). Typed here once, so strategies read roles
+            # whatever a method returned (a plain dict is typed by name; see lightning_kd.core.terms).
+            terms = LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD)
             if combine:
                 terms = merge_combined(terms, self.multi_teacher.combine(per_teacher, step), self.multi_teacher)
             return PassResult(terms, student, per_teacher, step)

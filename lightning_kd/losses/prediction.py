@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import torch
 from torch import Tensor
 
+from lightning_kd.losses.fused_linear import HardSpec, SoftSpec, fused_linear_terms
 from lightning_kd.losses.logits import check_divergence_weights, logits_mse, soft_divergence
 from lightning_kd.losses.masking import Reduction, padding_mask, target_mask
 from lightning_kd.stages.positions import term_positions
@@ -124,19 +125,63 @@ class PredictionLoss:
         """The weighted soft term between student and teacher logits."""
         return self._soft(student_logits, teacher_logits, self.soft_mask(batch, student_logits), None, per_sample)
 
-    def soft_features(self, student: Features, teacher: Features, batch: dict[str, Tensor], per_sample: bool = False) -> Tensor:
+    def soft_features(
+        self, student: Features, teacher: Features, batch: dict[str, Tensor], per_sample: bool = False, with_hard: bool = False
+    ) -> Tensor:
         """The weighted soft term between two models' captured logits, whole or compact (``(R, V)``
-        rows with their ``(B, N)`` positions): the same value either way.
+        rows with their ``(B, N)`` positions), or their LM heads' input rows (fused heads): the same value
+        every way.
+
+        Args:
+            with_hard: when the student holds head rows with labels and no loss yet, compute its
+                next-token loss in the same pass (one projection of the student's rows for both; the caller
+                adds the soft term once and the loss times ``hard_weight``).
 
         Raises:
             ValueError: the term reads token rows that one of the models did not compute.
         """
+        if student.head_rows is not None and teacher.head_rows is not None:
+            return self._fused_soft(student, teacher, batch, per_sample, with_hard)
+        if student.head_rows is not None or teacher.head_rows is not None:  # one family kept its logits
+            from lightning_kd.core.fused_head import with_logits  # the core imports the losses, not the reverse
+
+            student, teacher = with_logits(student), with_logits(teacher)
         if student.logit_rows is None and teacher.logit_rows is None:
             return self.soft(student.logits, teacher.logits, batch, per_sample)
         rows = student.logit_rows if student.logit_rows is not None else teacher.logit_rows
         mask = self.token_mask(batch)
         positions = mask.bool() if mask is not None else torch.ones_like(rows)
         return self._soft(student.logits_at(positions), teacher.logits_at(positions), None, positions, per_sample)
+
+    def _fused_soft(self, student: Features, teacher: Features, batch: dict[str, Tensor], per_sample: bool, with_hard: bool) -> Tensor:
+        """The soft term from both models' head rows, chunk by chunk (:mod:`lightning_kd.losses.fused_linear`),
+        with the reduction, ``T²``, ``class_mean`` and ``soft_weight`` folded into per-row weights."""
+        if not torch.equal(student.logit_rows, teacher.logit_rows):
+            raise ValueError("Fused heads need the head rows of both models at the same positions; set `method.compact_heads = False`.")
+        if per_sample or self.soft_loss == "mse":
+            raise ValueError("Fused heads compute batch-level divergences; per-example terms and soft_loss 'mse' read logits.")
+        rows = student.logit_rows.bool()
+        mask = self.token_mask(batch)
+        positions = rows if mask is None else mask.bool().to(rows.device)
+        if bool((positions & ~rows).any()):
+            raise ValueError("The soft term reads positions whose head rows were not kept; the method must name them in its logit rows.")
+        kept = positions[rows].float()  # (R,) the compact rows the term averages over
+        divisor = positions.numel() if self.reduction == "gkd" else kept.sum().clamp_min(1.0)
+        weights = kept * (self.soft_weight / divisor)
+        if self.t2_scale and self.soft_loss != "tvd":
+            weights = weights * self.temperature**2
+        if self.class_mean:
+            weights = weights / student.head_rows.head.vocab_size
+        spec = SoftSpec(weights, self.soft_loss, self.temperature, self.jsd_beta, self.skew_alpha)
+        ours, theirs = student.head_rows, teacher.head_rows
+        hard = None
+        if with_hard and student.loss is None and ours.labels is not None:
+            hard = HardSpec.mean(ours.labels)
+        terms = fused_linear_terms(ours.rows, ours.head, theirs.rows, theirs.head, soft=spec, hard=hard,
+                                   hard_ratio=self.hard_weight if hard is not None else None)
+        if hard is not None:
+            student.loss = terms["hard"]  # the student's own loss, read by its hard term (times hard_weight)
+        return terms["soft"]
 
     def _soft(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None, positions: Tensor | None, per_sample: bool) -> Tensor:
         if self.soft_loss == "mse":

@@ -186,6 +186,7 @@ class DistilBERT(DistillationModule):
     #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
     #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
     prediction_only_logits = True
+    fused_heads_ready = True  # its terms read logits only through the prediction loss
     #: Arguments of earlier releases and where they are now (the CLI's "did you mean" reads it).
     moved_arguments: ClassVar[dict[str, str]] = {
         "alpha_ce": "prediction.soft_weight",

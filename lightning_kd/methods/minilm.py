@@ -110,6 +110,7 @@ class MiniLM(DistillationModule):
     #: Its logits are read only by the prediction loss, the hard loss, the strategy and the metrics,
     #: so compact heads compute only the rows those read (DistillationModule.student_logit_rows).
     prediction_only_logits = True
+    fused_heads_ready = True  # its terms read logits only through the prediction loss
 
     def __init__(
         self,
