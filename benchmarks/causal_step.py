@@ -21,6 +21,7 @@ allocator's peak on a GPU).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import subprocess
 import sys
@@ -41,8 +42,10 @@ SHAPES = {
 WORKLOADS = ["teacher forward", "student step", "naive KD", "KD (compact rows)", "KD (fused heads)"]
 
 
+@functools.lru_cache(maxsize=1)
 def models(shape: str, teacher_layers: int, student_layers: int):
-    """A teacher and a student (a Llama of the shape) with random weights, the student of the teacher's first layers."""
+    """A teacher and a student (a Llama of the shape) with random weights; one pair per shape, shared by the
+    workloads timed together (each has its own optimizer), so a 262k vocabulary's tables exist once."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab, hidden, heads, kv, inter, tied = SHAPES[shape]
