@@ -13,15 +13,18 @@ and Gemma-3-270M (V = 262,144, hidden 640), with a few layers each so that the L
 * ``KD (fused heads)``: the library's KD as it runs by default: no ``(rows, V)`` tensor at all.
 
 The figure of merit is step ÷ (teacher forward + student step), the floor; ``vs naive`` is the step ÷
-the naive KD step. Seconds are medians of interleaved rounds (A B C … A B C); peak memory is each
-workload's own, two steps in a fresh process (the resident set's high-water mark on CPU, the CUDA
-allocator's peak on a GPU).
+the naive KD step. Seconds are medians of interleaved rounds (A B C … A B C). Memory is each
+workload's own, in a fresh process: ``peak MB`` is the resident set's high-water mark over its second
+step (weights and optimizer state included); ``step MB`` is that peak above what lives between steps
+(weights, optimizer state): the memory the step itself needs, which is what the logits decide.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
+import gc
 import statistics
 import subprocess
 import sys
@@ -119,14 +122,38 @@ def peak_memory_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def memory_of(workload: str, args: argparse.Namespace) -> float:
+def resident_mb() -> float:
+    """This process's resident set now (MB), after returning freed heap pages to the system."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def step_memory_mb(step) -> tuple[float, float]:
+    """(peak, working) MB of a step: the process's high-water mark over two steps, and the second step's
+    peak above what lives between steps (weights, gradients' buffers, optimizer state) — the memory the
+    step itself needs, which is what fused heads change."""
+    step()
+    between = resident_mb()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the high-water mark to the present resident set (Linux >= 4.0)
+    step()
+    return peak_memory_mb(), peak_memory_mb() - between
+
+
+def memory_of(workload: str, args: argparse.Namespace) -> tuple[float, float]:
     command = [sys.executable, "-m", "benchmarks.causal_step", "--memory-of", workload, "--shape", args.shape,
                "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
                "--teacher-layers", str(args.teacher_layers), "--student-layers", str(args.student_layers)]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"memory of {workload!r} failed:\n{done.stderr[-2000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    peak, working = done.stdout.strip().splitlines()[-1].split()
+    return float(peak), float(working)
 
 
 def measure(args: argparse.Namespace) -> list[str]:
@@ -149,11 +176,12 @@ def measure(args: argparse.Namespace) -> list[str]:
         seconds = statistics.median(rounds[name])
         over_floor = statistics.median(a / b for a, b in zip(rounds[name], floor)) if "KD" in name else None
         vs_naive = statistics.median(a / b for a, b in zip(rounds[name], rounds["naive KD"])) if "KD" in name else None
-        vs_naive_memory = memory[name] / memory["naive KD"] if "KD" in name else None
+        peak, working = memory[name]
+        vs_naive_memory = working / memory["naive KD"][1] if "KD" in name else None
         rows.append(
             f"| {args.shape} (V {vocab:,}) | {name} | {seconds:.2f} | {tokens / seconds:,.0f} | "
             f"{'' if over_floor is None else f'{over_floor:.2f}'} | {'' if vs_naive is None else f'{vs_naive:.2f}'} | "
-            f"{memory[name]:,.0f} | {'' if vs_naive_memory is None else f'{vs_naive_memory:.2f}'} |"
+            f"{peak:,.0f} | {working:,.0f} | {'' if vs_naive_memory is None else f'{vs_naive_memory:.2f}'} |"
         )
     return rows
 
@@ -171,9 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_of:
-        step = build(args.memory_of, args)
-        step(), step()
-        print(peak_memory_mb())
+        print(*step_memory_mb(build(args.memory_of, args)))
         return
     from benchmarks.step_time import cpu_model
 
@@ -182,8 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         f"layers, student {args.student_layers}, fp32, {cpu_model()}, {torch.get_num_threads()} threads, {date.today()}; "
         f"medians of {args.repeats} interleaved rounds, peak memory of each workload alone.",
         "",
-        "| model | workload | seconds | tokens / s | ÷ floor | ÷ naive time | peak MB | ÷ naive memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | workload | seconds | tokens / s | ÷ floor | ÷ naive time | peak MB | step MB | ÷ naive step MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for shape in args.shapes:
         args.shape = shape

@@ -13,6 +13,11 @@ tokens, then its top-k (or all) logits. A masked-LM cache thus holds ~15 % of th
 store would. Records are numpy structured arrays, so a shard file is a flat array of fixed-size
 records that :mod:`lightning_kd.cache.shards` memory-maps.
 
+A causal LM's top-k (:attr:`RecordLayout.tail_temperature`) stores instead the teacher's top-k
+log-probabilities at the soft term's temperature, their ids and the log of the remaining mass (a
+``tail`` field); they come back as a :class:`~lightning_kd.losses.topk_teacher.TopKTeacher`, which the
+prediction loss's divergences read over ``k + 1`` outcomes, never as ``(R, V)`` logits.
+
 On the way back, tokens are scattered into ``(B, N, …)`` tensors with zeros at padded positions,
 and top-k logits become ``(B, N, V)`` (or compact ``(R, V)``) tensors holding the stored values and
 :data:`TOPK_FILL` elsewhere, i.e. a softmax over the ``k`` kept logits (renormalised top-k). Compact
@@ -21,6 +26,7 @@ rows come back only where the batch's own row mask says, which is checked agains
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +35,9 @@ import torch
 from torch import Tensor
 
 from lightning_kd.core.features import FeatureRequest, Features
+from lightning_kd.core.fused_head import with_logits
 from lightning_kd.core.logit_rows import row_mask
+from lightning_kd.losses.topk_teacher import TopKTeacher
 
 StorageDtype = Literal["float16", "bfloat16", "float32"]
 Level = Literal["token", "example", "row"]
@@ -90,12 +98,16 @@ class RecordLayout:
         top_k: vocabulary-level logits kept per token or row, or ``None`` for all.
         vocabulary_size: ``V`` of vocabulary-level logits (``None`` for sequence-level logits).
         compact: vocabulary-level logits are stored per compact logit row (possibly none), not per token.
+        tail_temperature: with top-k logits, the ``T`` at which the teacher's top log-probabilities and its
+            tail mass are stored (a ``tail`` field; decoded as a
+            :class:`~lightning_kd.losses.topk_teacher.TopKTeacher`); ``None``: raw top-k logits, renormalised.
     """
 
     def __init__(self, fields: list[Field], num_heads: int, top_k: int | None, vocabulary_size: int | None,
-                 compact: bool = False) -> None:
+                 compact: bool = False, tail_temperature: float | None = None) -> None:
         self.fields, self.num_heads, self.top_k, self.vocabulary_size = fields, num_heads, top_k, vocabulary_size
         self.compact = compact
+        self.tail_temperature = tail_temperature if any(f.name == "tail" for f in fields) else None
         self.token_fields = [f for f in fields if f.level == "token"]
         self.example_fields = [f for f in fields if f.level == "example"]
         self.row_fields = [f for f in fields if f.level == "row"]
@@ -106,8 +118,11 @@ class RecordLayout:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_features(cls, probe: Features, request: FeatureRequest, top_k: int | None, dtype: StorageDtype) -> RecordLayout:
-        """The layout that stores what ``request`` needs, with shapes read from a probe forward's features."""
+    def from_features(cls, probe: Features, request: FeatureRequest, top_k: int | None, dtype: StorageDtype,
+                      tail_temperature: float | None = None) -> RecordLayout:
+        """The layout that stores what ``request`` needs, with shapes read from a probe forward's features
+        (``tail_temperature``: keep top-k log-probabilities and the tail mass at that ``T``)."""
+        probe = with_logits(probe)
         fields = [Field("input_ids", "token", "int32", ())]
         if request.hidden_states:
             states = probe.hidden_states
@@ -126,6 +141,8 @@ class RecordLayout:
                 top_k = None  # no row is ever read: nothing stored
             elif top_k is not None and top_k < vocabulary:
                 fields += [Field("topk_values", level, "float32", (top_k,)), Field("topk_indices", level, "int32", (top_k,))]
+                if tail_temperature is not None:
+                    fields.append(Field("tail", level, "float32", ()))
             else:
                 fields.append(Field("logits", level, "float32", (vocabulary,)))
                 top_k = None
@@ -134,17 +151,36 @@ class RecordLayout:
         else:
             fields.append(Field("logits", "example", "float32", tuple(logits.shape[1:])))
             top_k = None  # sequence-level logits are few; they are always stored in full
-        return cls(fields, probe.num_heads, top_k, vocabulary, compact)
+        return cls(fields, probe.num_heads, top_k, vocabulary, compact, tail_temperature)
 
     def describe(self) -> dict[str, Any]:
         """JSON form, stored in the manifest."""
         return {"num_heads": self.num_heads, "top_k": self.top_k, "vocabulary_size": self.vocabulary_size,
-                "compact": self.compact, "fields": [[f.name, f.level, f.dtype, list(f.shape)] for f in self.fields]}
+                "compact": self.compact, "tail_temperature": self.tail_temperature,
+                "fields": [[f.name, f.level, f.dtype, list(f.shape)] for f in self.fields]}
 
     @classmethod
     def from_description(cls, described: dict[str, Any]) -> RecordLayout:
         fields = [Field(name, level, dtype, tuple(shape)) for name, level, dtype, shape in described["fields"]]
-        return cls(fields, described["num_heads"], described["top_k"], described["vocabulary_size"], described["compact"])
+        return cls(fields, described["num_heads"], described["top_k"], described["vocabulary_size"], described["compact"],
+                   described.get("tail_temperature"))
+
+    def top_k_of(self, features: Features, mask: Tensor | None = None) -> TopKTeacher:
+        """The teacher's top-k log-probabilities and tail at this layout's temperature, per row of its
+        compact logits (or head rows), or of its whole logits at the ``(B, N)`` positions of ``mask``."""
+        if features.head_rows is not None:
+            head_rows = features.head_rows
+            return TopKTeacher.of_rows(head_rows.rows, head_rows.head.project, head_rows.head.vocab_size, self.top_k,
+                                       self.tail_temperature)
+        logits = features.logits if mask is None else features.logits[mask]
+        return TopKTeacher.of_logits(logits, self.top_k, self.tail_temperature)
+
+    def tail_view(self, features: Features, batch: dict[str, Tensor]) -> Features:
+        """``features`` as this layout gives them back: top ids and tail bucket at the rows it stores."""
+        if features.logit_rows is not None:
+            return dataclasses.replace(features, logits=None, head_rows=None, logit_topk=self.top_k_of(features))
+        mask = real_tokens(batch).to(features.logits.device)
+        return dataclasses.replace(features, logits=None, logit_rows=mask, logit_topk=self.top_k_of(features, mask))
 
     # ------------------------------------------------------------------ features → records
     def encode(self, features: Features, batch: dict[str, Tensor]) -> EncodedRows:
@@ -153,23 +189,19 @@ class RecordLayout:
         Raises:
             ValueError: a value overflows the storage dtype (float16 holds at most 65504).
         """
-        mask = real_tokens(batch).to(features.logits.device)
+        mask = real_tokens(batch).to(batch["input_ids"].device)
         counts = mask.sum(dim=1).cpu().numpy().astype(np.int64)
         tokens = np.zeros(int(counts.sum()), dtype=self.token_dtype)
         tokens["input_ids"] = batch["input_ids"].to(mask.device)[mask].to(torch.int32).cpu().numpy()
         logit_rows = row_counts = None
         if self.compact:
             logit_rows, row_counts = self._encode_rows(features, mask)
-        top = features.logits[mask].float().topk(self.top_k, dim=-1) if self.top_k is not None and not self.compact else None
+        vocabulary = self._vocabulary_columns(features, mask) if self.vocabulary_logits and not self.compact else {}
         for field in self.token_fields[1:]:
             if field.name == "hidden":
                 value = torch.stack(features.hidden_states, dim=2)[mask]
-            elif field.name == "topk_values":
-                value = top.values
-            elif field.name == "topk_indices":
-                value = top.indices
-            elif field.name == "logits":
-                value = features.logits[mask]
+            elif field.name in vocabulary:
+                value = vocabulary[field.name]
             else:
                 store = {"q": features.queries, "k": features.keys, "v": features.values}[field.name[0]]
                 value = store[int(field.name[1:])][mask]
@@ -177,8 +209,22 @@ class RecordLayout:
         examples = None
         if self.example_dtype is not None:
             examples = np.zeros(len(counts), dtype=self.example_dtype)
-            examples["logits"] = _to_numpy(features.logits, self.example_fields[0])
+            examples["logits"] = _to_numpy(features.logits, self.example_fields[0])  # sequence-level: never head rows
         return EncodedRows(tokens, examples, counts, logit_rows, row_counts)
+
+    def _vocabulary_columns(self, features: Features, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The stored vocabulary-level columns of the compact rows (``mask=None``) or of the whole logits at
+        ``mask``: ``logits``, or ``topk_values``/``topk_indices`` (raw logits), or with a tail the
+        top log-probabilities, their ids and ``tail`` (chunk by chunk from head rows: no ``(R, V)`` tensor)."""
+        if self.tail_temperature is not None:
+            top = self.top_k_of(features, mask)
+            return {"topk_values": top.log_probs, "topk_indices": top.indices, "tail": top.tail}
+        logits = with_logits(features).logits
+        logits = (logits if mask is None else logits[mask]).float()
+        if self.top_k is None:
+            return {"logits": logits}
+        top = logits.topk(self.top_k, dim=-1)
+        return {"topk_values": top.values, "topk_indices": top.indices}
 
     def _encode_rows(self, features: Features, real: Tensor) -> tuple[np.ndarray | None, np.ndarray]:
         """Row records of compact logits (each row's index among its example's real tokens, then its
@@ -188,6 +234,7 @@ class RecordLayout:
             ValueError: a logit row lies at a padded position (the cache stores real tokens only).
         """
         rows = features.logit_rows.to(real.device)
+        real = real.to(rows.device)
         if bool((rows & ~real).any()):
             raise ValueError(
                 "The teacher's logit rows include padded positions (labels at padding?), which the cache cannot store "
@@ -198,11 +245,9 @@ class RecordLayout:
             return None, row_counts
         records = np.zeros(int(row_counts.sum()), dtype=self.row_dtype)
         records["row_token"] = (real.long().cumsum(dim=1) - 1)[rows].to(torch.int32).cpu().numpy()
-        logits = features.logits.float()
-        top = logits.topk(self.top_k, dim=-1) if self.top_k is not None else None
+        vocabulary = self._vocabulary_columns(features)
         for field in self.row_fields[1:]:
-            value = {"topk_values": lambda: top.values, "topk_indices": lambda: top.indices, "logits": lambda: logits}[field.name]()
-            records[field.name] = _to_numpy(value, field)
+            records[field.name] = _to_numpy(vocabulary[field.name], field)
         return records, row_counts
 
     # ------------------------------------------------------------------ records → features
@@ -231,11 +276,17 @@ class RecordLayout:
             out = values.new_zeros((values.shape[0], size * length, values.shape[-1]))
             out[:, where] = values
             hidden = tuple(out.view(values.shape[0], size, length, -1).unbind(0))
-        logit_rows = None
+        logit_rows = logit_topk = None
         if self.compact:
             logits, logit_rows = self._decode_rows(rows, batch, request, mask, device)
+            if isinstance(logits, TopKTeacher):
+                logits, logit_topk = None, logits
         elif self.example_dtype is not None:
             logits = column("logits").float()
+        elif self.tail_temperature is not None:  # the real tokens' rows, as compact rows
+            logits, logit_rows = None, mask
+            logit_topk = TopKTeacher(column("topk_indices").long(), column("topk_values").float(), column("tail").float(),
+                                     self.tail_temperature, self.vocabulary_size)
         elif self.top_k is not None:
             logits = torch.zeros(size * length, self.vocabulary_size, device=device)
             logits.index_fill_(0, where, TOPK_FILL)
@@ -253,11 +304,13 @@ class RecordLayout:
             attention_mask=batch.get("attention_mask"),
             num_heads=self.num_heads,
             logit_rows=logit_rows,
+            logit_topk=logit_topk,
         )
 
     def _decode_rows(self, rows: EncodedRows, batch: dict[str, Tensor], request: FeatureRequest, real: Tensor,
-                     device: torch.device) -> tuple[Tensor, Tensor]:
-        """Compact ``(R, V)`` logits at the batch's own logit rows, and those ``(B, N)`` rows.
+                     device: torch.device) -> tuple[Tensor | TopKTeacher, Tensor]:
+        """Compact ``(R, V)`` logits (or a top-k teacher with its tail) at the batch's own logit rows, and
+        those ``(B, N)`` rows.
 
         Raises:
             ValueError: the stored rows are not the batch's (its MLM labels changed since the cache was filled).
@@ -288,6 +341,9 @@ class RecordLayout:
             field = next(f for f in self.row_fields if f.name == name)
             return _from_numpy(rows.rows[name], field).to(device, non_blocking=True)
 
+        if self.tail_temperature is not None:
+            return TopKTeacher(column("topk_indices").long(), column("topk_values").float(), column("tail").float(),
+                               self.tail_temperature, self.vocabulary_size), wanted
         if self.top_k is not None:
             logits = torch.full((count, self.vocabulary_size), TOPK_FILL, device=device)
             logits.scatter_(1, column("topk_indices").long(), column("topk_values").float())
@@ -331,7 +387,9 @@ def zero_padding(features: Features, mask: Tensor) -> Features:
         return t * keep.view(*keep.shape, *([1] * (t.dim() - 2))).to(t.dtype)
 
     logits = features.logits
-    if features.logit_rows is not None:  # compact rows: zero those at padded positions
+    if logits is None:  # head rows or a top-k teacher: rows at real tokens only (the cache refuses others)
+        pass
+    elif features.logit_rows is not None:  # compact rows: zero those at padded positions
         logits = logits * keep.to(logits.device)[features.logit_rows].unsqueeze(-1).to(logits.dtype)
     elif logits.dim() == 3:
         logits = zero(logits)
@@ -344,6 +402,8 @@ def zero_padding(features: Features, mask: Tensor) -> Features:
         attention_mask=features.attention_mask,
         num_heads=features.num_heads,
         logit_rows=features.logit_rows,
+        head_rows=features.head_rows,
+        logit_topk=features.logit_topk,
     )
 
 

@@ -63,7 +63,11 @@ class TeacherCache:
     Args:
         path: cache directory, shared by every run that should reuse it (default:
             ``<trainer.default_root_dir>/teacher_cache``).
-        top_k: vocabulary-level (MLM) logits kept per stored row: the ``top_k`` largest, rebuilt as a
+        top_k: vocabulary-level logits kept per stored row. Causal LMs (methods whose teacher logits only
+            the prediction loss reads): the ``top_k`` largest log-probabilities at the soft term's
+            temperature, their ids and the remaining mass as one tail bucket, which every divergence
+            reads over ``top_k + 1`` outcomes (exact when the tail is empty, else a lower bound; see
+            ``docs/teacher_cache.md``). Otherwise (MLM): the ``top_k`` largest logits, rebuilt as a
             renormalised top-k distribution (every other logit set to -1e9). ``None`` stores all
             ``V`` logits (exact, but ``4·V`` bytes per row). Only the rows the method's losses read are
             stored (with compact heads, e.g. the masked positions for KD). Sequence-level logits are
@@ -192,6 +196,7 @@ class TeacherCache:
             self._teacher_keys[teacher] = {"teacher_config": config_digest(teacher), "teacher_weights": weights_digest(teacher),
                                            "teacher_precision": precision_of(teacher)}
         vocabulary_level = module.task_stage.token_level
+        tail_temperature = module.cache_tail_temperature() if vocabulary_level and self.top_k is not None else None
         key = {
             "format_version": CACHE_FORMAT_VERSION,
             "teacher_index": index,
@@ -202,13 +207,15 @@ class TeacherCache:
             "top_k": self.top_k if vocabulary_level else None,
             "dtype": self.dtype if request.hidden_states or request.hooked_layers else None,
         }
+        if tail_temperature is not None:  # the stored log-probabilities and tail hold at this T only
+            key["tail_temperature"] = tail_temperature
         manifest = read_manifest(directory)
         if manifest is not None:
             check_key(manifest["key"], key, directory)
             layout = RecordLayout.from_description(manifest["layout"])
         else:
             probe = module.teacher_forward(index, _probe_batch(module.device))
-            layout = RecordLayout.from_features(probe, request, self.top_k, self.dtype)
+            layout = RecordLayout.from_features(probe, request, self.top_k, self.dtype, tail_temperature)
             write_manifest(directory, key, layout.describe())
         stored_request = request_from_description(key["request"])
         return _TeacherStore(index, Shards(directory, layout, self._rank), layout, stored_request, self.dtype, self.verify_batches)
@@ -253,6 +260,7 @@ class TeacherCache:
             if max_batches is not None and number >= max_batches:
                 break
             batch = {k: v.to(module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            batch = module.prepare_batch(batch)  # as the step reads it (a causal stage's shifted labels)
             for index in range(len(module.teachers)):
                 store = self._stores.get(index)
                 before = store.appended if store is not None else 0

@@ -10,7 +10,7 @@ Three comparisons, each naming the term that fails:
 2. **Storage**: those zero-padded live features and the features read back from the cache must give
    the same terms within the storage dtype's tolerance (:data:`TOLERANCES`).
 3. **Top-k** (vocabulary-level logits with ``top_k``): comparisons 1 and 2 use the live logits cut
-   to their top-k, the cache's documented approximation; the gap to the full logits is logged, and a
+   to their top-k (renormalised, or with the tail bucket), the cache's documented approximation; the gap to the full logits is logged, and a
    term that the cut changes by orders of magnitude (a logit MSE against the ``-1e9`` fill) is refused.
 
 The student is run once, without a graph and with the random state restored afterwards, so the
@@ -32,6 +32,7 @@ from lightning_kd.cache.layout import (
     zero_padding,
 )
 from lightning_kd.core.features import Features, capture
+from lightning_kd.core.fused_head import with_logits
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ def check_sample(module, index: int, batch: dict[str, Tensor], live: Features, c
                 return {k: torch.as_tensor(v).detach().float() for k, v in module.teacher_terms(batch, student, teacher, index).items()}
 
         shaped = live
-        if layout.top_k is not None:
-            shaped = Features(**{**vars(live), "logits": topk_logits(live.logits, layout.top_k)})
-        zeroed = zero_padding(shaped, real_tokens(batch).to(live.logits.device))
+        if layout.tail_temperature is not None:
+            shaped = layout.tail_view(live, batch)
+        elif layout.top_k is not None:
+            shaped = Features(**{**vars(live), "logits": topk_logits(with_logits(live).logits, layout.top_k), "head_rows": None})
+        zeroed = zero_padding(shaped, real_tokens(batch).to(module.device))
         reference = terms(zeroed)
         _compare(terms(shaped), reference, _PADDING_TOLERANCE, index, lambda name: (
             f"term {name!r} reads the teacher's values at padded positions, which the cache does not store "

@@ -32,6 +32,7 @@ from lightning_kd.core.attention_capture import recording
 from lightning_kd.core.compact_head import HeadCall, check_compact_output, compact_head, labels_taken
 from lightning_kd.core.fused_head import HeadRows, linear_head, rows_entering
 from lightning_kd.core.logit_rows import LogitRows, row_mask, rows_at, widest
+from lightning_kd.losses.topk_teacher import TopKTeacher
 from lightning_kd.stages import stage_of_class
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
@@ -98,6 +99,8 @@ class Features:
             the ``(B, 1, N, N)`` boolean (query, key) pairs the model lets attend.
         head_rows: the rows that entered the LM head at ``logit_rows`` and the head, instead of logits
             (fused heads; :class:`~lightning_kd.core.fused_head.HeadRows`).
+        logit_topk: a teacher's distribution at ``logit_rows`` as its top ids and one tail bucket, instead
+            of logits (a causal-LM top-k teacher cache; :class:`~lightning_kd.losses.topk_teacher.TopKTeacher`).
     """
 
     logits: Tensor | None
@@ -112,6 +115,7 @@ class Features:
     num_heads: int = 1
     logit_rows: Tensor | None = None
     head_rows: HeadRows | None = None
+    logit_topk: TopKTeacher | None = None
 
     @property
     def token_level(self) -> bool:
@@ -119,6 +123,11 @@ class Features:
         return self.logit_rows is not None or self.logits.dim() == 3
 
     def _logits(self) -> Tensor:
+        if self.logits is None and self.logit_topk is not None:
+            raise RuntimeError(
+                "These teacher features come from a top-k teacher cache (top ids and a tail bucket), not logits: only "
+                "the prediction loss's divergences read them. Use top_k: null in the cache to store whole logits."
+            )
         if self.logits is None:
             raise RuntimeError(
                 "These features hold the rows entering the LM head (fused heads), not logits: only the prediction "
@@ -136,7 +145,7 @@ class Features:
         """The same features with every tensor on ``device`` (used for teachers placed elsewhere)."""
 
         def move(value):
-            if isinstance(value, Tensor):
+            if isinstance(value, (Tensor, TopKTeacher)):
                 return value.to(device, non_blocking=True)
             if isinstance(value, tuple):
                 return tuple(move(v) for v in value)
@@ -222,9 +231,10 @@ def capture(
         rows = row_mask(batch, request.logit_rows)
     stage = stage_of_class(type(model).__name__)
     entry = stage.head_entry(model) if stage is not None and rows is not None else None
-    # Fused heads: the head's input rows are kept and the head does not project (decoder LM heads only:
-    # their head entry is the projection itself).
-    fused = linear_head(model) if request.head_rows and entry is not None and entry is model.get_output_embeddings() else None
+    # Fused heads: the rows entering the vocabulary projection are kept and it does not project. A decoder's
+    # head entry is that projection; an MLM head's is its transform, which runs on the compact rows first.
+    projection = model.get_output_embeddings() if request.head_rows and entry is not None else None
+    fused = linear_head(model) if isinstance(projection, nn.Module) else None
     # Labels reach the model's own loss only where its stage allows it and the logits are whole.
     take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_to_model))
     seen = HeadCall()
@@ -236,7 +246,7 @@ def capture(
                 outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
             rows = None
         else:
-            with compact_head(model, entry, rows) as seen, rows_entering(entry) if fused is not None else nullcontext() as entered:
+            with compact_head(model, entry, rows) as seen, rows_entering(projection) if fused is not None else nullcontext() as entered:
                 outputs = model(**inputs, output_hidden_states=request.hidden_states, return_dict=True)
             check_compact_output(model, seen, outputs.logits, int(rows.sum()))
     if layers and max(layers) >= recorder.count:

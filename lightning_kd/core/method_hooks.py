@@ -114,7 +114,7 @@ class MethodHooks:
         It holds when nothing but the prediction loss reads the token logits: compact heads on, a
         token-level stage, :attr:`prediction_only_logits` and :attr:`fused_heads_ready`, a divergence soft term (not ``mse``), a
         multi-teacher strategy that reads no logits, the student's loss or per-example terms, no teacher
-        cache, no random inputs, and every model's head whole on the student's device (not partitioned
+        cache unless it keeps a tail (:meth:`cache_tail_temperature`), no random inputs, and every model's head whole on the student's device (not partitioned
         by ZeRO-3, no teacher placed elsewhere). Otherwise logits are computed as before (same values).
         """
         from lightning_kd.core.placement import deepspeed_stage
@@ -126,12 +126,28 @@ class MethodHooks:
         strategy = self.multi_teacher
         if strategy.needs_student_loss or strategy.per_sample or "none" != widest(strategy.student_logit_rows(), strategy.teacher_logit_rows()):
             return False
-        if self.teacher_cache is not None or self.random_inputs is not None:
-            return False
+        if self.random_inputs is not None or (self.teacher_cache is not None and self.cache_tail_temperature() is None):
+            return False  # a top-k cache with a tail serves the fused terms; other cached logits are whole rows
         context = self._teacher_context()
         if deepspeed_stage(context["trainer"]) == 3:
             return False
         return all(self.teacher_pool.placement(index, **context) == "student" for index in range(len(self.teachers)))
+
+    def cache_tail_temperature(self) -> float | None:
+        """The temperature at which a top-k teacher cache stores the teacher's top log-probabilities and the
+        rest of its mass as one tail bucket (:mod:`lightning_kd.losses.topk_teacher`), or ``None``: the
+        cache stores raw top-k logits, read back renormalised.
+
+        A tail is kept where the stage asks for it (:attr:`~lightning_kd.stages.base.Stage.cache_tail`:
+        the causal-LM stage) and nothing but one prediction loss's divergence reads the teacher's token
+        logits (:attr:`fused_heads_ready`, no ``mse``, a multi-teacher strategy that reads no teacher logits).
+        """
+        if not (self.task_stage.cache_tail and self.prediction_only_logits and self.fused_heads_ready):
+            return None
+        losses = self.prediction_losses()
+        if len(losses) != 1 or losses[0].soft_loss == "mse" or self.multi_teacher.teacher_logit_rows() != "none":
+            return None
+        return float(losses[0].temperature)
 
     # ------------------------------------------------------------------ terms
     def uses_student_loss(self) -> bool:

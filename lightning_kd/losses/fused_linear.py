@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_kd.losses.logits import RowDivergence, SoftDivergence, row_divergence
+from lightning_kd.losses.topk_teacher import TopKTeacher, bucket_divergence
 
 IGNORE_INDEX = -100
 
@@ -114,6 +115,8 @@ def _granite(config: Any) -> tuple[float, float | None]:
 #: Gemma2, Gemma3 (text-only ``Gemma3ForCausalLM``)  ``c·tanh(lm_head(h)/c)``, ``c = final_logit_softcapping`` (None: none)
 #: Cohere                                            ``lm_head(h) · logit_scale``
 #: Granite                                           ``lm_head(h) / logits_scaling``
+#: BERT, RoBERTa, XLM-R, DistilBERT, ALBERT,         ``decoder(transform(h))``: the head's input rows are
+#: ELECTRA, MPNet, ModernBERT (``…ForMaskedLM``)     the MLM transform's output
 #: ================================================  =================================================
 POST_HEAD: dict[str, Callable[[Any], tuple[float, float | None]]] = {
     "LlamaForCausalLM": _plain,
@@ -126,6 +129,7 @@ POST_HEAD: dict[str, Callable[[Any], tuple[float, float | None]]] = {
     "Gemma3ForCausalLM": _softcapped,
     "CohereForCausalLM": _cohere,
     "GraniteForCausalLM": _granite,
+    **{f"{name}ForMaskedLM": _plain for name in ("Bert", "Roberta", "XLMRoberta", "DistilBert", "Albert", "Electra", "MPNet", "ModernBert")},
 }
 
 
@@ -174,8 +178,8 @@ class LinearHead:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> LinearHead:
-        """The head of a Hugging Face causal LM: ``get_output_embeddings()``'s weight and bias (the same
-        Parameter objects) and the post-head transform of its family (:data:`POST_HEAD`).
+        """The vocabulary projection of a Hugging Face causal or masked LM: ``get_output_embeddings()``'s
+        weight and bias (the same Parameter objects) and the post-head transform of its family (:data:`POST_HEAD`).
 
         Raises:
             ValueError: a family whose forward after the head was not verified, or a head that is not a
@@ -269,6 +273,7 @@ class _Plan:
     dtype: torch.dtype
     track: bool  # gradients wanted (grad mode on and some input requires grad)
     hard_ratio: float | None = None  # combined: the hard output's upstream gradient / the soft output's
+    teacher_topk: TopKTeacher | None = None  # the teacher as top ids and a tail bucket instead of rows and a head
 
 
 def _project(rows: Tensor, weight: Tensor, bias: Tensor | None, head: LinearHead) -> tuple[Tensor, Tensor | None]:
@@ -295,6 +300,10 @@ def _weighted_rows(coef: Tensor) -> Tensor | None:
 def _soft_rows(plan: _Plan, z: Tensor, rows: Tensor, teacher: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
     """Per-row divergence of student logits ``z`` from the teacher's at ``rows``, and ``∂D/∂z``."""
     temperature = plan.soft.temperature
+    if plan.teacher_topk is not None:
+        log_q = F.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
+        values, grad = bucket_divergence(plan.divergence, log_q, plan.teacher_topk.rows(rows), plan.track)
+        return values, None if grad is None else grad.div_(temperature)
     t, _ = _project(plan.teacher_rows[rows].to(z.dtype), *teacher, plan.teacher)
     log_q = F.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
     log_p = F.log_softmax(t.div_(temperature) if temperature != 1.0 else t, dim=-1)
@@ -463,6 +472,7 @@ def fused_linear_terms(
     hard: HardSpec | None = None,
     chunk_rows: int | None = None,
     hard_ratio: float | None = None,
+    teacher_topk: TopKTeacher | None = None,
 ) -> dict[str, Tensor]:
     """The soft and hard terms of rows through their heads, without materialising the logits.
 
@@ -480,6 +490,9 @@ def fused_linear_terms(
             the caller multiplies the hard output by it): the two terms' gradients then share one set of
             accumulators (per chunk two matrix products and one ``(V, d)`` buffer fewer). Backward
             checks the promise and raises if it is broken.
+        teacher_topk: instead of ``teacher_rows`` and ``teacher_head``, the teacher's top ids and tail bucket
+            per row at the soft term's temperature (a top-k teacher cache; the divergence runs over the
+            ``k + 1`` buckets, :mod:`lightning_kd.losses.topk_teacher`).
 
     Returns:
         ``{"soft": Σ_r w_r D(p_r ‖ q_r), "hard": Σ_r v_r CE(z_r, y_r)}`` — a key per given spec — float32
@@ -500,9 +513,20 @@ def fused_linear_terms(
     dtype = torch.float64 if torch.float64 in (rows.dtype, student_head.weight.dtype) else torch.float32
     active = torch.zeros(count, dtype=torch.bool, device=rows.device)
     soft_weights = divergence = teacher_flat = None
-    if soft is not None:
+    if soft is not None and teacher_topk is not None:
+        if teacher_rows is not None or teacher_head is not None:
+            raise ValueError("Give the teacher as teacher_rows and teacher_head, or as teacher_topk, not both.")
+        if teacher_topk.vocab_size != vocab or len(teacher_topk) != count or teacher_topk.temperature != soft.temperature:
+            raise ValueError(
+                f"The top-k teacher ({len(teacher_topk)} rows, V {teacher_topk.vocab_size}, T {teacher_topk.temperature}) "
+                f"does not pair with {count} student rows of V {vocab} at T {soft.temperature}."
+            )
+        divergence = row_divergence(soft.kind, soft.jsd_beta, soft.skew_alpha)
+        soft_weights = _flat(soft.weights, count, "SoftSpec.weights").to(dtype)
+        active |= soft_weights != 0
+    elif soft is not None:
         if teacher_rows is None or teacher_head is None:
-            raise ValueError("The soft term needs teacher_rows and teacher_head.")
+            raise ValueError("The soft term needs teacher_rows and teacher_head (or teacher_topk).")
         if teacher_head.vocab_size != vocab:
             raise ValueError(f"Teacher vocabulary {teacher_head.vocab_size} differs from the student's {vocab}.")
         teacher_flat = teacher_rows.detach().reshape(-1, teacher_rows.shape[-1])
@@ -541,6 +565,7 @@ def fused_linear_terms(
         dtype=dtype,
         track=torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params),
         hard_ratio=hard_ratio,
+        teacher_topk=None if soft is None else teacher_topk,
     )
     soft_total, hard_total = _FusedLinearTerms.apply(rows, student_head.weight, student_head.bias, plan)
     return {name: value for name, value, spec in (("soft", soft_total, soft), ("hard", hard_total, hard)) if spec is not None}

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_kd.losses.masking import Reduction, reduce_masked, reduce_masked_per_sample
 from lightning_kd.losses.rows import reduce_rows
+from lightning_kd.losses.topk_teacher import TopKTeacher, bucket_divergence
 
 #: The soft divergences between ``p = softmax(z_t/T)`` (teacher) and ``q = softmax(z_s/T)`` (student);
 #: see :func:`soft_divergence` for their formulas.
@@ -215,7 +216,8 @@ class _SoftTargetRows(torch.autograd.Function):
         ctx, student: Tensor, teacher: Tensor, keep: Tensor | None, temperature: float, divergence: RowDivergence
     ) -> Tensor:
         width = student.shape[-1]
-        rows_s, rows_t = student.reshape(-1, width), teacher.reshape(-1, width)
+        sparse = isinstance(teacher, TopKTeacher)  # top ids and a tail bucket, one per student row
+        rows_s, rows_t = student.reshape(-1, width), teacher if sparse else teacher.reshape(-1, width)
         index = None if keep is None else keep.reshape(-1).nonzero().squeeze(1)
         count = rows_s.shape[0] if index is None else index.numel()
         values = rows_s.new_zeros(rows_s.shape[0], dtype=torch.float32)
@@ -227,10 +229,12 @@ class _SoftTargetRows(torch.autograd.Function):
             for start in range(0, count, step):
                 part = slice(start, min(start + step, count))
                 rows = part if index is None else index[part]
-                s, t = rows_s[rows], rows_t[rows]  # a view, or a gather of one chunk's rows
-                log_q = F.log_softmax(s.float() / temperature, dim=-1)
-                log_p = F.log_softmax(t.float() / temperature, dim=-1)
-                chunk_values, chunk_grad = divergence(log_q, log_p, grad is not None)
+                log_q = F.log_softmax(rows_s[rows].float() / temperature, dim=-1)  # a view, or a gather of the chunk's rows
+                if sparse:
+                    chunk_values, chunk_grad = bucket_divergence(divergence, log_q, rows_t.rows(rows), grad is not None)
+                else:
+                    log_p = F.log_softmax(rows_t[rows].float() / temperature, dim=-1)
+                    chunk_values, chunk_grad = divergence(log_q, log_p, grad is not None)
                 values[rows] = chunk_values
                 if grad is not None:
                     grad[part] = chunk_grad.div_(temperature)  # ∂u/∂s = 1/T
@@ -252,10 +256,17 @@ class _SoftTargetRows(torch.autograd.Function):
 
 
 def _soft_target_rows(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None, divergence: RowDivergence
+    student_logits: Tensor, teacher_logits: Tensor | TopKTeacher, temperature: float, mask: Tensor | None, divergence: RowDivergence
 ) -> Tensor:
     """Per-row soft-target loss over the leading dimensions, 0 at rows the mask drops."""
-    if not teacher_logits.requires_grad:  # the usual case: a frozen teacher's outputs
+    if isinstance(teacher_logits, TopKTeacher):
+        if teacher_logits.temperature != temperature or len(teacher_logits) != student_logits[..., 0].numel():
+            raise ValueError(
+                f"The top-k teacher holds {len(teacher_logits)} rows at temperature {teacher_logits.temperature}; the soft "
+                f"term reads {student_logits[..., 0].numel()} rows at temperature {temperature}. A teacher cache keeps the "
+                "tail mass at the temperature it was filled with: fill a new cache (another path) for this temperature."
+            )
+    if isinstance(teacher_logits, TopKTeacher) or not teacher_logits.requires_grad:  # a frozen teacher's outputs
         keep = mask.bool() if mask is not None and mask.shape == student_logits.shape[:-1] else None
         return _SoftTargetRows.apply(student_logits, teacher_logits, keep, temperature, divergence)
     # Targets with a graph (learned projections of teacher features): plain autograd on the kept rows.
@@ -278,7 +289,7 @@ def _reduce(rows: Tensor, mask: Tensor | None, reduction: Reduction, per_sample:
 
 def soft_divergence(
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: Tensor | TopKTeacher,
     kind: SoftDivergence,
     temperature: float = 1.0,
     mask: Tensor | None = None,
@@ -308,11 +319,13 @@ def soft_divergence(
     * ``"tvd"``: the total variation distance ``½ Σ_k |p_k − q_k|``, in ``[0, 1]``.
 
     Frozen teacher logits run a chunked kernel that writes the student's analytic gradient in the
-    forward pass; teacher logits that require grad run plain autograd (the same value).
+    forward pass; teacher logits that require grad run plain autograd (the same value). A
+    :class:`~lightning_kd.losses.topk_teacher.TopKTeacher` (a top-k teacher cache's rows) is compared
+    over its ``k + 1`` buckets (top ids and the tail; see that module).
 
     Args:
         student_logits: ``(..., K)`` logits, or compact ``(R, V)`` rows with ``positions``.
-        teacher_logits: logits of the same shape.
+        teacher_logits: logits of the same shape, or a top-k teacher with one row per student row at ``temperature``.
         kind: the divergence (above).
         temperature: ``T`` of both softmaxes.
         mask: the rows to average over (a mask of the leading shape also skips the others' math).

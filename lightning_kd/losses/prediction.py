@@ -140,6 +140,15 @@ class PredictionLoss:
         Raises:
             ValueError: the term reads token rows that one of the models did not compute.
         """
+        if teacher.logit_topk is not None:  # a top-k teacher cache: top ids and a tail bucket per row
+            if self.soft_loss == "mse":
+                raise ValueError("soft_loss 'mse' compares raw logits, which a top-k teacher cache does not keep: set its top_k: null.")
+            if student.head_rows is not None:
+                return self._fused_soft(student, teacher, batch, per_sample, with_hard)
+            mask = self.token_mask(batch)
+            positions = teacher.logit_rows.bool() if mask is None else mask.bool().to(teacher.logit_rows.device)
+            top = teacher.logit_topk.rows(_rows_among(teacher.logit_rows, positions, "teacher"))
+            return self._soft(student.logits_at(positions), top, None, positions, per_sample)
         if student.head_rows is not None and teacher.head_rows is not None:
             return self._fused_soft(student, teacher, batch, per_sample, with_hard)
         if student.head_rows is not None or teacher.head_rows is not None:  # one family kept its logits
@@ -154,9 +163,10 @@ class PredictionLoss:
         return self._soft(student.logits_at(positions), teacher.logits_at(positions), None, positions, per_sample)
 
     def _fused_soft(self, student: Features, teacher: Features, batch: dict[str, Tensor], per_sample: bool, with_hard: bool) -> Tensor:
-        """The soft term from both models' head rows, chunk by chunk (:mod:`lightning_kd.losses.fused_linear`),
-        with the reduction, ``T²``, ``class_mean`` and ``soft_weight`` folded into per-row weights."""
-        if not torch.equal(student.logit_rows, teacher.logit_rows):
+        """The soft term from the student's head rows and the teacher's (or its top-k rows), chunk by chunk
+        (:mod:`lightning_kd.losses.fused_linear`), with the reduction, ``T²``, ``class_mean`` and
+        ``soft_weight`` folded into per-row weights."""
+        if teacher.logit_topk is None and not torch.equal(student.logit_rows, teacher.logit_rows):
             raise ValueError("Fused heads need the head rows of both models at the same positions; set `method.compact_heads = False`.")
         if per_sample or self.soft_loss == "mse":
             raise ValueError("Fused heads compute batch-level divergences; per-example terms and soft_loss 'mse' read logits.")
@@ -177,7 +187,13 @@ class PredictionLoss:
         hard = None
         if with_hard and student.loss is None and ours.labels is not None:
             hard = HardSpec.mean(ours.labels)
-        terms = fused_linear_terms(ours.rows, ours.head, theirs.rows, theirs.head, soft=spec, hard=hard,
+        if teacher.logit_topk is not None:  # the teacher's top-k row of each student row the term reads
+            at = _rows_among(teacher.logit_rows, rows & positions, "teacher")
+            top = teacher.logit_topk.rows(torch.zeros(int(rows.sum()), dtype=torch.long, device=at.device).masked_scatter(positions[rows], at))
+            teacher_terms = {"teacher_topk": top}
+        else:
+            teacher_terms = {"teacher_rows": theirs.rows, "teacher_head": theirs.head}
+        terms = fused_linear_terms(ours.rows, ours.head, **teacher_terms, soft=spec, hard=hard,
                                    hard_ratio=self.hard_weight if hard is not None else None)
         if hard is not None:
             student.loss = terms["hard"]  # the student's own loss, read by its hard term (times hard_weight)
@@ -194,3 +210,16 @@ class PredictionLoss:
         if self.class_mean:  # mse and tvd refuse it
             value = value / student_logits.shape[-1]  # the original codes' mean over the C class summands
         return self.soft_weight * value
+
+
+def _rows_among(rows: Tensor, positions: Tensor, whose: str) -> Tensor:
+    """The index, among the compact rows at the ``(B, N)`` mask ``rows``, of each position of ``positions``
+    (row-major order).
+
+    Raises:
+        ValueError: a position has no row.
+    """
+    rows = rows.bool()
+    if bool((positions & ~rows).any()):
+        raise ValueError(f"The soft term reads positions the {whose}'s rows do not hold; the method must name them in its logit rows.")
+    return (rows.reshape(-1).long().cumsum(0) - 1)[positions.reshape(-1)]

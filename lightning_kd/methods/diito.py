@@ -126,6 +126,7 @@ class DIITO(DistillationModule):
     #: Pass 0's logits are read by the soft and hard terms only, pass 1's by the causal soft term only,
     #: so compact heads compute only those rows (see :meth:`compute_losses`).
     prediction_only_logits = True
+    fused_heads_ready = True  # both passes read logits only through prediction losses
     #: Arguments of earlier releases and where they are now (the CLI's "did you mean" reads it).
     moved_arguments: ClassVar[dict[str, str]] = {"mlm_weight": "prediction.hard_weight"}
 
@@ -277,7 +278,7 @@ class DIITO(DistillationModule):
         """What pass 1 captures of each model: the last hidden state for the causal cosine term only,
         and the token-logit rows of the causal soft term (none when it is off)."""
         rows = self.causal_prediction.logit_rows() if self.compact_heads else "all"
-        return FeatureRequest(hidden_states=self.causal_cosine_weight > 0, logit_rows=rows)
+        return FeatureRequest(hidden_states=self.causal_cosine_weight > 0, logit_rows=rows, head_rows=self.fused_heads())
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Pass 0 and the intervened pass 1 of student and teachers (two :meth:`run_pass` calls); the

@@ -150,10 +150,33 @@ class LogitsDistil(DistillationModule):
                 "the masked-LM logits are the vocabulary logits. Remove them."
             )
         self.vocab_head = (vocab_head or "mlm") if not pretraining and vocabulary_weight > 0 else None
+        self.word_prediction = self._word_prediction_as_soft_term()
         self.student_vocab_head: VocabularyHead | None = None
         self.teacher_vocab_heads = nn.ModuleList()
         if self.vocab_head is not None:
             self._build_vocab_heads(kwargs, student_mlm_head, teacher_mlm_heads)
+
+    def _word_prediction_as_soft_term(self) -> PredictionLoss | None:
+        """The word-prediction term as a soft prediction loss, where it is one: ``T²·KL`` on the models'
+        own token logits over all their columns (pre-training, ``kl``, no ``top_n``, this class's columns).
+        Then it reads logits only through the prediction loss, and a causal or masked LM computes it from
+        the rows entering its vocabulary projection (fused heads: no ``(rows, V)`` logits). ``mse`` and
+        ``top_n`` read whole logit rows, and keep them."""
+        expressible = (self.task_stage.token_level and self.vocabulary_weight > 0 and self.vocabulary_loss == "kl"
+                       and self.top_n is None and type(self).compared_columns is LogitsDistil.compared_columns)
+        if not expressible:
+            return None
+        positions = {"tokens": "all_tokens", "targets": "masked_tokens", "all": "all_positions"}[self.positions]
+        return PredictionLoss(soft_weight=self.vocabulary_weight, hard_weight=0.0, temperature=self.temperature, soft_loss="kl",
+                              soft_positions=positions, reduction=self.reduction)
+
+    @property
+    def fused_heads_ready(self) -> bool:
+        """Its terms read token logits only through prediction losses when the word-prediction term is one."""
+        return getattr(self, "word_prediction", None) is not None or self.vocabulary_weight == 0
+
+    def prediction_losses(self) -> list[PredictionLoss]:
+        return super().prediction_losses() + ([self.word_prediction] if self.word_prediction is not None else [])
 
     # ------------------------------------------------------------------ fine-tuning LM heads
     def _build_vocab_heads(self, kwargs: dict, student_source: ModelSource | None, teacher_sources: list[ModelSource] | None) -> None:
@@ -244,7 +267,9 @@ class LogitsDistil(DistillationModule):
         """The word-prediction term (``"vocabulary"``, plus ``"vocabulary_hinge"`` with top-n
         ``restrict``) and the prediction-level soft term."""
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
-        if self.vocabulary_weight > 0:
+        if self.word_prediction is not None:  # the same value, from logits or from head rows
+            terms["vocabulary"] = self.word_prediction.soft_features(student, teacher, batch)
+        elif self.vocabulary_weight > 0:
             student_logits = self.student_vocabulary_logits(student)
             teacher_logits = self.teacher_vocabulary_logits(teacher, teacher_index)
             mask, positions = self.position_mask(batch), None

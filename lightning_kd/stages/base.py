@@ -36,6 +36,9 @@ class Stage:
         intermediate_positions: the ``intermediate_positions`` choices this stage offers, its default
             first (:mod:`lightning_kd.stages.positions`).
         description: what the stage is, for messages.
+        cache_tail: a top-k teacher cache keeps the teacher's leftover probability as one tail bucket
+            (language models: the top 64 of a 50k–260k vocabulary leave mass worth keeping); otherwise the
+            top k are renormalised.
     """
 
     name: ClassVar[str] = ""
@@ -44,6 +47,7 @@ class Stage:
     labelled_share: ClassVar[float] = 1.0
     intermediate_positions: ClassVar[tuple[str, ...]] = ("all_tokens",)
     description: ClassVar[str] = ""
+    cache_tail: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

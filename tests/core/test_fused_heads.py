@@ -11,7 +11,7 @@ from lightning_kd.core.features import FeatureRequest, capture
 from lightning_kd.core.fused_head import model_loss
 from lightning_kd.losses import fused_linear
 from lightning_kd.losses.prediction import PredictionLoss
-from lightning_kd.methods import KD, LogitsDistil, MixBaseline, StudentOnly
+from lightning_kd.methods import DIITO, KD, DistilBERT, LogitsDistil, MixBaseline, StudentOnly, VocabDistil
 from lightning_kd.methods.multi_teacher import MTBERT
 from lightning_kd.stages import STAGES
 from tests.conftest import make_batch
@@ -87,7 +87,7 @@ def test_no_step_tensor_is_rows_by_vocabulary(monkeypatch):
 
 def test_whatever_reads_logits_keeps_them():
     teacher = make_family_model("llama", "causal", layers=4, seed=1)
-    vocabulary = LogitsDistil(teacher=teacher, student_init="teacher_uniform", student_layers=2)  # reads logits itself
+    vocabulary = LogitsDistil(teacher=teacher, student_init="teacher_uniform", student_layers=2, top_n=20)  # reads logits itself
     mixed = MixBaseline(teacher=teacher, student_init="teacher_uniform", student_layers=2, methods=["TinyBERT", "MiniLM"])
     per_example = KD(teachers=[teacher, make_family_model("llama", "causal", layers=4, seed=4)], multi_teacher=MTBERT(),
                      student_init="teacher_uniform", student_layers=2)
@@ -101,3 +101,58 @@ def test_whatever_reads_logits_keeps_them():
     with torch.no_grad():
         own = alone.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     torch.testing.assert_close(alone.compute_losses(batch)["hard"], own, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- masked LMs
+
+_MLM_METHODS = {
+    "DistilBERT": lambda teacher: DistilBERT(teacher=teacher, student_init="teacher_first_last", student_layers=2),
+    "DIITO": lambda teacher: DIITO(teacher=teacher, student_init="teacher_first_last", student_layers=2, alignment="late"),
+    "LogitsDistil": lambda teacher: LogitsDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2),
+    "LogitsDistil (all positions, gkd)": lambda teacher: LogitsDistil(
+        teacher=teacher, student_init="teacher_first_last", student_layers=2, positions="all", reduction="gkd"),
+    "KD": lambda teacher: KD(teacher=teacher, student_init="teacher_first_last", student_layers=2),
+}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "albert", "electra", "modernbert"])
+@pytest.mark.parametrize("name", sorted(_MLM_METHODS))
+def test_masked_lm_heads_fuse_after_their_transform(family, name):
+    """An MLM head's vocabulary projection reads the transform's output at the compact rows: the methods that
+    read every token's logits (DistilBERT's soft term, DIITO's two passes, LogitsDistil's KL) keep those rows."""
+    teacher = make_family_model(family, "mlm", layers=4, seed=1, initializer_range=0.5)
+    method = _MLM_METHODS[name](teacher).eval()
+    assert method.fused_heads()
+    batch = make_batch("mlm")
+    torch.manual_seed(0)
+    fused = _step(method, batch)
+    method.compact_heads = False
+    torch.manual_seed(0)
+    plain = _step(method, batch)
+    assert fused[0].keys() == plain[0].keys()
+    for name_ in plain[0]:
+        torch.testing.assert_close(fused[0][name_], plain[0][name_], rtol=1e-5, atol=1e-6, msg=name_)
+    for ours, theirs in zip(fused[1], plain[1], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_masked_lm_features_hold_the_transforms_output_rows():
+    student = make_family_model("bert", "mlm", layers=2, seed=2).eval()
+    batch = make_batch("mlm")
+    features = capture(student, batch, FeatureRequest(logit_rows="tokens", head_rows=True))
+    rows = batch["attention_mask"].bool()
+    assert features.logits is None and features.head_rows.rows.shape == (int(rows.sum()), student.config.hidden_size)
+    with torch.no_grad():
+        own = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(features.head_rows.head.project(features.head_rows.rows), own[rows], rtol=1e-5, atol=1e-6)
+
+
+def test_logits_distil_variants_that_read_whole_rows_keep_logits():
+    teacher = make_family_model("bert", "mlm", layers=4, seed=1)
+    built = {
+        "mse": LogitsDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2, vocabulary_loss="mse"),
+        "top_n": LogitsDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2, top_n=20),
+        "VocabDistil": VocabDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2, compressed_size=0.5),
+    }
+    for name, method in built.items():
+        assert method.word_prediction is None and not method.fused_heads(), name

@@ -497,6 +497,24 @@ def test_linear_head_of_reproduces_the_models_logits(family):
     assert family != "cohere" or head.scale == 0.3
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm_roberta", "distilbert", "albert", "electra", "mpnet", "modernbert"])
+def test_linear_head_of_reproduces_a_masked_lms_logits(family):
+    from tests.families import make_family_model
+
+    model = make_family_model(family, "mlm", layers=1, seed=0).eval()
+    head_module = model.get_output_embeddings()
+    captured = []
+    hook = head_module.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    ids = torch.randint(5, 200, (2, 7), generator=_gen(41))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    hook.remove()
+    head = LinearHead.of(model)
+    assert head.weight is head_module.weight and head.bias is head_module.bias is not None
+    with torch.no_grad():
+        torch.testing.assert_close(head.project(captured[0]), logits)
+
+
 def test_linear_head_of_refuses_an_unverified_family():
     with pytest.raises(ValueError, match="GPTNeoXForCausalLM is not a verified family"):
         LinearHead.of(_tiny("gpt_neox"))
