@@ -5,6 +5,9 @@ it shows nothing useful, and a 30-minute run logs no progress at all. This callb
 such as::
 
     [progress] step 150/636 (23.6%) epoch 0 | loss 0.4123 | 41.2 examples/s, 1650 tokens/s | elapsed 3m38s, ETA 11m46s
+
+A method that generates training batches (on-policy, sequence-level KD) also gets its share of the
+time spent generating since the previous line: ``| generating 31%``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ class ProgressLog(pl.Callback):
     """Print a progress line every ``every_n_steps`` optimizer steps (and after the first and last).
 
     The loss is the mean over the batches since the previous line; examples and tokens per second
-    count every process (tokens: the attention mask's ones, i.e. padding excluded) and leave out time
-    spent validating; the ETA assumes the remaining steps take as long as the ones so far in this run.
+    count every process (tokens: the attention mask's ones, i.e. padding excluded; the data's batches,
+    not generated ones) and leave out time spent validating; the ETA assumes the remaining steps take as
+    long as the ones so far in this run. A module with a ``generation_seconds`` total (seconds spent
+    generating training batches) gets that time's share of the window, on rank 0.
 
     Args:
         every_n_steps: print after every this many optimizer steps.
@@ -48,7 +53,7 @@ class ProgressLog(pl.Callback):
         self.active = trainer.is_global_zero and (self.when == "always" or (self.when == "not_tty" and not interactive))
         self._start_time, self._start_step = time.monotonic(), trainer.global_step
         self._printed_step = trainer.global_step
-        self._reset_window()
+        self._reset_window(getattr(pl_module, "generation_seconds", None))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -56,13 +61,14 @@ class ProgressLog(pl.Callback):
         if not self.active:
             return
         self._count(outputs, batch)
+        self._generation_now = getattr(pl_module, "generation_seconds", None)
         step, total = trainer.global_step, trainer.estimated_stepping_batches
         if step == self._printed_step:  # still accumulating gradients: no optimizer step since the last line
             return
         if step - self._start_step == 1 or step % self.every_n_steps == 0 or step >= total:
             print(self._line(trainer, step, total), flush=True)
             self._printed_step = step
-            self._reset_window()
+            self._reset_window(self._generation_now)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validation_start = time.monotonic()
@@ -74,10 +80,12 @@ class ProgressLog(pl.Callback):
             self._validation_start = None
 
     # ------------------------------------------------------------------ helpers
-    def _reset_window(self) -> None:
+    def _reset_window(self, generated: float | None = None) -> None:
         self._loss_sum, self._batches = 0.0, 0
         self._examples, self._tokens = 0, torch.zeros((), dtype=torch.long)
         self._window_start, self._paused, self._validation_start = time.monotonic(), 0.0, None
+        # Seconds spent generating training batches, as the module counted them at the window's start and now.
+        self._generation_start = self._generation_now = generated
 
     def _count(self, outputs: Any, batch: Any) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
@@ -101,6 +109,8 @@ class ProgressLog(pl.Callback):
         if self._examples:
             world = trainer.world_size
             parts.append(f"{world * self._examples / window:.1f} examples/s, {world * int(self._tokens) / window:.0f} tokens/s")
+        if self._generation_now is not None and self._generation_start is not None:
+            parts.append(f"generating {100 * min(1.0, (self._generation_now - self._generation_start) / window):.0f}%")
         timing = f"elapsed {_duration(elapsed)}"
         done = step - self._start_step
         if math.isfinite(total) and 0 < done and step < total:

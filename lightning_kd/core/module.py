@@ -14,6 +14,8 @@ whose step needs passes of its own (a perturbed or intervened forward) runs them
 * interventions and the checks of repeated / randomised passes: :mod:`lightning_kd.core.passes`;
 * checks after the whole constructor chain: :mod:`lightning_kd.core.construction`;
 * hyper-parameters and safe checkpoint loading: :mod:`lightning_kd.core.hparams`;
+* training batches the student or a teacher writes (on-policy, sequence-level KD):
+  :class:`~lightning_kd.on_policy.GeneratedBatches`;
 * private Lightning / torch APIs: :mod:`lightning_kd.compat`.
 """
 
@@ -23,6 +25,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
@@ -58,6 +61,7 @@ from lightning_kd.core.terms import LossTerms, Role
 from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.models.loading import ModelSource, Precision
+from lightning_kd.on_policy import GeneratedBatches, Generation, SequenceKD, student_written
 from lightning_kd.stages import Stage, TaskHead, stage_named
 from lightning_kd.stages.positions import IntermediatePositions, resolve_positions, with_term_positions
 
@@ -122,6 +126,14 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         teacher_cache: serve teacher outputs from a disk cache filled on the first pass over the data
             (offline distillation; see :class:`~lightning_kd.cache.TeacherCache` and ``docs/teacher_cache.md``).
             Refused with ``random_inputs`` and with methods whose teacher inputs change from step to step.
+        on_policy: causal-LM stage: λ, the share of training batches on which the student continues the
+            batch's prompts and the method's teacher terms read its tokens (GKD's on-policy distillation;
+            0 = off, 1 = every batch). The student's own tokens are no targets, so the hard term is left out
+            of those batches. See ``docs/on_policy.md``.
+        generation: how the student decodes on on-policy batches (default: sampling at temperature 1, up to
+            64 new tokens); see :class:`~lightning_kd.on_policy.Generation`.
+        sequence_kd: causal-LM stage: the teacher writes the responses of (a share of) the training batches
+            (Kim & Rush's sequence-level KD), cached on disk or decoded afresh; see :class:`~lightning_kd.on_policy.SequenceKD`.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and normalisation weights).
         warmup_ratio: fraction of the optimizer steps used for linear warm-up.
@@ -129,6 +141,10 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         final_lr_ratio: learning rate at the end of the decay, as a fraction of the peak.
         adam_epsilon: AdamW epsilon.
     """
+
+    #: Why this method cannot train on its student's samples (``on_policy``), or ``None`` when it can: a
+    #: method whose terms are not defined on a generated sequence says so (see ``docs/on_policy.md``).
+    on_policy_refused: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -152,6 +168,9 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         forward_repeats: int = 0,
         random_inputs: RandomInputs | None = None,
         teacher_cache: TeacherCache | None = None,
+        on_policy: float = 0.0,
+        generation: Generation | None = None,
+        sequence_kd: SequenceKD | None = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
@@ -206,6 +225,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         )
         self._check_vocabularies()
         self._val_metrics = self._test_metrics = None
+        #: Training batches the models write (on-policy, sequence-level KD), checked in check_construction; None when off.
+        self.generated_batches: GeneratedBatches | None = GeneratedBatches.build(on_policy, generation, sequence_kd)
 
     # ------------------------------------------------------------------ construction
     @property
@@ -245,6 +266,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if self.teacher_cache is not None:
             self.teacher_cache.check_module(self)
         check_attention_requests(self)
+        if self.generated_batches is not None:
+            self.generated_batches.check_method(self)
 
     # ------------------------------------------------------------------ teachers
     @property
@@ -285,6 +308,12 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         """
         request = self.teacher_features_request(index) if request is None else request
         return self.teacher_pool.forward(index, batch, request, device=self.device, **self._teacher_context())
+
+    def place_teacher(self, index: int) -> tuple[nn.Module, torch.device]:
+        """Teacher ``index`` where :attr:`teacher_placement` puts it (moved or partitioned the first time),
+        and the device its inputs go to: for a method that runs a teacher other than through
+        :meth:`teacher_forward` (e.g. ``generate`` for sequence-level KD)."""
+        return self.teacher_pool.place(index, self.device, **self._teacher_context())
 
     def resolved_placement(self, index: int) -> str:
         """Teacher ``index``'s placement for the current trainer: ``"student"``, ``"zero3"``, or a device string."""
@@ -369,13 +398,16 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
                 batch, hard_batch = randomise_batch(batch, self.random_inputs, vocab_size)
             # Labels only shape the student's own loss, so the student reads them from ``hard_batch``; its
             # logit rows are those the terms read in ``batch`` (a superset of hard_batch's labelled rows).
+            # A batch the student wrote (on-policy) has no data labels: its tokens are not targets, so the
+            # student's own (hard) terms are left out and its loss is computed only for a strategy that reads it.
+            own_terms = not student_written(batch)
             if student_loss is None:
-                student_loss = self.uses_student_loss() or self.multi_teacher.needs_student_loss
+                student_loss = (self.uses_student_loss() and own_terms) or self.multi_teacher.needs_student_loss
             request = self.student_features_request() if student_request is None else student_request
             with entered(student_hooks):
                 student = capture(self.student, self.student_inputs(hard_batch), request, with_labels=student_loss,
                                   rows=row_mask(batch, request.logit_rows))
-            if not len(self.teachers):
+            if not len(self.teachers):  # on-policy batches need a teacher (refused at construction)
                 return PassResult(LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD), student)
             indices = self.multi_teacher.select_teachers(len(self.teachers), self.global_step) if teachers is None else teachers
             live = teacher_hooks is not None or teacher_request is not None
@@ -395,7 +427,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             # The student's own terms after the teachers': with fused heads the soft term may have computed the
             # student's loss in its pass (one projection for both). Typed here once, so strategies read roles
             # whatever a method returned (a plain dict is typed by name; see lightning_kd.core.terms).
-            terms = LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD)
+            terms = LossTerms.wrap(self.student_terms(hard_batch, student), default=Role.HARD) if own_terms else LossTerms()
             if combine:
                 terms = merge_combined(terms, self.multi_teacher.combine(per_teacher, step), self.multi_teacher)
             return PassResult(terms, student, per_teacher, step)
@@ -403,6 +435,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             self._pass_index = previous
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.generated_batches is not None:  # on-policy / sequence-level KD: the student or a teacher may write it
+            batch = self.generated_batches.training_batch(self, batch, batch_idx)
         terms = self.compute_losses(batch)
         # A NaN/inf loss stops the run here, before backward and the optimizer step, so the weights and
         # every checkpoint stay finite; NonFiniteLossError names the terms and the last good checkpoint.
@@ -410,7 +444,15 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         size = batch["input_ids"].shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=size)
+        if self.generated_batches is not None:
+            self.log("train/generation_seconds", self.generated_batches.step_seconds, batch_size=size)
         return terms["loss"]
+
+    @property
+    def generation_seconds(self) -> float | None:
+        """Seconds this fit has spent generating training batches (``None`` without generated batches);
+        the progress line reports its share of the training time."""
+        return self.generated_batches.seconds if self.generated_batches is not None else None
 
     # ------------------------------------------------------------------ evaluation
     def setup(self, stage: str) -> None:
@@ -421,6 +463,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             check_sequence_length(self, getattr(trainer, "datamodule", None))
             if self.memory_check != "off":
                 check_memory(self, trainer, self.memory_check)
+            if self.generated_batches is not None:
+                self.generated_batches.setup(self, trainer, getattr(trainer, "datamodule", None))
         builder = getattr(getattr(trainer, "datamodule", None), "build_metrics", None) if trainer is not None else None
         if builder is not None:
             self._val_metrics, self._test_metrics = builder("val/"), builder("test/")
@@ -482,12 +526,25 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record where the teachers came from (their weights are never in a checkpoint)."""
+        """Record where the teachers came from (their weights are never in a checkpoint), and the seed that
+        generated batches derive from."""
         checkpoint["lightning_kd"] = {"teachers": self.teacher_sources, "method": type(self).__name__}
+        if self.generated_batches is not None:
+            checkpoint["lightning_kd"]["generated_batches"] = self.generated_batches.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run chooses and samples its generated batches as the interrupted one did."""
+        state = (checkpoint.get("lightning_kd") or {}).get("generated_batches")
+        if self.generated_batches is not None and state is not None:
+            self.generated_batches.load_state_dict(state)
 
     def configure_callbacks(self):
-        """The teacher cache's callback (binds it at fit start, commits its rows), when there is a cache."""
-        return [self.teacher_cache.callback] if self.teacher_cache is not None else []
+        """The teacher cache's callback (binds it at fit start, commits its rows) and the teacher-response
+        cache's (sequence-level KD), when there are such caches."""
+        callbacks = [self.teacher_cache.callback] if self.teacher_cache is not None else []
+        if self.generated_batches is not None and self.generated_batches.sequence_kd is not None:
+            callbacks.append(self.generated_batches.callback)
+        return callbacks
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -190,6 +190,12 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         self._sharded = False
 
     @property
+    def has_prompts(self) -> bool:
+        """Whether rows are prompt/response examples (whose prompts a model can continue: on-policy and
+        sequence-level KD), not packed plain text."""
+        return self.examples
+
+    @property
     def max_length(self) -> int:
         """The longest row, ``block_size`` (what the memory estimate reads)."""
         return self.block_size

@@ -55,6 +55,11 @@ class ContinuationKD(AnnealingKD):
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
 
+    on_policy_refused = (
+        "its schedule hands the whole loss to the hard term (ψ → 1), which a batch the student wrote does not have "
+        "(its tokens are not targets)"
+    )
+
     def __init__(
         self,
         *,

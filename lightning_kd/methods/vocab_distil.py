@@ -88,6 +88,10 @@ class VocabDistil(LogitsDistil):
         **kwargs: the :class:`LogitsDistil` and :class:`DistillationModule` arguments.
     """
 
+    on_policy_refused = (
+        "its student reads and writes a compressed vocabulary, so its samples are not token ids the teacher reads"
+    )
+
     def __init__(
         self,
         *,

@@ -36,6 +36,8 @@ class Stage:
         intermediate_positions: the ``intermediate_positions`` choices this stage offers, its default
             first (:mod:`lightning_kd.stages.positions`).
         description: what the stage is, for messages.
+        generative: the stage's models continue the prompts of its batches (decoder LMs), so a method
+            may train on responses they write (:mod:`lightning_kd.on_policy`).
         cache_tail: a top-k teacher cache keeps the teacher's leftover probability as one tail bucket
             (language models: the top 64 of a 50k–260k vocabulary leave mass worth keeping); otherwise the
             top k are renormalised.
@@ -47,6 +49,7 @@ class Stage:
     labelled_share: ClassVar[float] = 1.0
     intermediate_positions: ClassVar[tuple[str, ...]] = ("all_tokens",)
     description: ClassVar[str] = ""
+    generative: ClassVar[bool] = False
     cache_tail: ClassVar[bool] = False
 
     def __repr__(self) -> str:

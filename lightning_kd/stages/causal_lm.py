@@ -49,6 +49,7 @@ class CausalLM(Stage):
     # Decoder attention always carries its causal key mask, so a query-row mask never changes the keys.
     intermediate_positions: ClassVar[tuple[str, ...]] = ("scored", "all_tokens")
     description: ClassVar[str] = "causal-LM (next-token) distillation"
+    generative: ClassVar[bool] = True
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM
