@@ -39,6 +39,9 @@ SAME_WIDTH_STUDENT = {
     "configs/gkd/distilbert/1_pretrain_ce_mask_padding.yaml",
     "configs/gkd/sid/2_finetune.yaml",  # SID compares [CLS] vectors and attention maps directly
 }
+# Method arguments under which the models continue the data's prompts (docs/on_policy.md): such configs train
+# on tiny prompt/response pairs, and their decoding blocks write few tokens (the tiny models read 64 positions).
+GENERATES = ("on_policy", "sequence_kd")
 # Configs whose method needs MobileBERT-shaped models; tests/methods/test_mobilebert.py runs them on tiny MobileBERTs.
 NEEDS_MOBILEBERT = {
     "configs/pretrain/mobilebert/mobilebert_from_ib_bert.yaml",
@@ -74,6 +77,9 @@ def test_config_parses(config, capsys, monkeypatch):
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("config_assets")
     assets = {**write_models(root), **write_causal_models(root), **write_classification_csvs(root), "corpus": write_corpus(root)}
+    from tests.on_policy.helpers import write_pairs
+
+    assets["pairs"] = write_pairs(root)
     wide = root / "student_mlm_wide"
     make_tiny_bert("mlm", seed=3, layers=STUDENT_SHAPE["layers"], hidden=TEACHER_SHAPE["hidden"], heads=12).save_pretrained(wide)
     write_tiny_tokenizer(wide)
@@ -88,8 +94,14 @@ def _stage(config: Path, document: dict) -> str:
     return "mlm" if "pretrain" in config.name else "classification"
 
 
-def _tiny_data(stage: str, assets: dict) -> dict:
+def _tiny_data(stage: str, assets: dict, examples: bool = False) -> dict:
     tokenizer = str(assets[f"teacher_{stage}"])
+    if stage == "causal" and examples:
+        return {
+            "class_path": "lightning_kd.data.CausalLMDataModule",
+            "init_args": {"tokenizer": tokenizer, "train_files": [str(assets["pairs"])], "prompt_field": "prompt",
+                          "response_field": "response", "block_size": 24, "batch_size": 4, "validation_fraction": 0.1},
+        }
     if stage == "causal":
         return {
             "class_path": "lightning_kd.data.CausalLMDataModule",
@@ -134,7 +146,11 @@ def test_method_config_trains_on_tiny_models(config, tiny, tmp_path):
     for method, overrides in TINY_OVERRIDES.items():
         if config.parts[-2] == method:
             init.update({k: v for k, v in overrides.items() if k in init})
-    document["data"] = _tiny_data(stage, tiny)
+    generates = any(init.get(name) for name in GENERATES)
+    for block in ("generation", "sequence_kd") if generates else ():
+        if isinstance(init.get(block), dict):
+            init[block]["max_new_tokens"] = 4
+    document["data"] = _tiny_data(stage, tiny, examples=generates)
     callbacks = (document.get("trainer") or {}).get("callbacks")  # schedules the method needs stay
     document["trainer"] = quick_trainer_section(tmp_path, callbacks)
     document["export"] = {"dirpath": str(tmp_path / "student")}
