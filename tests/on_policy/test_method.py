@@ -29,6 +29,7 @@ def _step_loss(module, batch, batch_idx: int = 0) -> torch.Tensor:
         return module.training_step(batch, batch_idx)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # training_step outside a Trainer
 def test_lambda_zero_is_exactly_the_off_policy_loss(tok):
     off = method(tok, hard_weight=1.0)
     zero = method(tok, hard_weight=1.0, on_policy=0.0)
