@@ -14,8 +14,11 @@ floor: the teacher forward and the student-only step both with Hugging Face's ow
 project every position onto the 30,522-word vocabulary. The methods run with compact heads (each
 model projects only the rows its losses read: the masked positions for KD, StudentOnly and MLM
 metrics, every real token for DistilBERT's soft term, none for TinyBERT's and MiniLM's intermediate
-stages); ``KD (full heads)`` is KD with ``compact_heads = False``, the figure before compact heads
-(``--full-heads`` adds that row for every method).
+stages), and where only prediction losses read the logits (DistilBERT, DIITO, LogitsDistil's KL, KD),
+fused heads: the rows entering the vocabulary projection, projected chunk by chunk inside the loss.
+``KD (full heads)`` is KD with ``compact_heads = False``, the figure before compact heads
+(``--full-heads`` adds that row for every method; ``--unfused`` adds ``<method> (unfused)``, compact
+logit rows without fused heads, the figure before fused heads).
 Each row also gives tokens per second (batch tokens, padding included, ÷ seconds).
 
 CPU allocator: by default the benchmark keeps freed memory in the process exactly as the
@@ -174,6 +177,7 @@ def training_step(method, batch, optimizer, autocast):
 
 TEACHER_FORWARD, STUDENT_STEP, CACHED_KD, STUDENT_ONLY = "teacher forward", "student step", "KD + teacher cache", "StudentOnly"
 FULL_HEADS = " (full heads)"  # a workload name ending so runs its method with compact heads off
+UNFUSED = " (unfused)"  # … with compact heads but logits at the rows (no fused heads): the figure before them
 
 
 def cpu_model() -> str:
@@ -204,11 +208,13 @@ def build_step(workload: str, args: argparse.Namespace):
         common["teacher_cache"] = cache_for_benchmark(args)
     # The teacher-forward and student-step workloads (and StudentOnly) take their models from a KD instance.
     methods = STAGE_METHODS[args.stage]
-    name = workload.removesuffix(FULL_HEADS)
+    name = workload.removesuffix(FULL_HEADS).removesuffix(UNFUSED)
     build = methods.get(name) or methods["KD"]
     method = build(**common).to(device).train()
     if workload.endswith(FULL_HEADS):
         full_heads(method)
+    if workload.endswith(UNFUSED):
+        method.fused_heads = lambda: False  # compact logit rows, as before fused heads
     batch = batch_of(args.batch_size, args.seq_len, method.student.config.vocab_size, device, args.stage)
     if workload == TEACHER_FORWARD:
 
@@ -302,19 +308,27 @@ def main() -> None:
         "--full-heads", action="store_true",
         help="pre-training: also time every method with compact heads off ('<method> (full heads)', the figures before them)",
     )
+    parser.add_argument(
+        "--unfused", action="store_true",
+        help="pre-training: also time every method with compact logit rows but no fused heads ('<method> (unfused)')",
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: print one workload's peak memory
     args = parser.parse_args()
     stage_methods = [*STAGE_METHODS[args.stage], *([CACHED_KD] if args.stage == "finetune" else [])]
     if args.stage == "pretrain":
-        stage_methods += [name + FULL_HEADS for name in STAGE_METHODS["pretrain"]]
-    default = [name for name in stage_methods if not name.endswith(FULL_HEADS)]
+        stage_methods += [name + suffix for suffix in (FULL_HEADS, UNFUSED) for name in STAGE_METHODS["pretrain"]]
+    default = [name for name in stage_methods if not name.endswith((FULL_HEADS, UNFUSED))]
     if args.stage == "pretrain":
         default.append("KD" + FULL_HEADS)  # the figure before compact heads
     args.methods = args.methods or default
     if args.full_heads:
         if args.stage != "pretrain":
             parser.error("--full-heads compares compact and full MLM heads: use it with --stage pretrain")
-        args.methods = list(dict.fromkeys([*args.methods, *(m + FULL_HEADS for m in args.methods if not m.endswith(FULL_HEADS))]))
+        args.methods = list(dict.fromkeys([*args.methods, *(m + FULL_HEADS for m in args.methods if not m.endswith((FULL_HEADS, UNFUSED)))]))
+    if args.unfused:
+        if args.stage != "pretrain":
+            parser.error("--unfused compares fused and unfused MLM heads: use it with --stage pretrain")
+        args.methods = list(dict.fromkeys([*args.methods, *(m + UNFUSED for m in args.methods if not m.endswith((FULL_HEADS, UNFUSED)))]))
     unknown = [name for name in args.methods if name not in stage_methods]
     if unknown:
         parser.error(f"unknown method(s) for --stage {args.stage}: {', '.join(unknown)}; choose from {', '.join(stage_methods)}")
@@ -356,8 +370,10 @@ def main() -> None:
         "after a warm-up: seconds and ratios are medians with their min–max over the rounds, a ratio being a round's step ÷ that round's baseline; "
         "peak memory of each workload alone in a fresh process; tokens per second = batch tokens ÷ median seconds."
         + (" Full-head floor = teacher forward + student-only step, both with Hugging Face's own MLM heads (every position "
-           "projected onto the vocabulary); the methods use compact heads (only the rows their losses read), "
-           "the rows marked `(full heads)` do not (the figures before compact heads)." if pretrain else ""),
+           "projected onto the vocabulary); the methods use compact heads (only the rows their losses read) and, where only "
+           "prediction losses read the logits, fused heads (the rows entering the vocabulary projection, projected chunk by "
+           "chunk inside the loss: no rows × vocabulary tensor); rows marked `(unfused)` compute logits at the compact rows "
+           "(the figures before fused heads), rows marked `(full heads)` at every position (before compact heads)." if pretrain else ""),
         "",
         "| workload | seconds (median) | seconds (min–max) | tokens / s | ratio (median) | ratio (min–max) | peak memory (MB) |",
         "|---|---|---|---|---|---|---|",

@@ -1,11 +1,13 @@
-"""Capture the rows entering a decoder's LM head instead of its logits (fused heads).
+"""Capture the rows entering a model's vocabulary projection instead of its logits (fused heads).
 
 A causal LM's vocabulary is 49k–262k wide; its logits at every scored position, with their
-log-softmaxes and gradient, are the largest tensors of a distillation step. When the only readers of
-those logits are the prediction terms (the soft divergence and the next-token loss; see
+log-softmaxes and gradient, are the largest tensors of a distillation step (and an MLM method reading
+every token's 30k-wide row is not far behind). When the only readers of those logits are the
+prediction terms (the soft divergences and the token loss; see
 :meth:`~lightning_kd.core.method_hooks.MethodHooks.fused_heads`), the model's forward runs as usual
-but its LM head does not project: :func:`rows_entering` records the ``(R, d)`` hidden rows the
-compact-row pre-hook hands it (:mod:`lightning_kd.core.compact_head`) and returns an empty
+but its vocabulary projection (``get_output_embeddings()``: a decoder's ``lm_head``, an MLM head's
+decoder after its transform) does not project: :func:`rows_entering` records the ``(R, d)`` rows it
+receives at the compact rows (:mod:`lightning_kd.core.compact_head`) and returns an empty
 ``(R, 0)`` tensor. The terms then project those rows a chunk at a time through the head's own
 weights (:mod:`lightning_kd.losses.fused_linear`), so no ``(R, V)`` tensor ever exists.
 

@@ -47,7 +47,8 @@ class MethodHooks:
     prediction_only_logits: bool = False
     #: Set by methods whose terms read token logits and the student's own loss only through the
     #: prediction loss (``prediction.soft_features``) and the default :meth:`student_terms`: their
-    #: causal-LM steps may then keep the LM heads' input rows instead of logits (:meth:`fused_heads`).
+    #: token-level steps may then keep the rows entering the vocabulary projections instead of logits
+    #: (:meth:`fused_heads`). A property where a knob decides (LogitsDistil).
     fused_heads_ready: bool = False
 
     @property
@@ -107,7 +108,7 @@ class MethodHooks:
         return dataclasses.replace(self.teacher_request(teacher_index), logit_rows=rows, head_rows=self.fused_heads())
 
     def fused_heads(self) -> bool:
-        """Whether the training step keeps the rows entering the decoders' LM heads instead of their logits
+        """Whether the training step keeps the rows entering the models' vocabulary projections instead of their logits
         (:mod:`lightning_kd.core.fused_head`): the soft and next-token terms then project them a chunk at
         a time, so no ``(rows, vocabulary)`` tensor exists.
 
