@@ -52,6 +52,22 @@ def write_causal_models(root: Path) -> dict[str, Path]:
     return paths
 
 
+def fit_with_checkpoints(method, data, root: Path, *, stop_at: int | None = None, ckpt_path: str | None = None,
+                         max_steps: int = 6) -> pl.Trainer:
+    """``trainer.fit`` on CPU with a checkpoint every 3 steps under ``root/ckpt``, seeded, optionally
+    interrupted after ``stop_at`` steps or resumed from ``ckpt_path`` (for resume-equals-uninterrupted tests)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    callbacks = [ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_top_k=-1)]
+    if stop_at is not None:
+        callbacks.append(StopAtStep(stop_at))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=5, limit_val_batches=1, num_sanity_val_steps=0,
+                         enable_progress_bar=False, enable_model_summary=False, logger=False, default_root_dir=root, callbacks=callbacks)
+    pl.seed_everything(7)
+    trainer.fit(method, datamodule=data, ckpt_path=ckpt_path)
+    return trainer
+
+
 class StopAtStep(pl.Callback):
     """Interrupt a run after ``step`` optimizer steps, as a crash would (the schedule still targets max_steps)."""
 

@@ -521,9 +521,6 @@ def fused_linear_terms(
                 f"The top-k teacher ({len(teacher_topk)} rows, V {teacher_topk.vocab_size}, T {teacher_topk.temperature}) "
                 f"does not pair with {count} student rows of V {vocab} at T {soft.temperature}."
             )
-        divergence = row_divergence(soft.kind, soft.jsd_beta, soft.skew_alpha)
-        soft_weights = _flat(soft.weights, count, "SoftSpec.weights").to(dtype)
-        active |= soft_weights != 0
     elif soft is not None:
         if teacher_rows is None or teacher_head is None:
             raise ValueError("The soft term needs teacher_rows and teacher_head (or teacher_topk).")
@@ -535,6 +532,7 @@ def fused_linear_terms(
                 f"Teacher rows {tuple(teacher_rows.shape)} do not pair with {count} student rows through a head "
                 f"of width {teacher_head.width}."
             )
+    if soft is not None:
         divergence = row_divergence(soft.kind, soft.jsd_beta, soft.skew_alpha)
         soft_weights = _flat(soft.weights, count, "SoftSpec.weights").to(dtype)
         active |= soft_weights != 0

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_kd.cache import StaleCacheError, TeacherCache
 from lightning_kd.cache.layout import RecordLayout
@@ -21,7 +19,7 @@ from lightning_kd.losses.topk_teacher import TopKTeacher
 from lightning_kd.methods import KD, LogitsDistil
 from lightning_kd.stages import STAGES
 from tests.cache import StubData, count_forwards, indexed_batches
-from tests.cli_fixtures import StopAtStep, write_corpus
+from tests.cli_fixtures import fit_with_checkpoints, write_corpus
 from tests.conftest import write_tiny_lm_tokenizer
 from tests.families import make_family_model
 
@@ -113,7 +111,8 @@ def test_another_temperature_is_a_stale_cache(tmp_path):
 
 def test_a_method_whose_terms_read_teacher_logits_gets_them_renormalised(tmp_path):
     teacher = make_family_model("llama", "causal", layers=3, seed=1)
-    method = LogitsDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2).eval()
+    assert LogitsDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2).cache_tail_temperature() == 15.0
+    method = LogitsDistil(teacher=teacher, student_init="teacher_first_last", student_layers=2, top_n=20).eval()  # whole rows
     assert method.cache_tail_temperature() is None
     batches = _filled(method, tmp_path, 8)
     layout = json.loads((tmp_path / "k8" / "teacher0" / "manifest.json").read_text())["layout"]
@@ -138,13 +137,7 @@ def _fit(lm, root, cache, *, stop_at=None, ckpt_path=None):
     method = KD(teacher=str(lm["teacher"]), student_init="teacher_first_last", student_layers=2,
                 prediction=PredictionLoss(temperature=TEMPERATURE, hard_weight=0.5),
                 teacher_cache=TeacherCache(path=str(cache), top_k=8, verify_batches=1))
-    callbacks = [ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_top_k=-1)]
-    if stop_at is not None:
-        callbacks.append(StopAtStep(stop_at))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=6, max_epochs=5, limit_val_batches=1, num_sanity_val_steps=0,
-                         enable_progress_bar=False, enable_model_summary=False, logger=False, default_root_dir=root, callbacks=callbacks)
-    pl.seed_everything(7)
-    trainer.fit(method, datamodule=data, ckpt_path=ckpt_path)
+    trainer = fit_with_checkpoints(method, data, root, stop_at=stop_at, ckpt_path=ckpt_path)
     return method, trainer
 
 

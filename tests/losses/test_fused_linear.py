@@ -471,18 +471,24 @@ def _tiny(family: str):
     return configs[family]().eval()
 
 
+def _rows_and_logits(model, ids):
+    """The rows entering ``model``'s vocabulary projection on ``ids``, and the model's own logits."""
+    captured = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    hook.remove()
+    return captured[0], logits
+
+
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "cohere", "granite", "gpt2"])
 def test_linear_head_of_reproduces_the_models_logits(family):
     model = _tiny(family)
     head_module = model.get_output_embeddings()
     for p in head_module.parameters():  # larger logits, so a dropped scale or cap shows
         torch.nn.init.normal_(p, std=2.0)
-    captured = []
-    hook = head_module.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    ids = torch.randint(3, 64, (2, 7), generator=_gen(38))
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    hook.remove()
+    rows, logits = _rows_and_logits(model, torch.randint(3, 64, (2, 7), generator=_gen(38)))
+    captured = [rows]
     head = LinearHead.of(model)
     assert head.weight is head_module.weight
     if model.config.tie_word_embeddings:
@@ -502,17 +508,11 @@ def test_linear_head_of_reproduces_a_masked_lms_logits(family):
     from tests.families import make_family_model
 
     model = make_family_model(family, "mlm", layers=1, seed=0).eval()
-    head_module = model.get_output_embeddings()
-    captured = []
-    hook = head_module.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    ids = torch.randint(5, 200, (2, 7), generator=_gen(41))
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    hook.remove()
+    rows, logits = _rows_and_logits(model, torch.randint(5, 200, (2, 7), generator=_gen(41)))
     head = LinearHead.of(model)
-    assert head.weight is head_module.weight and head.bias is head_module.bias is not None
+    assert head.weight is model.get_output_embeddings().weight and head.bias is model.get_output_embeddings().bias is not None
     with torch.no_grad():
-        torch.testing.assert_close(head.project(captured[0]), logits)
+        torch.testing.assert_close(head.project(rows), logits)
 
 
 def test_linear_head_of_refuses_an_unverified_family():

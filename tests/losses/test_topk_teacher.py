@@ -10,31 +10,10 @@ import torch
 from lightning_kd.losses.fused_linear import LinearHead, SoftSpec, fused_linear_terms
 from lightning_kd.losses.logits import soft_divergence
 from lightning_kd.losses.topk_teacher import EMPTY, TopKTeacher
+from tests.losses.reference_divergences import divergence_of_probabilities
 
 KINDS = ["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 BETA, ALPHA = 0.3, 0.2
-
-
-def _kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * (a.log() - b.log())).sum(-1)
-
-
-def _reference(kind: str, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Per-row divergence between two (rows, outcomes) float64 probability tables, written from the definitions."""
-    if kind == "kl":
-        return _kl(p, q)
-    if kind == "ce":
-        return -(p * q.log()).sum(-1)
-    if kind == "reverse_kl":
-        return _kl(q, p)
-    if kind == "jsd":
-        m = BETA * p + (1 - BETA) * q
-        return BETA * _kl(p, m) + (1 - BETA) * _kl(q, m)
-    if kind == "skew_kl":
-        return _kl(p, ALPHA * p + (1 - ALPHA) * q)
-    if kind == "skew_reverse_kl":
-        return _kl(q, (1 - ALPHA) * p + ALPHA * q)
-    return 0.5 * (p - q).abs().sum(-1)
 
 
 def _buckets(probs: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -66,7 +45,7 @@ def test_every_divergence_is_the_bucket_formula(kind, k):
     p = torch.softmax(z_t.double() / temperature, -1)
     q = torch.softmax(reference_student / temperature, -1)
     kept = p.topk(k, -1).indices
-    want = _reference(kind, _buckets(p, kept), _buckets(q, kept)).mean()
+    want = divergence_of_probabilities(kind, _buckets(p, kept), _buckets(q, kept), BETA, ALPHA).mean()
     want.backward()
     torch.testing.assert_close(ours.double(), want, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(student.grad.double(), reference_student.grad, rtol=1e-4, atol=1e-7)

@@ -4,14 +4,12 @@ stopped mid-epoch and resumed from its checkpoint ends where the uninterrupted r
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_kd.data import PretrainDataModule
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.methods import KD
-from tests.cli_fixtures import StopAtStep, write_corpus
+from tests.cli_fixtures import fit_with_checkpoints, write_corpus
 from tests.conftest import make_tiny_bert, write_tiny_tokenizer
 
 
@@ -30,13 +28,7 @@ def _fit(assets, root, *, compact=True, stop_at=None, ckpt_path=None):
                               validation_fraction=0.1, masking_seed=0)
     method = KD(teacher=str(assets["teacher"]), student_init="teacher_uniform", student_layers=2, prediction=PredictionLoss(hard_weight=0.5, temperature=2.0))
     method.compact_heads = compact
-    callbacks = [ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_top_k=-1)]
-    if stop_at is not None:
-        callbacks.append(StopAtStep(stop_at))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=6, max_epochs=5, limit_val_batches=1, num_sanity_val_steps=0,
-                         enable_progress_bar=False, enable_model_summary=False, logger=False, default_root_dir=root, callbacks=callbacks)
-    pl.seed_everything(7)
-    trainer.fit(method, datamodule=data, ckpt_path=ckpt_path)
+    trainer = fit_with_checkpoints(method, data, root, stop_at=stop_at, ckpt_path=ckpt_path)
     return method, trainer
 
 
