@@ -108,7 +108,8 @@ def test_causal_lm_report_has_both_models_and_the_hand_computed_perplexity(lm_di
     expected, tokens = hand_perplexity(lm_dirs["teacher"], HELD_OUT)
     assert float(rows["teacher"][3]) == pytest.approx(expected, abs=0.006)  # printed with 2 decimals
     assert f"over {tokens} held-out tokens" in markdown
-    assert float(rows["student"][5]) > 0 and rows["teacher"][6] == "1.00×"
+    assert float(rows["student"][6]) > 0 and rows["teacher"][7] == "1.00×"
+    assert "bits per byte" in header and float(rows["teacher"][4]) > 0
     # generations: one row per non-blank prompt line, side by side, '|' escaped; the template was applied
     assert "### Greedy generations (chat template applied)" in markdown
     generations = markdown.split("### Greedy generations")[1]
@@ -117,17 +118,22 @@ def test_causal_lm_report_has_both_models_and_the_hand_computed_perplexity(lm_di
 
 
 def test_perplexity_of_unshifted_batches_equals_the_hand_computation(lm_dirs):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     batches = causal_lm.evaluation_batches(str(lm_dirs["teacher"]), str(lm_dirs["text"]), BLOCK, 2,
                                            cache_dir=str(lm_dirs["cache"]))
     assert all(torch.equal(b["labels"], b["input_ids"]) for b in batches), "plain text: labels are the unshifted ids"
     model = AutoModelForCausalLM.from_pretrained(lm_dirs["teacher"]).eval()
-    ppl, accuracy, tokens = causal_lm.perplexity(model, batches)
+    from lightning_kd.metrics.token_bytes import token_byte_lengths
+
+    token_bytes = token_byte_lengths(AutoTokenizer.from_pretrained(lm_dirs["teacher"]))
+    ppl, accuracy, tokens, bits = causal_lm.perplexity(model, batches, token_bytes)
     expected, expected_tokens = hand_perplexity(lm_dirs["teacher"], HELD_OUT)
     assert tokens == expected_tokens == sum(b["input_ids"].numel() - b["input_ids"].shape[0] for b in batches)
     assert ppl == pytest.approx(expected, rel=1e-5)
     assert 0 <= accuracy <= 1
+    scored_bytes = sum(int(token_bytes[b["labels"][:, 1:]].sum()) for b in batches)
+    assert bits == pytest.approx(math.log(expected) * tokens / (math.log(2) * scored_bytes), rel=1e-5)
 
 
 def test_prompts_take_the_chat_template_only_when_asked_and_present(lm_dirs, tmp_path):
@@ -174,7 +180,10 @@ def test_data_config_scores_the_test_split_a_training_config_holds_out(lm_dirs, 
     tokens = sum(int(b["labels"][:, 1:].ne(-100).sum()) for b in batches)
     assert f"over {tokens} held-out tokens of the test split of the data in {config}" in markdown
     model = AutoModelForCausalLM.from_pretrained(lm_dirs["teacher"]).eval()
-    assert float(table_rows(markdown)["teacher"][3]) == pytest.approx(causal_lm.perplexity(model, batches)[0], abs=0.006)
+    from lightning_kd.data.sources import load_tokenizer
+
+    token_bytes = causal_lm.token_byte_lengths(load_tokenizer(str(lm_dirs["teacher"])))
+    assert float(table_rows(markdown)["teacher"][3]) == pytest.approx(causal_lm.perplexity(model, batches, token_bytes)[0], abs=0.006)
     config.write_text("data:\n  class_path: lightning_kd.data.GlueDataModule\n")
     with pytest.raises(ValueError, match="not a CausalLMDataModule"):
         causal_lm.config_batches(str(config))

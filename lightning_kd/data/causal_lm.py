@@ -9,6 +9,7 @@ import datasets
 from datasets import Dataset, Features, IterableDataset, List, Value
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
@@ -25,6 +26,7 @@ from lightning_kd.data.lm_examples import (
 from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
 from lightning_kd.data.sources import load_tokenizer, locate_embedded
 from lightning_kd.metrics import build_lm_metrics
+from lightning_kd.metrics.token_bytes import token_byte_lengths
 
 # int32 ids halve the cached corpus on disk versus the int64 that ``map`` would infer.
 _BLOCK_FEATURES = Features({"input_ids": List(Value("int32"))})
@@ -185,6 +187,7 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
         self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._token_bytes: Tensor | None = None  # bytes of text per token id, for bits per byte
         self._bos_id: int | None = None
         self.datasets: dict[str, Dataset | IterableDataset] = {}
         self._sharded = False
@@ -237,8 +240,11 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         """Next-token metrics keyed ``<prefix>...`` (:func:`lightning_kd.metrics.build_lm_metrics`).
 
         The causal-LM stage updates them with the logits and the labels it has shifted to match them.
+        Bits per byte count the bytes of text the tokenizer's tokens spell (:mod:`lightning_kd.metrics.token_bytes`).
         """
-        return build_lm_metrics(prefix)
+        if self._token_bytes is None:
+            self._token_bytes = token_byte_lengths(self.tokenizer)
+        return build_lm_metrics(prefix, self._token_bytes)
 
     @property
     def fingerprint(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Next-token metrics for causal LMs: perplexity and token accuracy.
+"""Next-token metrics for causal LMs: perplexity, token accuracy and bits per byte.
 
 ``build_lm_metrics(prefix)`` is called as ``metrics.update(logits, labels)`` with labels **already
 aligned** to the logits (``labels[t]`` is the target of ``logits[t]``: the causal-LM stage shifts
@@ -18,6 +18,8 @@ bounded whatever the vocabulary.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,14 +71,40 @@ class TokenPerplexity(Perplexity):
         self.count += labels.numel()
 
 
-def build_lm_metrics(prefix: str = "") -> MetricCollection:
-    """``<prefix>perplexity`` and ``<prefix>token_accuracy`` (argmax accuracy) over positions not labelled -100.
+class BitsPerByte(TokenPerplexity):
+    """The summed next-token NLL in bits over the UTF-8 bytes of text the scored tokens spell:
+    ``total NLL / (ln 2 · total bytes)``, comparable across tokenizers (perplexity is not).
+
+    Args:
+        token_bytes: ``(V,)`` bytes of text per token id (:func:`~lightning_kd.metrics.token_bytes.token_byte_lengths`).
+        ignore_index: label of positions that are not scored.
+    """
+
+    def __init__(self, token_bytes: Tensor, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
+        super().__init__(ignore_index=ignore_index, **kwargs)
+        self.register_buffer("token_bytes", token_bytes.long(), persistent=False)
+        self.add_state("bytes", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        super().update(preds, target)
+        labels = target.reshape(-1)
+        self.bytes += self.token_bytes.to(labels.device)[labels[labels.ne(self.ignore_index)].long()].sum()
+
+    def compute(self) -> Tensor:
+        return self.total_log_probs / (math.log(2) * self.bytes.clamp_min(1).to(self.total_log_probs.dtype))
+
+
+def build_lm_metrics(prefix: str = "", token_bytes: Tensor | None = None) -> MetricCollection:
+    """``<prefix>perplexity`` and ``<prefix>token_accuracy`` (argmax accuracy) over positions not labelled -100,
+    and ``<prefix>bits_per_byte`` when ``token_bytes`` (bytes of text per token id) is given.
 
     Call as ``metrics.update(logits, labels)`` with aligned labels, ``(B, N, V)``/``(B, N)`` or
-    ``(R, V)``/``(R,)``. Both are sums of per-token statistics, so they are token-weighted over all
+    ``(R, V)``/``(R,)``. All are sums of per-token statistics, so they are token-weighted over all
     updates and correct under DDP (states reduced by sum).
     """
     metrics = {"perplexity": TokenPerplexity(ignore_index=IGNORE_INDEX),
                "token_accuracy": MaskedTokenAccuracy(ignore_index=IGNORE_INDEX)}
+    if token_bytes is not None:
+        metrics["bits_per_byte"] = BitsPerByte(token_bytes, ignore_index=IGNORE_INDEX)
     # compute_groups=False: the two metrics share no state, so grouping would only add checks.
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)

@@ -35,6 +35,7 @@ from torch import Tensor
 from lightning_kd.core.features import model_inputs
 from lightning_kd.data.chitchat import CHITCHAT
 from lightning_kd.metrics import build_lm_metrics
+from lightning_kd.metrics.token_bytes import byte_rule, token_byte_lengths
 
 #: Held-out prompts used when none are given (not drawn from any training corpus of lightning_kd).
 DEFAULT_PROMPTS = (
@@ -57,17 +58,20 @@ class LMScores:
     perplexity: float
     token_accuracy: float
     tokens: int
+    bits_per_byte: float
+    byte_rule: str  # how the tokenizer's bytes were counted (lightning_kd.metrics.token_bytes.byte_rule)
     tokens_per_second: float
     generations: list[str] = field(default_factory=list)
 
 
-def perplexity(model, batches: Iterable[dict[str, Tensor]]) -> tuple[float, float, int]:
-    """``(perplexity, next-token accuracy, scored tokens)`` of ``model`` on batches with unshifted labels.
+def perplexity(model, batches: Iterable[dict[str, Tensor]], token_bytes: Tensor) -> tuple[float, float, int, float]:
+    """``(perplexity, next-token accuracy, scored tokens, bits per byte)`` of ``model`` on batches with
+    unshifted labels (``token_bytes``: bytes of text per token id, for bits per byte).
 
     The logits at ``t`` are scored against ``labels[t + 1]`` (the last position predicts nothing),
-    positions labelled -100 are left out, and both numbers are token-weighted over all batches.
+    positions labelled -100 are left out, and every number is token-weighted over all batches.
     """
-    metrics = build_lm_metrics()
+    metrics = build_lm_metrics(token_bytes=token_bytes)
     device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in batches:
@@ -76,7 +80,7 @@ def perplexity(model, batches: Iterable[dict[str, Tensor]]) -> tuple[float, floa
             metrics.update(logits[:, :-1], batch["labels"][:, 1:])
     tokens = int(metrics["perplexity"].count.item())
     out = metrics.compute()
-    return float(out["perplexity"]), float(out["token_accuracy"]), tokens
+    return float(out["perplexity"]), float(out["token_accuracy"]), tokens, float(out["bits_per_byte"])
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool) -> tuple[list[Tensor], bool]:
@@ -307,8 +311,8 @@ def compare(
                 else evaluation_batches(source, text, block_size, batch_size, max_samples, cache_dir)
             )
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device).eval()
-        ppl, accuracy, tokens = perplexity(model, batches[source])
         tok = load_tokenizer(source)
+        ppl, accuracy, tokens, bits = perplexity(model, batches[source], token_byte_lengths(tok))
         encoded, templated = encode_prompts(tok, prompts, chat)
         generations = greedy_generations(model, tok, encoded, max_new_tokens)
         speed = generation_speed(model, tok, encoded, max_new_tokens, repeats)
@@ -316,7 +320,7 @@ def compare(
         rows.append(LMScores(
             name=name, layers=getattr(config, "num_hidden_layers", "?"),
             parameters=sum(p.numel() for p in model.parameters()), perplexity=ppl, token_accuracy=accuracy,
-            tokens=tokens, tokens_per_second=speed, generations=generations,
+            tokens=tokens, bits_per_byte=bits, byte_rule=byte_rule(tok), tokens_per_second=speed, generations=generations,
         ))
         del model
     if data_config:
@@ -335,22 +339,26 @@ def render(
 ) -> str:
     """The Markdown report of ``rows`` (teacher first)."""
     lines = [
-        "| model | layers | parameters | perplexity | next-token accuracy | generation tokens / s | speed-up |",
-        "|---|---|---|---|---|---|---|",
+        "| model | layers | parameters | perplexity | bits per byte | next-token accuracy | generation tokens / s | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.name} | {row.layers} | {_count(row.parameters)} | {row.perplexity:.2f} | "
+            f"| {row.name} | {row.layers} | {_count(row.parameters)} | {row.perplexity:.2f} | {row.bits_per_byte:.3f} | "
             f"{100 * row.token_accuracy:.2f} | {row.tokens_per_second:.1f} | "
             f"{row.tokens_per_second / rows[0].tokens_per_second:.2f}× |"
         )
     threads = f", {torch.get_num_threads()} CPU threads" if device == "cpu" else ""
     lines += [
         "",
-        f"Perplexity and accuracy over {rows[0].tokens} held-out tokens of {data}; "
+        f"Perplexity, bits per byte and accuracy over {rows[0].tokens} held-out tokens of {data} (bits per byte: "
+        "the summed NLL in bits over the UTF-8 bytes the scored tokens spell, comparable across tokenizers); "
         f"speed: greedy decoding of {max_new_tokens} new tokens for each of {len(prompts)} prompts, batch 1, median of "
         f"{repeats} passes, {device}{threads}.",
     ]
+    if any(row.byte_rule == "approximate" for row in rows):
+        lines.append("Bits per byte are approximate here: a tokenizer without byte-level or SentencePiece tokens is "
+                     "counted as its tokens' text plus one joining space each.")
     if not same_tokens:
         lines.append(
             f"The models have different tokenizers: each is scored on its own tokens ({rows[-1].tokens} for the "
