@@ -55,6 +55,9 @@ class DistillationCLI(LightningCLI):
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.export_tokenizer")
         parser.link_arguments("data.task_head", "model.init_args.task_head", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+        # The teachers' own tokenizers: the data module writes their encodings, the method hands them to the
+        # teachers. Data modules without the knob (yours, say) simply have no second encoding.
+        parser.link_arguments("data", "model.init_args.teacher_tokenizer", compute_fn=teacher_encodings_of, apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         for module in _NAMED_CLASSES:
@@ -130,6 +133,11 @@ class _HelpFormatter(DefaultHelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def teacher_encodings_of(data: LightningDataModule) -> object:
+    """The ``teacher_tokenizer`` a data module encodes for (``None`` for one without the knob)."""
+    return getattr(data, "teacher_encodings", None)
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> DistillationCLI:

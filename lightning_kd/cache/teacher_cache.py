@@ -214,7 +214,7 @@ class TeacherCache:
             check_key(manifest["key"], key, directory)
             layout = RecordLayout.from_description(manifest["layout"])
         else:
-            probe = module.teacher_forward(index, _probe_batch(module.device))
+            probe = module.teacher_forward(index, _probe_batch(module.device, module.teacher_tokenizers.prefix_of(index)))
             layout = RecordLayout.from_features(probe, request, self.top_k, self.dtype, tail_temperature)
             write_manifest(directory, key, layout.describe())
         stored_request = request_from_description(key["request"])
@@ -280,6 +280,9 @@ class _TeacherStore:
         self.appended = 0
 
     def features(self, module: Any, batch: dict[str, Tensor]) -> Features:
+        # Rows are the teacher's own encoding (a teacher of another tokenizer reads its own keys); the sample
+        # check also needs the student's batch, which the method's terms read.
+        student_batch, batch = batch, module.teacher_inputs(batch, self.index)
         request = module.teacher_features_request(self.index)
         missing = covers(self.request, request)
         if missing:
@@ -296,7 +299,8 @@ class _TeacherStore:
             self._check_inputs(rows, batch, examples, np.arange(len(examples)))
             cached = self.layout.decode(rows, batch, request, module.device)
             if verify:
-                check_sample(module, self.index, batch, module.teacher_forward(self.index, batch), cached, self.layout, self.dtype)
+                check_sample(module, self.index, student_batch, batch, module.teacher_forward(self.index, batch), cached,
+                             self.layout, self.dtype)
                 self.checked += 1
             return cached
         live = module.teacher_forward(self.index, batch)
@@ -306,7 +310,7 @@ class _TeacherStore:
         # The step uses what the cache will hold, so a run trains the same whether its cache was warm or cold.
         cached = self.layout.decode(rows, batch, request, module.device)
         if verify:
-            check_sample(module, self.index, batch, live, cached, self.layout, self.dtype)
+            check_sample(module, self.index, student_batch, batch, live, cached, self.layout, self.dtype)
             self.checked += 1
         new = [int(row) for row in np.flatnonzero(~found) if examples[row] not in examples[:row]]
         self.shards.append(examples[new], rows.select(new))
@@ -354,7 +358,9 @@ class _CacheHooks(Callback):
             self.cache.close()
 
 
-def _probe_batch(device: torch.device) -> dict[str, Tensor]:
-    """A one-row, two-token batch: its features tell the stored shapes without reading any data."""
+def _probe_batch(device: torch.device, prefix: str | None = None) -> dict[str, Tensor]:
+    """A one-row, two-token batch: its features tell the stored shapes without reading any data (under the
+    teacher's own prefix too, for a teacher that reads its own tokenizer's encoding)."""
     ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return probe | ({prefix + key: value for key, value in probe.items()} if prefix is not None else {})

@@ -46,9 +46,12 @@ class CacheMismatchError(ValueError):
     """Loss terms computed from cached teacher features differ from the live teacher's."""
 
 
-def check_sample(module, index: int, batch: dict[str, Tensor], live: Features, cached: Features,
-                 layout: RecordLayout, dtype: str) -> None:
+def check_sample(module, index: int, batch: dict[str, Tensor], teacher_batch: dict[str, Tensor], live: Features,
+                 cached: Features, layout: RecordLayout, dtype: str) -> None:
     """Compare the method's terms for teacher ``index`` with ``live`` and ``cached`` features (module docstring).
+
+    ``batch`` is what the student and the terms read; ``teacher_batch`` what the teacher read (its own encoding
+    for a teacher of another tokenizer, else the same batch).
 
     Raises:
         CacheMismatchError: a term differs; the message names it and the reason.
@@ -63,10 +66,10 @@ def check_sample(module, index: int, batch: dict[str, Tensor], live: Features, c
 
         shaped = live
         if layout.tail_temperature is not None:
-            shaped = layout.tail_view(live, batch)
+            shaped = layout.tail_view(live, teacher_batch)
         elif layout.top_k is not None:
             shaped = Features(**{**vars(live), "logits": topk_logits(with_logits(live).logits, layout.top_k), "head_rows": None})
-        zeroed = zero_padding(shaped, real_tokens(batch).to(module.device))
+        zeroed = zero_padding(shaped, real_tokens(teacher_batch).to(module.device))
         reference = terms(zeroed)
         _compare(terms(shaped), reference, _PADDING_TOLERANCE, index, lambda name: (
             f"term {name!r} reads the teacher's values at padded positions, which the cache does not store "

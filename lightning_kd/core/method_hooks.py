@@ -50,6 +50,11 @@ class MethodHooks:
     #: token-level steps may then keep the rows entering the vocabulary projections instead of logits
     #: (:meth:`fused_heads`). A property where a knob decides (LogitsDistil).
     fused_heads_ready: bool = False
+    #: Set by methods whose every teacher term compares one vector per example of each model, each computed
+    #: from that model's own tokens and mask (task logits, pooled hidden states or relations, read through
+    #: ``teacher.attention_mask`` for the teacher): a teacher that reads another tokenizer then works
+    #: (``teacher_tokenizer``). A property where a knob decides (PKD's ``positions``).
+    per_example_teacher_terms: bool = False
 
     @property
     def compact_heads(self) -> bool:
@@ -177,6 +182,33 @@ class MethodHooks:
         still see the original batch, whose positions are the same.
         """
         return batch
+
+    def teacher_inputs(self, batch: dict[str, Tensor], teacher_index: int) -> dict[str, Tensor]:
+        """The batch as teacher ``teacher_index`` reads it: its own tokenizer's encoding of the same text
+        for a teacher of another tokenizer (``teacher_tokenizer``; the data module writes it under the
+        teacher's prefix), else the batch unchanged. Every teacher forward reads it, live or through the
+        teacher cache (:meth:`~lightning_kd.core.module.DistillationModule.teacher_forward`, ``run_teacher``)."""
+        return self.teacher_tokenizers.inputs(batch, teacher_index)
+
+    def cross_tokenizer_refusal(self) -> str | None:
+        """Why this method cannot learn from a teacher that reads another tokenizer, or ``None`` when it can.
+
+        Two tokenizations of one text have different positions, so a term may compare the models only
+        through one vector per example: the task head's logits, or what :attr:`per_example_teacher_terms`
+        methods pool from each model's own tokens. Refused: token-level stages (the predictions are per
+        token), terms that read teacher features position by position, teacher weights inside the student's
+        step, random token ids, and multi-teacher strategies that read token logits.
+        """
+        if self.task_stage.token_level:
+            return f"the {self.task_stage.name} stage compares the two models' predictions token by token"
+        if self.reads_teacher_weights:
+            return "it runs the teacher's layers or weights on the student's tokens"
+        if self.random_inputs is not None:
+            return "random_inputs draws token ids from one vocabulary for both models"
+        reads_features = any(self.teacher_request(index) != FeatureRequest() for index in range(len(self.teachers)))
+        if reads_features and not self.per_example_teacher_terms:
+            return "its terms compare the teacher's and the student's hidden states or attention position by position"
+        return None
 
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> LossTerms:
         """Terms that need no teacher; default: the weighted hard (task or MLM) loss (role ``HARD``).

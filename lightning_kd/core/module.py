@@ -58,6 +58,7 @@ from lightning_kd.core.sequence_length import check_sequence_length
 from lightning_kd.core.student_builder import StudentInit, build_student, check_vocabularies, infer_task_head
 from lightning_kd.core.teacher_pool import TeacherPool
 from lightning_kd.core.terms import LossTerms, Role
+from lightning_kd.cross_tokenizer.teacher_tokenizers import TeacherTokenizer, TeacherTokenizers
 from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
 from lightning_kd.models.loading import ModelSource, Precision
@@ -88,6 +89,11 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         num_labels: number of task labels (1 = regression); linked from the data module by the CLI.
         export_tokenizer: tokenizer saved with the exported student (the CLI links it from the data
             module's ``tokenizer``; default: the teacher's or student's own directory).
+        teacher_tokenizer: the tokenizer of a teacher of another family, one for every teacher or one entry
+            per teacher (``None`` for a teacher that reads the student's tokens): that teacher reads its own
+            encoding of the same text from the batch (:meth:`teacher_inputs`), and terms that pair the two
+            models' tokens are refused at construction (:meth:`cross_tokenizer_refusal`). The CLI links it
+            from the data module, which writes those encodings; see :mod:`lightning_kd.cross_tokenizer`.
         student_init: ``"pretrained"`` loads ``student``'s weights; ``"random"`` builds it from its
             config; ``"teacher_first"`` / ``"teacher_uniform"`` / ``"teacher_first_last"`` copy
             ``student_layers`` teacher layers (the first ones; the last of each uniform segment; or the
@@ -156,6 +162,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         task_head: TaskHead | None = None,
         num_labels: int | None = None,
         export_tokenizer: str | None = None,
+        teacher_tokenizer: TeacherTokenizer = None,
         student_init: StudentInit = "pretrained",
         student_layers: int | list[int] | None = None,
         allow_width_truncation: bool = False,
@@ -194,6 +201,9 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if prediction is not None and prediction.soft_weight > 0 and not sources:
             raise ValueError("prediction.soft_weight > 0 needs a teacher; set soft_weight=0 or give a teacher.")
         self.tokenizer_source = export_tokenizer or _first_str(sources) or _first_str([student])
+        #: The teachers that read their own tokenizer's encoding of the text (see :meth:`teacher_inputs`).
+        self.teacher_tokenizers = TeacherTokenizers.of(teacher_tokenizer, export_tokenizer)
+        self.teacher_tokenizers.check_teachers(len(sources))
         #: The stage (:mod:`lightning_kd.stages`) everything stage-dependent asks (``stage`` is left to the
         #: methods whose own training stages it counts: SID, MobileBERT).
         self.task_stage: Stage = stage_named(task_head or infer_task_head(sources, student))
@@ -248,7 +258,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
     def _check_vocabularies(self) -> None:
         """Teacher and student read the same input ids, so their embedding tables must agree (a hook:
         VocabDistil's student reads mapped ids and checks its vocabulary map instead)."""
-        check_vocabularies(self.student, self.teachers)
+        check_vocabularies(self.student, self.teachers, own_tokenizer=[
+            self.teacher_tokenizers.prefix_of(index) is not None for index in range(len(self.teachers))])
 
     def __setstate__(self, state: dict) -> None:
         # A module unpickled in another process (ddp_spawn workers) registers its hyper-parameter
@@ -265,6 +276,13 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         """
         if self.teacher_cache is not None:
             self.teacher_cache.check_module(self)
+        if self.teacher_tokenizers and (reason := self.cross_tokenizer_refusal()) is not None:
+            raise ValueError(
+                f"{type(self).__name__} cannot learn from a teacher that reads another tokenizer (teacher_tokenizer: "
+                f"{self.teacher_tokenizers.argument}): {reason}. Methods that compare one vector per example work "
+                "across tokenizers (KD on the task logits, PKD, Universal-KD, RAIL-KD, …; docs/cross_tokenizer.md); "
+                "or give the teacher the student's tokenizer."
+            )
         check_attention_requests(self)
         if self.generated_batches is not None:
             self.generated_batches.check_method(self)
@@ -297,7 +315,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
     def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
         """Teacher ``index``'s features on ``batch`` (no graph, float32): read from :attr:`teacher_cache`
         when it holds every row of the batch, else from :meth:`teacher_forward` (the cache stores them)."""
-        return self.teacher_pool.run(index, batch, self)
+        return self.teacher_pool.run(index, batch, self)  # both paths read the teacher's inputs (teacher_inputs)
 
     def teacher_forward(self, index: int, batch: dict[str, Tensor], *, request: FeatureRequest | None = None) -> Features:
         """Run teacher ``index`` live on ``batch`` where :attr:`teacher_placement` puts it; the
@@ -307,7 +325,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             request: what to capture (default: :meth:`teacher_features_request`).
         """
         request = self.teacher_features_request(index) if request is None else request
-        return self.teacher_pool.forward(index, batch, request, device=self.device, **self._teacher_context())
+        return self.teacher_pool.forward(index, self.teacher_inputs(batch, index), request, device=self.device,
+                                         **self._teacher_context())
 
     def place_teacher(self, index: int) -> tuple[nn.Module, torch.device]:
         """Teacher ``index`` where :attr:`teacher_placement` puts it (moved or partitioned the first time),

@@ -103,19 +103,26 @@ def _initialised(
     return student
 
 
-def check_vocabularies(student: PreTrainedModel, teachers: Sequence[PreTrainedModel]) -> None:
+def check_vocabularies(student: PreTrainedModel, teachers: Sequence[PreTrainedModel], own_tokenizer: Sequence[bool] = ()) -> None:
     """Teacher and student read the same input ids, so their embedding tables must agree.
+
+    Args:
+        own_tokenizer: per teacher, whether it reads its own tokenizer's encoding (``teacher_tokenizer``):
+            such a teacher's vocabulary is its own business.
 
     Raises:
         ValueError: naming the teacher whose vocabulary size differs from the student's.
     """
     student_vocab = student.config.vocab_size
     for index, teacher in enumerate(teachers):
+        if index < len(own_tokenizer) and own_tokenizer[index]:
+            continue
         if teacher.config.vocab_size != student_vocab:
             raise ValueError(
                 f"Teacher {index} has a vocabulary of {teacher.config.vocab_size} tokens but the student has "
                 f"{student_vocab}; both read the same token ids, so they must share a tokenizer. "
-                "Use a student built for the teacher's tokenizer (or VocabDistil for a compressed vocabulary)."
+                "Use a student built for the teacher's tokenizer, give the data module the teacher's tokenizer as "
+                "teacher_tokenizer (two encodings of the same text), or VocabDistil for a compressed vocabulary."
             )
 
 

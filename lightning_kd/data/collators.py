@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -84,11 +84,14 @@ class PaddingCollator:
         pad_token_id: the tokenizer's ``[PAD]`` id.
         padding_side: ``"right"`` (BERT) or ``"left"``.
         label_dtype: ``torch.long`` for classes, ``torch.float32`` for regression scores.
+        teacher_padding: per prefix of a teacher's own encoding (``"teacher_"``), its tokenizer's pad id
+            and padding side: its columns are padded as that tokenizer pads (to the longest of its rows).
     """
 
     pad_token_id: int
     padding_side: str = "right"
     label_dtype: torch.dtype = torch.long
+    teacher_padding: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         """Pad every input column to the batch's longest row; labels and example indices become one tensor each."""
@@ -100,9 +103,25 @@ class PaddingCollator:
             elif key == EXAMPLE_INDEX:
                 batch[key] = torch.tensor(values, dtype=torch.long)
             else:
-                value = self.pad_token_id if key == "input_ids" else _PAD_VALUES.get(key, 0)
-                batch[key] = pad_rows(values, value, self.padding_side)
+                prefix = next((p for p in self.teacher_padding if key.startswith(p)), "")
+                pad_id, side = self.teacher_padding.get(prefix, (self.pad_token_id, self.padding_side))
+                name = key[len(prefix):]
+                value = pad_id if name == "input_ids" else _PAD_VALUES.get(name, 0)
+                batch[key] = pad_spans(values, side) if name == "offset_mapping" else pad_rows(values, value, side)
         return batch
+
+
+def pad_spans(rows: Sequence[Sequence[Sequence[int]]], side: str = "right") -> Tensor:
+    """Stack rows of ``(start, end)`` character spans into ``(len(rows), longest, 2)`` int64, padding with
+    the empty span ``(0, 0)`` (what tokenizers give special tokens: it covers no character)."""
+    longest = max((len(row) for row in rows), default=0)
+    out = torch.zeros((len(rows), longest, 2), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if len(row):
+            spans = torch.as_tensor([list(span) for span in row], dtype=torch.long)
+            start = longest - len(row) if side == "left" else 0
+            out[index, start: start + len(row)] = spans
+    return out
 
 
 class MaskingCollator:

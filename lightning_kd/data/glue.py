@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
+from lightning_kd.cross_tokenizer.teacher_tokenizers import TeacherTokenizer, TeacherTokenizers
 from lightning_kd.data.collators import IndexedRows, PaddingCollator
 from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
 from lightning_kd.data.sources import load_tokenizer
@@ -69,6 +70,12 @@ class GlueDataModule(LightningDataModule):
             subset that ``max 4000`` takes.
         max_eval_samples: same for validation and test.
         cache_dir: directory for the ``datasets`` Arrow cache (default: the ``datasets`` cache).
+        teacher_tokenizer: the tokenizer of a teacher of another family (MPNet, DeBERTa, … for a BERT
+            student), one for every teacher or one entry per teacher (``null`` for a teacher that reads the
+            student's tokens). Each batch then also carries that teacher's encoding of the same text
+            (``teacher_input_ids``, ``teacher_attention_mask``, character offsets; ``teacher{i}_…`` with a
+            list), with the same examples, labels and order; the CLI links it to the method. A name equal
+            to ``tokenizer`` changes nothing. See :mod:`lightning_kd.cross_tokenizer`.
 
     Raises:
         ValueError: unknown task, no data source, conflicting sources, or an invalid number.
@@ -98,6 +105,7 @@ class GlueDataModule(LightningDataModule):
         max_eval_samples: int | None = None,
         cache_dir: str | None = None,
         skip_train_samples: int = 0,
+        teacher_tokenizer: TeacherTokenizer = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -121,6 +129,8 @@ class GlueDataModule(LightningDataModule):
             cache_dir=cache_dir,
         )
         self.tokenizer_name = tokenizer
+        self.teacher_tokenizers = TeacherTokenizers.of(teacher_tokenizer, tokenizer)
+        self._teacher_tokenizer_objects: dict[str, PreTrainedTokenizerBase] = {}
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -136,6 +146,21 @@ class GlueDataModule(LightningDataModule):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
+
+    @property
+    def teacher_encodings(self) -> TeacherTokenizer:
+        """The teachers' own tokenizers, normalised (``None`` when every teacher reads the student's tokens):
+        the CLI links it to the method's ``teacher_tokenizer``."""
+        return self.teacher_tokenizers.argument
+
+    def _teacher_encoders(self) -> list[tuple[str, PreTrainedTokenizerBase]]:
+        """``(prefix, tokenizer)`` of each teacher encoding, the tokenizers loaded once."""
+        encoders = []
+        for prefix, name in self.teacher_tokenizers.encodings():
+            if name not in self._teacher_tokenizer_objects:
+                self._teacher_tokenizer_objects[name] = load_tokenizer(name)
+            encoders.append((prefix, self._teacher_tokenizer_objects[name]))
+        return encoders
 
     @property
     def num_labels(self) -> int:
@@ -173,6 +198,8 @@ class GlueDataModule(LightningDataModule):
             "seed": self.seed,
             "train_examples": len(train),
             "datasets_fingerprint": train._fingerprint,
+            # Only when set, so caches of same-tokenizer runs keep their keys.
+            **({"teacher_tokenizer": self.teacher_encodings} if self.teacher_tokenizers else {}),
         }
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -201,7 +228,7 @@ class GlueDataModule(LightningDataModule):
             if skip or (limit is not None and limit < len(examples)):
                 end = len(examples) if limit is None else min(skip + limit, len(examples))
                 examples = examples.shuffle(seed=self.seed).select(range(skip, end))
-            self.datasets[split] = tokenize_examples(examples, self.tokenizer, self.max_length)
+            self.datasets[split] = tokenize_examples(examples, self.tokenizer, self.max_length, self._teacher_encoders())
         return self.datasets[split]
 
     # ----------------------------------------------------------------------------- loaders
@@ -232,6 +259,8 @@ class GlueDataModule(LightningDataModule):
                 pad_token_id=self.tokenizer.pad_token_id or 0,
                 padding_side=self.tokenizer.padding_side,
                 label_dtype=torch.float32 if self.task_spec.is_regression else torch.long,
+                teacher_padding={prefix: (tokenizer.pad_token_id or 0, tokenizer.padding_side)
+                                 for prefix, tokenizer in self._teacher_encoders()},
             ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

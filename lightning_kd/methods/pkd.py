@@ -190,6 +190,11 @@ class PKD(DistillationModule):
                 projections.append(nn.Linear(teacher_width, student_width))
         self.projections = nn.ModuleList(projections)
 
+    @property
+    def per_example_teacher_terms(self) -> bool:
+        """Pooled per example (``positions="cls"``), so a teacher may read another tokenizer; not ``all_tokens``."""
+        return self.positions == "cls"
+
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=True)
 
@@ -206,13 +211,12 @@ class PKD(DistillationModule):
         multi-teacher strategies).
         """
         mask = batch["attention_mask"] if self.positions == "all_tokens" else None
-        tokens = batch.get("attention_mask")
         s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
         total = 0.0
         for s_index, t_index in self.layer_pairs[teacher_index]:
             s_state, t_state = student.hidden_states[s_index], teacher.hidden_states[t_index]
-            if self.positions == "cls":
-                s_state, t_state = pool(s_state, tokens, s_mode), pool(t_state, tokens, t_mode)
+            if self.positions == "cls":  # each model pools its own tokens (a teacher may read another tokenizer)
+                s_state, t_state = pool(s_state, student.attention_mask, s_mode), pool(t_state, teacher.attention_mask, t_mode)
             if self.projection == "student_to_teacher":
                 s_state = self.projections[teacher_index](s_state)
             elif self.projection == "teacher_to_student":

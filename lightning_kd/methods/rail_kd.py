@@ -210,6 +210,9 @@ class RAILKD(DistillationModule):
         return [0] * self.include_embedding + self.teacher_layers[teacher_index] + [depth] * self.include_final
 
     # ------------------------------------------------------------------ the loss
+    #: Every term compares pooled vectors, so a teacher may read another tokenizer.
+    per_example_teacher_terms = True
+
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=True)
 
@@ -228,13 +231,14 @@ class RAILKD(DistillationModule):
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> Tensor:
         """Unweighted RAIL distance with one teacher (scalar, or ``(B,)`` with ``per_sample``)."""
-        mask = batch.get("attention_mask")
+        # Each model pools its own tokens: a teacher may read another tokenizer's encoding of the text.
         s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
-        z_s = self.project([student.hidden_states[i] for i in self.student_indices], self.student_projection, mask, s_mode)
+        z_s = self.project([student.hidden_states[i] for i in self.student_indices], self.student_projection,
+                           student.attention_mask, s_mode)
         z_t = self.project(
             [teacher.hidden_states[j] for j in self.teacher_indices(teacher_index)],
             self.teacher_projections[teacher_index],
-            mask,
+            teacher.attention_mask,
             t_mode,
         )
         weights = self.layer_weights if self.variant == "layer_wise" else None

@@ -121,6 +121,9 @@ class UniversalKD(DistillationModule):
             )
         return list(range(1, depth))
 
+    #: Every term compares pooled vectors, so a teacher may read another tokenizer.
+    per_example_teacher_terms = True
+
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=True)
 
@@ -131,16 +134,17 @@ class UniversalKD(DistillationModule):
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int, per_sample: bool = False
     ) -> Tensor:
         """Unweighted intermediate KL with one teacher (scalar, or ``(B,)`` with ``per_sample``)."""
-        mask = batch.get("attention_mask")
+        # Each model pools its own tokens: a teacher may read another tokenizer's encoding of the text.
         s_mode, t_mode = resolve_pair(_shared_name(self.pooling), self.student, self.teachers[teacher_index], teacher_index)
         u = torch.stack(
-            [proj(pool(student.hidden_states[i], mask, s_mode)) for proj, i in zip(self.student_projections, self.student_indices)],
+            [proj(pool(student.hidden_states[i], student.attention_mask, s_mode))
+             for proj, i in zip(self.student_projections, self.student_indices)],
             dim=1,
         )
         projections = self.teacher_projections[teacher_index]
         v = torch.stack(
             [
-                proj(pool(teacher.hidden_states[j], mask, t_mode))
+                proj(pool(teacher.hidden_states[j], teacher.attention_mask, t_mode))
                 for proj, j in zip(projections, self.teacher_indices[teacher_index])
             ],
             dim=1,

@@ -41,7 +41,6 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_kd.core.export import atomic_replace_directory, load_tokenizer
-from lightning_kd.core.features import Features
 from lightning_kd.losses.vocabulary import top_n_count
 from lightning_kd.methods.logits_distil import LogitsDistil
 from lightning_kd.models.vocab_map import (
@@ -118,7 +117,7 @@ class VocabDistil(LogitsDistil):
             raise ValueError(f"similarity_teacher={similarity_teacher} but there are {len(self.teachers)} teachers (0-based), or None for [UNK].")
         if count_limit is not None and count_limit <= 0:
             raise ValueError(f"count_limit must be a positive number of sequences, got {count_limit}.")
-        self.columns, self.teacher_inputs = columns, teacher_inputs
+        self.columns, self.teacher_ids = columns, teacher_inputs  # the knob's value; teacher_inputs() applies it
         self.similarity, self.similarity_teacher = similarity, similarity_teacher
         self.count_limit, self.protected_words = count_limit, list(protected_words or [])
         if self.tokenizer_source and Path(self.tokenizer_source).is_dir() and map_file(self.tokenizer_source).is_file():
@@ -250,10 +249,13 @@ class VocabDistil(LogitsDistil):
             mapped["labels"] = self.vocab_map.student_labels(batch["labels"])
         return mapped
 
-    def run_teacher(self, index: int, batch: dict[str, Tensor]) -> Features:
-        if self.teacher_inputs == "replaced":
+    def teacher_inputs(self, batch: dict[str, Tensor], teacher_index: int) -> dict[str, Tensor]:
+        """``batch`` as the teachers read it: with ``teacher_inputs="replaced"``, every dropped token replaced
+        by the kept token whose row the student reads (idempotent: kept tokens map to themselves)."""
+        batch = super().teacher_inputs(batch, teacher_index)
+        if self.teacher_ids == "replaced":
             batch = {**batch, "input_ids": self.vocab_map.replaced_ids(batch["input_ids"])}
-        return super().run_teacher(index, batch)
+        return batch
 
     def compared_columns(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
         """``kept``: student rows vs the teacher at the kept ids; ``all``: all ``V`` ids on both sides."""
