@@ -29,6 +29,8 @@ from lightning_kd.core.multi_teacher import Average
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.logit_rows import LogitRows, widest
 from lightning_kd.core.terms import LossTerms
+from lightning_kd.cross_tokenizer.next_token import cross_vocabulary_soft
+from lightning_kd.losses.cross_vocabulary import VocabularyMatch
 from lightning_kd.losses.prediction import PredictionLoss
 
 
@@ -95,8 +97,9 @@ class MethodHooks:
         return widest(*kinds, self.multi_teacher.student_logit_rows())
 
     def teacher_logit_rows(self, teacher_index: int) -> LogitRows:
-        """Teacher ``teacher_index``'s token-logit rows a training step reads (as :meth:`student_logit_rows`)."""
-        if not self.prediction_only_logits:
+        """Teacher ``teacher_index``'s token-logit rows a training step reads (as :meth:`student_logit_rows`);
+        every row for a teacher of another tokenizer, whose positions are not the student's."""
+        if self.reads_own_vocabulary(teacher_index) or not self.prediction_only_logits:
             return "all"
         return widest(*(loss.logit_rows() for loss in self.prediction_losses()), self.multi_teacher.teacher_logit_rows())
 
@@ -127,6 +130,8 @@ class MethodHooks:
 
         if not (self.compact_heads and self.task_stage.token_level and self.prediction_only_logits and self.fused_heads_ready):
             return False
+        if self.teacher_tokenizers:  # another vocabulary: its logits are read at aligned positions, not projected with ours
+            return False
         if self.prediction is not None and self.prediction.soft_loss == "mse":
             return False
         strategy = self.multi_teacher
@@ -148,7 +153,7 @@ class MethodHooks:
         the causal-LM stage) and nothing but one prediction loss's divergence reads the teacher's token
         logits (:attr:`fused_heads_ready`, no ``mse``, a multi-teacher strategy that reads no teacher logits).
         """
-        if not (self.task_stage.cache_tail and self.prediction_only_logits and self.fused_heads_ready):
+        if not (self.task_stage.cache_tail and self.prediction_only_logits and self.fused_heads_ready) or self.teacher_tokenizers:
             return None
         losses = self.prediction_losses()
         if len(losses) != 1 or losses[0].soft_loss == "mse" or self.multi_teacher.teacher_logit_rows() != "none":
@@ -190,6 +195,24 @@ class MethodHooks:
         teacher cache (:meth:`~lightning_kd.core.module.DistillationModule.teacher_forward`, ``run_teacher``)."""
         return self.teacher_tokenizers.inputs(batch, teacher_index)
 
+    def reads_own_vocabulary(self, teacher_index: int) -> bool:
+        """Whether teacher ``teacher_index`` predicts tokens of its own vocabulary at its own positions: a teacher
+        of another tokenizer in a token-level stage (its soft term is :mod:`lightning_kd.cross_tokenizer.next_token`'s)."""
+        return self.task_stage.token_level and self.teacher_tokenizers.prefix_of(teacher_index) is not None
+
+    def vocabulary_match(self, teacher_index: int) -> VocabularyMatch | None:
+        """The tokens that spell the same text in the student's and teacher ``teacher_index``'s vocabularies, built
+        once from the two tokenizers; ``None`` where the soft term needs none (``cross_vocabulary: uld``)."""
+        if self.prediction is None or self.prediction.cross_vocabulary == "uld":
+            return None
+        matches = self.__dict__.setdefault("_vocabulary_matches", {})  # not a submodule, not in checkpoints
+        if teacher_index not in matches:
+            from lightning_kd.data.sources import load_tokenizer  # the data table is read only here
+
+            student, teacher = load_tokenizer(self.tokenizer_source), load_tokenizer(self.teacher_tokenizers.tokenizer_of(teacher_index))
+            matches[teacher_index] = VocabularyMatch.between(student, teacher)
+        return matches[teacher_index]
+
     def cross_tokenizer_refusal(self) -> str | None:
         """Why this method cannot learn from a teacher that reads another tokenizer, or ``None`` when it can.
 
@@ -199,8 +222,17 @@ class MethodHooks:
         token), terms that read teacher features position by position, teacher weights inside the student's
         step, random token ids, and multi-teacher strategies that read token logits.
         """
-        if self.task_stage.token_level:
+        if self.task_stage.token_level and not self.task_stage.aligns_across_tokenizers:
             return f"the {self.task_stage.name} stage compares the two models' predictions token by token"
+        if self.task_stage.token_level:  # next-token positions align through the prediction term; nothing else aligns
+            if self.intermediate is not None or type(self).teacher_terms is not MethodHooks.teacher_terms:
+                return "its terms compare the teacher's and the student's tokens position by position; across vocabularies only the prediction term aligns positions"
+            if self.multi_teacher.teacher_logit_rows() != "none":
+                return f"the {type(self.multi_teacher).__name__} strategy reads the teachers' token logits at the student's positions"
+            if self.teacher_cache is not None:
+                return "the teacher cache stores rows at the student's positions; run the teacher live"
+            if self.generated_batches is not None:
+                return "student- or teacher-written batches carry one encoding only"
         if self.reads_teacher_weights:
             return "it runs the teacher's layers or weights on the student's tokens"
         if self.random_inputs is not None:
@@ -232,7 +264,11 @@ class MethodHooks:
         those roles, any other name is ``INTERMEDIATE`` (:func:`~lightning_kd.core.terms.default_role`).
         """
         terms = LossTerms()
-        if self.prediction is not None and self.prediction.soft_weight > 0:
+        if self.prediction is not None and self.prediction.soft_weight > 0 and self.reads_own_vocabulary(teacher_index):
+            # A causal-LM teacher of another vocabulary: next-token distributions compared where both read the same text.
+            terms.soft("soft", cross_vocabulary_soft(self.prediction, student, teacher, batch, self.teacher_inputs(batch, teacher_index),
+                                                     self.vocabulary_match(teacher_index), per_sample=self.per_example_terms))
+        elif self.prediction is not None and self.prediction.soft_weight > 0:
             # One teacher passed through unchanged: the next-token loss can share the soft term's projection.
             alone = len(self.teachers) == 1 and type(self.multi_teacher) is Average
             terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms,

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 #: The soft divergences of :func:`~lightning_kd.losses.logits.soft_divergence`, and ``"mse"`` between raw logits.
 SoftLoss = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "mse"]
 SoftPositions = Literal["masked_tokens", "all_tokens", "all_positions"]
+#: How a causal-LM teacher of another vocabulary is compared (:mod:`lightning_kd.cross_tokenizer.next_token`).
+CrossVocabularyLoss = Literal["uld", "matched", "hybrid"]
 #: The token-logit rows (:data:`~lightning_kd.core.logit_rows.LogitRows`) each ``soft_positions`` reads.
 _ROWS: dict[str, str] = {"masked_tokens": "labelled", "all_tokens": "tokens", "all_positions": "all"}
 
@@ -64,6 +66,13 @@ class PredictionLoss:
             per example, so this knob does not apply to them.
         reduction: ``"masked_mean"`` (default) or ``"gkd"`` (divide by all positions; parity).
         mse_teacher_scale: multiplier on teacher logits in the ``mse`` variant (GKD ``mse_t_w``).
+        cross_vocabulary: causal-LM stage, a teacher that reads another tokenizer: how its next-token
+            distributions are compared with the student's at the positions where both have read the same
+            text (:mod:`lightning_kd.cross_tokenizer.next_token`): ``"uld"`` (default; sorted probabilities,
+            L1, no token correspondence), ``"matched"`` (``soft_loss`` over the tokens both vocabularies spell
+            alike, the rest in one bucket per side) or ``"hybrid"`` (both). Read only in that setting.
+        uld_top: cut ULD's sorted vectors to their first ``m`` entries plus the rest's mass (``None``: exact;
+            a lower bound otherwise, much cheaper on a 262k vocabulary). Read by ``uld``/``hybrid`` only.
         class_mean: divide a KL-family soft term by the class count ``C`` (the last logit
             dimension), i.e. average the per-class summands instead of summing them, as the original
             authors' code does: TinyBERT's ``(−p_T·log p_S).mean()`` and PKD's
@@ -82,6 +91,8 @@ class PredictionLoss:
     class_mean: bool = False
     jsd_beta: float = 0.5
     skew_alpha: float = 0.1
+    cross_vocabulary: CrossVocabularyLoss = "uld"
+    uld_top: int | None = None
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -93,6 +104,10 @@ class PredictionLoss:
         if self.soft_loss not in get_args(SoftLoss):
             raise ValueError(f"soft_loss must be one of {', '.join(get_args(SoftLoss))}; got {self.soft_loss!r}.")
         check_divergence_weights(self.jsd_beta, self.skew_alpha)
+        if self.cross_vocabulary not in get_args(CrossVocabularyLoss):
+            raise ValueError(f"cross_vocabulary must be one of {', '.join(get_args(CrossVocabularyLoss))}; got {self.cross_vocabulary!r}.")
+        if self.uld_top is not None and self.uld_top < 1:
+            raise ValueError(f"uld_top must be a positive number of sorted entries (or null for exact), got {self.uld_top}.")
         if self.class_mean and self.soft_loss == "mse":
             raise ValueError("class_mean averages the kl/ce summands over classes; soft_loss 'mse' already does: remove class_mean.")
         if self.class_mean and self.soft_loss == "tvd":

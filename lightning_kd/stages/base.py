@@ -41,6 +41,10 @@ class Stage:
         cache_tail: a top-k teacher cache keeps the teacher's leftover probability as one tail bucket
             (language models: the top 64 of a 50k–260k vocabulary leave mass worth keeping); otherwise the
             top k are renormalised.
+        aligns_across_tokenizers: a token-level stage whose predictions a teacher of another tokenizer can be
+            compared with: next-token predictions where both encodings have read the same text
+            (:mod:`lightning_kd.cross_tokenizer.next_token`). A masked LM's are not (its masks fall on one
+            encoding's tokens). Sequence-level stages compare one prediction per example anyway.
     """
 
     name: ClassVar[str] = ""
@@ -51,6 +55,7 @@ class Stage:
     description: ClassVar[str] = ""
     generative: ClassVar[bool] = False
     cache_tail: ClassVar[bool] = False
+    aligns_across_tokenizers: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

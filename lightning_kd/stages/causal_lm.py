@@ -41,6 +41,7 @@ class CausalLM(Stage):
     name: ClassVar[str] = "causal_lm"
     token_level: ClassVar[bool] = True
     cache_tail: ClassVar[bool] = True
+    aligns_across_tokenizers: ClassVar[bool] = True
     class_suffixes: ClassVar[tuple[str, ...]] = ("ForCausalLM", "LMHeadModel")
     labels_to_model: ClassVar[bool] = False
     # A distillation forward reads every position once: a KV cache would only hold memory, and

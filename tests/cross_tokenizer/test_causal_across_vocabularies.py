@@ -1,0 +1,147 @@
+"""A causal-LM teacher of another vocabulary: the soft term compares next-token distributions where both encodings
+have read the same text, at the student's scored positions; everything that would pair other positions is refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lightning_kd.methods as methods
+from lightning_kd.losses.cross_vocabulary import VocabularyMatch
+from lightning_kd.losses.prediction import PredictionLoss
+from tests.cross_tokenizer.tokenizers import CORPUS, metaspace_bpe, wordpiece_and_bpe
+from tests.families import make_family_model
+
+TEXTS = CORPUS[:3]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("causal_across")
+    _, bpe = wordpiece_and_bpe(root / "built")
+    metaspace = metaspace_bpe(root / "built")
+    bpe.save_pretrained(root / "student")
+    metaspace.save_pretrained(root / "teacher")
+    return {"student": bpe, "teacher": metaspace, "student_dir": str(root / "student"), "teacher_dir": str(root / "teacher")}
+
+
+def _encode(tokenizer, prefix: str = "") -> dict[str, torch.Tensor]:
+    """One text per row, right-padded, with character offsets; every real token a target (plain text)."""
+    encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in TEXTS]
+    length = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.full((len(TEXTS), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    offsets = torch.zeros(len(TEXTS), length, 2, dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        ids[row, :n], mask[row, :n] = torch.tensor(e["input_ids"]), 1
+        offsets[row, :n] = torch.tensor(e["offset_mapping"])
+    batch = {"input_ids": ids, "attention_mask": mask, "offset_mapping": offsets}
+    if not prefix:
+        batch["labels"] = ids.masked_fill(mask == 0, -100)
+    return {prefix + key: value for key, value in batch.items()}
+
+
+def _batch(tokenizers) -> dict[str, torch.Tensor]:
+    return {**_encode(tokenizers["student"]), **_encode(tokenizers["teacher"], "teacher_")}
+
+
+def _models(tokenizers):
+    student = make_family_model("llama", "causal", layers=2, seed=2, vocab_size=len(tokenizers["student"]))
+    teacher = make_family_model("qwen2", "causal", layers=2, seed=1, vocab_size=len(tokenizers["teacher"]))
+    return student, teacher
+
+
+def _kd(tokenizers, student, teacher, **prediction):
+    return methods.KD(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher), teacher_tokenizer=tokenizers["teacher_dir"],
+                      export_tokenizer=tokenizers["student_dir"], prediction=PredictionLoss(hard_weight=0.0, **prediction)).eval()
+
+
+def _independent_pairs(batch) -> list[tuple[int, int, int]]:
+    """(row, student position, teacher position) whose tokens end at the same character, with a scored
+    next token (ASCII text: no token holds part of a character)."""
+    pairs = []
+    for row in range(batch["input_ids"].shape[0]):
+        ends = {int(end): j for j, (start, end) in enumerate(batch["teacher_offset_mapping"][row].tolist())
+                if end > start and batch["teacher_attention_mask"][row, j]}
+        real = int(batch["attention_mask"][row].sum())
+        for i, (start, end) in enumerate(batch["offset_mapping"][row].tolist()[: real - 1]):  # the last has no next token
+            if end > start and end in ends and int(batch["labels"][row, i + 1]) != -100:  # position i predicts token i + 1
+                pairs.append((row, i, ends[end]))
+    return pairs
+
+
+def _expected_uld(batch, student, teacher, temperature: float) -> float:
+    """The mean ULD distance over the independent pairs, from the models' own logits and Python sorts."""
+    with torch.no_grad():
+        s_logits = student.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t_logits = teacher.eval()(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+    distances = []
+    for row, i, j in _independent_pairs(batch):
+        q = sorted((s_logits[row, i] / temperature).softmax(-1).tolist(), reverse=True)
+        p = sorted((t_logits[row, j] / temperature).softmax(-1).tolist(), reverse=True)
+        width = max(len(p), len(q))
+        q, p = q + [0.0] * (width - len(q)), p + [0.0] * (width - len(p))
+        distances.append(sum(abs(a - b) for a, b in zip(q, p)))
+    return sum(distances) / len(distances)
+
+
+def test_uld_at_the_positions_that_read_the_same_text_against_an_independent_formula(tokenizers):
+    student, teacher = _models(tokenizers)
+    method = _kd(tokenizers, student, teacher, temperature=2.0)
+    batch = _batch(tokenizers)
+    terms = method.compute_losses(batch)
+    assert len(_independent_pairs(batch)) >= 3 * 5  # every word end of three sentences, at least
+    want = _expected_uld(batch, student, teacher, 2.0)
+    torch.testing.assert_close(terms["soft"].detach(), torch.tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-6)
+
+@pytest.mark.parametrize("kind", ["uld", "matched", "hybrid"])
+def test_a_teacher_that_is_the_student_is_at_zero_and_gradients_reach_only_the_student(tokenizers, kind):
+    student, _ = _models(tokenizers)
+    method = methods.KD(student=copy.deepcopy(student), teacher=copy.deepcopy(student), teacher_tokenizer="the-same-one",
+                        export_tokenizer=tokenizers["student_dir"], prediction=PredictionLoss(hard_weight=0.0, cross_vocabulary=kind))
+    if kind != "uld":  # the match of a vocabulary with itself
+        method.__dict__["_vocabulary_matches"] = {0: VocabularyMatch.between(tokenizers["student"], tokenizers["student"])}
+    method.eval()
+    student_side = _encode(tokenizers["student"])
+    batch = {**student_side, **{"teacher_" + k: v for k, v in student_side.items() if k != "labels"}}
+    terms = method.compute_losses(batch)
+    assert abs(float(terms["soft"])) < 1e-5
+    other = _kd(tokenizers, *_models(tokenizers), cross_vocabulary=kind)
+    other.compute_losses(_batch(tokenizers))["loss"].backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in other.student.parameters())
+    assert all(p.grad is None for p in other.teachers[0].parameters())
+
+
+def test_positions_with_no_target_and_padding_do_not_count(tokenizers):
+    student, teacher = _models(tokenizers)
+    method = _kd(tokenizers, student, teacher)
+    batch = _batch(tokenizers)
+    base = float(method.compute_losses(batch)["soft"])
+    longer = {key: torch.cat([value, value[:, :2] * 0], dim=1) if value.dim() >= 2 and key != "labels" else value
+              for key, value in batch.items()}  # two more padding positions on every key (mask 0, offsets (0, 0))
+    longer["labels"] = torch.cat([batch["labels"], torch.full((batch["labels"].shape[0], 2), -100)], dim=1)
+    assert float(method.compute_losses(longer)["soft"]) == pytest.approx(base, rel=1e-5)
+    unscored = dict(batch, labels=batch["labels"].clone())
+    unscored["labels"][:, : batch["labels"].shape[1] // 2] = -100  # a prompt: its positions leave the term
+    assert len(_independent_pairs(unscored)) < len(_independent_pairs(batch))
+    assert float(method.compute_losses(unscored)["soft"]) == pytest.approx(_expected_uld(unscored, student, teacher, 1.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("name, reason", [("TinyBERT", "position by position"), ("DistilBERT", "position by position")])
+def test_terms_that_pair_positions_are_refused_across_vocabularies(tokenizers, name, reason):
+    student, teacher = _models(tokenizers)
+    with pytest.raises(ValueError, match=reason):
+        getattr(methods, name)(student=student, teacher=teacher, teacher_tokenizer=tokenizers["teacher_dir"])
+
+
+def test_a_teacher_cache_and_generated_batches_are_refused_across_vocabularies(tokenizers, tmp_path):
+    from lightning_kd.cache import TeacherCache
+
+    student, teacher = _models(tokenizers)
+    with pytest.raises(ValueError, match="teacher cache"):
+        methods.KD(student=student, teacher=teacher, teacher_tokenizer=tokenizers["teacher_dir"], teacher_cache=TeacherCache(path=str(tmp_path)))
+    with pytest.raises(ValueError, match="one encoding"):
+        methods.KD(student=student, teacher=teacher, teacher_tokenizer=tokenizers["teacher_dir"], on_policy=0.5)
