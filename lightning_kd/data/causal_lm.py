@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
 
+from lightning_kd.cross_tokenizer.teacher_tokenizers import TeacherTokenizer, TeacherTokenizers
 from lightning_kd.data.chitchat import CHITCHAT, write_chitchat_splits
 from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
 from lightning_kd.data.lm_examples import (
@@ -25,6 +26,13 @@ from lightning_kd.data.lm_examples import (
 )
 from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
 from lightning_kd.data.sources import load_tokenizer, locate_embedded
+from lightning_kd.data.teacher_blocks import (
+    PackWithTeachers,
+    TeacherEncoder,
+    block_features,
+    require_fast,
+    teacher_encoder,
+)
 from lightning_kd.metrics import build_lm_metrics
 from lightning_kd.metrics.token_bytes import token_byte_lengths
 
@@ -67,6 +75,17 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
     ``labels[t + 1]``; the shift happens in the loss) with -100 where nothing is predicted; and, in
     map-style training batches, ``example_index`` (B,) int64, each row's index in the training split.
 
+    **Teachers with another tokenizer** (``teacher_tokenizer``, packed plain text only): every block
+    also carries each such teacher's own encoding of exactly the text its student tokens spell, with
+    the teacher's EOS (and BOS, when its template adds one) where the student's document boundaries
+    fall (:mod:`lightning_kd.data.teacher_blocks`). Batches then add ``offset_mapping`` (B, N, 2) and,
+    per teacher prefix (``teacher_``, or ``teacher{i}_`` with a list), ``<prefix>input_ids`` (B, Nt)
+    right-padded with that teacher's pad id (EOS without one), ``<prefix>attention_mask`` and
+    ``<prefix>offset_mapping`` (B, Nt, 2). Offsets are ``[start, end)`` character spans into the block's
+    text (its document pieces laid end to end), special tokens and padding ``(0, 0)``: equal end
+    offsets mean both models have read the same text. The student's rows are unchanged. Both
+    tokenizers must be fast (Rust ``tokenizers``), for the offsets.
+
     Training order is fixed by (seed, epoch) and resumes mid-epoch exactly (see
     :mod:`lightning_kd.data.sampling`); streamed corpora use a 10,000-row shuffle buffer.
 
@@ -102,6 +121,10 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             the first ones when streaming).
         max_eval_samples: use this many validation (and test) rows.
         seed: seed of the validation hold-out, the subsets and the shuffles.
+        teacher_tokenizer: the tokenizer of a teacher of another family, one for every teacher or one
+            entry per teacher (``null`` for a teacher that reads the student's tokens); a name equal to
+            ``tokenizer`` changes nothing. Packed plain text only (not with prompt/response examples or
+            ``separate_documents``); the CLI links it to the method. See :mod:`lightning_kd.cross_tokenizer`.
 
     Raises:
         ValueError: no corpus or two, fields that do not go together, or an out-of-range number.
@@ -137,6 +160,7 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         seed: int = 42,
+        teacher_tokenizer: TeacherTokenizer = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -173,6 +197,18 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             raise ValueError("test_fraction holds out a test split from the training rows; test_files give one: drop one.")
         if block_size < 2:
             raise ValueError(f"block_size must be at least 2 (a token and the one it predicts), got {block_size}")
+        self.teacher_tokenizers = TeacherTokenizers.of(teacher_tokenizer, tokenizer)
+        if self.teacher_tokenizers and examples:
+            raise ValueError(
+                "teacher_tokenizer works for packed plain text (text_column); prompt/response and chat examples "
+                "across tokenizers need each tokenizer's own chat template and are not done yet. Give plain text, "
+                "or drop teacher_tokenizer."
+            )
+        if self.teacher_tokenizers and separate_documents:
+            raise ValueError(
+                "teacher_tokenizer works for packed plain text without separate_documents (the teacher's encoding "
+                "has no per-document positions yet); drop one of them."
+            )
         self.tokenizer_name = tokenizer
         self.train_files, self.validation_files, self.test_files = train_files, validation_files, test_files
         self.hf_dataset, self.hf_config, self.text_column = hf_dataset, hf_config, text_column
@@ -189,6 +225,7 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._token_bytes: Tensor | None = None  # bytes of text per token id, for bits per byte
         self._bos_id: int | None = None
+        self._teachers: list[TeacherEncoder] | None = None
         self.datasets: dict[str, Dataset | IterableDataset] = {}
         self._sharded = False
 
@@ -231,6 +268,30 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         return self._tokenizer
 
     @property
+    def teacher_encodings(self) -> TeacherTokenizer:
+        """The teachers' own tokenizers, normalised (``None`` when every teacher reads the student's tokens):
+        the CLI links it to the method's ``teacher_tokenizer``."""
+        return self.teacher_tokenizers.argument
+
+    def _teacher_encoders(self) -> list[TeacherEncoder]:
+        """Each teacher encoding's prefix, tokenizer and special ids, loaded and checked once (both sides fast).
+
+        Raises:
+            ValueError: a slow tokenizer (no offsets), or a teacher tokenizer without EOS.
+        """
+        if self._teachers is None:
+            if self.teacher_tokenizers:
+                require_fast(self.tokenizer, self.tokenizer_name, "student")
+            loaded: dict[str, PreTrainedTokenizerBase] = {}  # several teachers may share one tokenizer
+            teachers = []
+            for prefix, name in self.teacher_tokenizers.encodings():
+                if name not in loaded:
+                    loaded[name] = load_tokenizer(name)
+                teachers.append(teacher_encoder(prefix, loaded[name], name))
+            self._teachers = teachers
+        return self._teachers
+
+    @property
     def pad_token_id(self) -> int:
         """The id that pads example batches: the pad token, else EOS."""
         tokenizer = self.tokenizer
@@ -271,6 +332,8 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             "seed": self.seed,
             "train_rows": len(train),
             "datasets_fingerprint": train._fingerprint,
+            # Only when set, so caches of same-tokenizer runs keep their keys.
+            **({"teacher_tokenizer": self.teacher_encodings} if self.teacher_tokenizers else {}),
         }
 
     # ----------------------------------------------------------------------------- splits
@@ -341,6 +404,13 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             )
             options: dict[str, Any] = dict(with_indices=True, features=_EXAMPLE_FEATURES)
             desc = "Tokenizing examples"
+        elif self.teacher_tokenizers:
+            # The teachers' tokenizers live in the function, so datasets' cache key changes with them.
+            teachers = self._teacher_encoders()
+            function = PackWithTeachers(tokenizer, self.text_column, self.block_size, tokenizer.eos_token_id,
+                                        self._bos_id, teachers)
+            options = dict(features=block_features(teachers))
+            desc = f"Tokenizing and packing into {self.block_size}-token blocks, with the teachers' encodings"
         else:
             function = PackDocuments(tokenizer, self.text_column, self.block_size, tokenizer.eos_token_id,
                                      self._bos_id, document_starts=self.separate_documents)
@@ -358,7 +428,8 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
 
     # ----------------------------------------------------------------------------- loaders
     def _collator(self) -> CausalLMCollator:
-        return CausalLMCollator(self.pad_token_id, self.separate_documents)
+        pad_ids = {teacher.prefix: teacher.pad_id for teacher in self._teacher_encoders()}
+        return CausalLMCollator(self.pad_token_id, self.separate_documents, pad_ids)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training rows; map-style ones in an order fixed by (seed, epoch), resumable mid-epoch."""

@@ -10,7 +10,7 @@ happens once, in the loss), and ``-100`` marks a token that is not predicted.
 * :class:`TokenizeExamples` (``Dataset.map``): prompt/response pairs or chat ``messages`` →
   ``input_ids`` and ``labels`` that keep only the response (assistant) tokens.
 * :class:`CausalLMCollator`: rows → a batch (``input_ids``, ``attention_mask`` or ``position_ids``,
-  ``labels``, ``example_index``).
+  ``labels``, ``example_index``; offsets and each teacher's own encoding when the blocks carry them).
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from lightning_kd.data.collators import EXAMPLE_INDEX, pad_rows
+from lightning_kd.data.collators import EXAMPLE_INDEX, pad_rows, pad_spans
 
 IGNORE_INDEX = -100
 #: Batch key of the per-block offsets where a document starts (only with ``separate_documents``).
 DOCUMENT_STARTS = "document_starts"
+#: Batch key of each token's ``(start, end)`` character span (only with a teacher's own encoding).
+OFFSET_MAPPING = "offset_mapping"
 
 
 def template_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -76,18 +78,11 @@ class PackDocuments:
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
         """Tokenise and pack a batch of documents; the batch may yield more or fewer rows than it got."""
-        texts = [text for text in batch[self.text_column] if isinstance(text, str) and text.strip()]
+        texts = self.documents(batch)
         ids = self.tokenizer(
             texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
         )["input_ids"] if texts else []
-        opening = [] if self.bos_id is None else [self.bos_id]
-        stream: list[int] = []
-        starts: list[int] = []
-        for document in ids:
-            starts.append(len(stream))
-            stream.extend(opening)
-            stream.extend(document)
-            stream.append(self.eos_id)
+        stream, starts = self.concatenate(ids)
         size = self.block_size
         count = len(stream) // size
         out: dict[str, list[list[int]]] = {"input_ids": [stream[i * size : (i + 1) * size] for i in range(count)]}
@@ -97,6 +92,26 @@ class PackDocuments:
                 for i in range(count)
             ]
         return out
+
+    def documents(self, batch: dict[str, list[Any]]) -> list[str]:
+        """The batch's non-blank documents, in order (blank or non-text rows are skipped)."""
+        return [text for text in batch[self.text_column] if isinstance(text, str) and text.strip()]
+
+    def concatenate(self, ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+        """The stream ``[BOS] doc [EOS] [BOS] doc [EOS] ...`` and where each document starts in it (its BOS if any).
+
+        One place builds the stream, so the blocks that also carry a teacher's encoding
+        (:mod:`lightning_kd.data.teacher_blocks`) hold the very same student ids.
+        """
+        opening = [] if self.bos_id is None else [self.bos_id]
+        stream: list[int] = []
+        starts: list[int] = []
+        for document in ids:
+            starts.append(len(stream))
+            stream.extend(opening)
+            stream.extend(document)
+            stream.append(self.eos_id)
+        return stream, starts
 
 
 # ----------------------------------------------------------------------------- prompt/response examples
@@ -261,16 +276,25 @@ class CausalLMCollator:
       token gets label ``-100`` (it would be predicted from the previous document).
     * Examples (rows with ``labels``): right-padded with ``pad_token_id``; ``attention_mask`` is 0
       and ``labels`` are ``-100`` on the padding.
+    * Blocks that also carry teachers' own encodings (:mod:`lightning_kd.data.teacher_blocks`): the
+      student's ``offset_mapping`` ``(B, N, 2)``, and per teacher prefix ``<prefix>input_ids`` right-padded
+      with that teacher's pad id, ``<prefix>attention_mask`` (1 on its real tokens, specials included)
+      and ``<prefix>offset_mapping`` padded with the empty span ``(0, 0)``. Teacher rows differ in length.
 
     ``example_index`` (int64, ``(B,)``) is passed on when the rows carry it.
 
     Args:
         pad_token_id: fills padded positions of ``input_ids`` (EOS for a tokenizer without a pad token).
         separate_documents: blocks carry ``document_starts``; emit ``position_ids`` instead of ``attention_mask``.
+        teacher_pad_ids: per prefix of a teacher's own encoding (``"teacher_"``), the id that pads it
+            (its pad token, else its EOS).
     """
 
-    def __init__(self, pad_token_id: int, separate_documents: bool = False) -> None:
+    def __init__(
+        self, pad_token_id: int, separate_documents: bool = False, teacher_pad_ids: Mapping[str, int] | None = None
+    ) -> None:
         self.pad_token_id, self.separate_documents = pad_token_id, separate_documents
+        self.teacher_pad_ids = dict(teacher_pad_ids or {})
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         """Build the batch (see the class docstring for its keys)."""
@@ -294,6 +318,20 @@ class CausalLMCollator:
             batch = {"input_ids": input_ids, "position_ids": positions - last_start, "labels": labels}
         else:
             batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
+        if self.teacher_pad_ids:
+            batch.update(self._teacher_columns(rows))
         if EXAMPLE_INDEX in rows[0]:
             batch[EXAMPLE_INDEX] = torch.tensor([row[EXAMPLE_INDEX] for row in rows], dtype=torch.long)
         return batch
+
+    def _teacher_columns(self, rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        """The student's offsets and each teacher's encoding, padded on the right (see the class docstring)."""
+        columns = {OFFSET_MAPPING: pad_spans([row[OFFSET_MAPPING] for row in rows])}
+        for prefix, pad_id in self.teacher_pad_ids.items():
+            sequences = [row[prefix + "input_ids"] for row in rows]
+            ids = pad_rows(sequences, pad_id)
+            lengths = torch.tensor([len(sequence) for sequence in sequences])
+            columns[prefix + "input_ids"] = ids
+            columns[prefix + "attention_mask"] = (torch.arange(ids.shape[1]) < lengths[:, None]).long()
+            columns[prefix + OFFSET_MAPPING] = pad_spans([row[prefix + OFFSET_MAPPING] for row in rows])
+        return columns
