@@ -145,3 +145,37 @@ def test_a_teacher_cache_and_generated_batches_are_refused_across_vocabularies(t
         methods.KD(student=student, teacher=teacher, teacher_tokenizer=tokenizers["teacher_dir"], teacher_cache=TeacherCache(path=str(tmp_path)))
     with pytest.raises(ValueError, match="one encoding"):
         methods.KD(student=student, teacher=teacher, teacher_tokenizer=tokenizers["teacher_dir"], on_policy=0.5)
+
+
+def test_a_cli_fit_distils_across_vocabularies_from_the_data_modules_teacher_tokenizer(tokenizers, tmp_path):
+    """Data (two encodings of every packed block) → CLI link → the aligned soft term, for a few real steps."""
+    import yaml
+
+    from lightning_kd.distillation_cli import run_cli
+
+    student, teacher = _models(tokenizers)
+    student.save_pretrained(tmp_path / "student")
+    teacher.save_pretrained(tmp_path / "teacher")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 2) + "\n")
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 3, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+                    "default_root_dir": str(tmp_path / "run"), "enable_progress_bar": False, "num_sanity_val_steps": 0,
+                    "limit_val_batches": 1},
+        "model": {"class_path": "lightning_kd.methods.KD", "init_args": {
+            "teacher": str(tmp_path / "teacher"), "student": str(tmp_path / "student"),
+            "prediction": {"cross_vocabulary": "hybrid", "uld_top": 8}}},
+        "data": {"class_path": "lightning_kd.data.CausalLMDataModule", "init_args": {
+            "tokenizer": tokenizers["student_dir"], "teacher_tokenizer": tokenizers["teacher_dir"],
+            "train_files": [str(corpus)], "block_size": 16, "batch_size": 2, "validation_fraction": 0.2}},
+        "export": {"dirpath": str(tmp_path / "exported")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = run_cli(["fit", "--config", str(path)])
+    assert cli.model.teacher_tokenizers.shared == tokenizers["teacher_dir"]
+    assert cli.trainer.global_step == 3
+    logged = cli.trainer.callback_metrics
+    assert torch.isfinite(logged["train/soft"]) and float(logged["train/soft"]) > 0
+    assert (tmp_path / "exported" / "config.json").exists()
