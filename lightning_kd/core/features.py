@@ -235,8 +235,9 @@ def capture(
     # head entry is that projection; an MLM head's is its transform, which runs on the compact rows first.
     projection = model.get_output_embeddings() if request.head_rows and entry is not None else None
     fused = linear_head(model) if isinstance(projection, nn.Module) else None
-    # Labels reach the model's own loss only where its stage allows it and the logits are whole.
-    take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_to_model))
+    # Labels reach the model's own loss only where its stage allows it for these labels (not a classifier's
+    # batch with unlabelled rows, whose all-unlabelled case HF's loss makes NaN) and the logits are whole.
+    take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_reach_model(inputs["labels"])))
     seen = HeadCall()
     if stage is not None:
         inputs.update(stage.forward_options)
@@ -268,7 +269,7 @@ def capture(
         labels = seen.labels[rows.to(seen.labels.device)] if take_labels and seen.labels is not None else None
         head_rows = HeadRows(cast(entered[0]), fused, labels)  # the loss: from the rows, on first use
     elif take_labels and seen.labels is not None:
-        loss = stage.token_loss(outputs.logits, seen.labels, rows)
+        loss = stage.loss_from_logits(outputs.logits, seen.labels, rows)
     return Features(
         logits=None if head_rows is not None else cast(outputs.logits),
         loss=loss,

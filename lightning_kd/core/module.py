@@ -58,6 +58,7 @@ from lightning_kd.core.sequence_length import check_sequence_length
 from lightning_kd.core.student_builder import StudentInit, build_student, check_vocabularies, infer_task_head
 from lightning_kd.core.teacher_pool import TeacherPool
 from lightning_kd.core.terms import LossTerms, Role
+from lightning_kd.core.unlabelled import check_unlabelled_rows
 from lightning_kd.cross_tokenizer.teacher_tokenizers import TeacherTokenizer, TeacherTokenizers
 from lightning_kd.fault.nonfinite import check_finite_loss
 from lightning_kd.losses.prediction import PredictionLoss
@@ -151,6 +152,9 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
     #: Why this method cannot train on its student's samples (``on_policy``), or ``None`` when it can: a
     #: method whose terms are not defined on a generated sequence says so (see ``docs/on_policy.md``).
     on_policy_refused: ClassVar[str | None] = None
+    #: Why this method cannot train on data with unlabelled rows (``unlabelled_file`` / ``labelled_examples``),
+    #: or ``None`` when it can (see :mod:`lightning_kd.core.unlabelled`).
+    unlabelled_refused: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -479,6 +483,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if stage == "fit" and trainer is not None:
             rank_zero_info(f"lightning_kd: {type(self).__name__}, stage {self.task_stage.name} ({self.task_stage.description})")
             self.teacher_pool.check(**self._teacher_context())  # a wrong strategy or placement fails before any work
+            check_unlabelled_rows(self, getattr(trainer, "datamodule", None))
             check_sequence_length(self, getattr(trainer, "datamodule", None))
             if self.memory_check != "off":
                 check_memory(self, trainer, self.memory_check)

@@ -87,6 +87,11 @@ class MultiTeacherStrategy(nn.Module):
         """Token-logit rows of each teacher this strategy reads (default: none)."""
         return "none"
 
+    def unlabelled_refusal(self) -> str | None:
+        """Why this strategy cannot combine terms on batches with unlabelled rows (class id -100), or ``None``
+        when it can (default: it reads no gold label; see :mod:`lightning_kd.core.unlabelled`)."""
+        return None
+
     def select_teachers(self, num_teachers: int, step: int) -> list[int]:
         """Indices of the teachers to run this step (default: all). Teachers not listed never run."""
         return list(range(num_teachers))

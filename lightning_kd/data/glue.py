@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from pytorch_lightning import LightningDataModule
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
@@ -21,6 +22,7 @@ from lightning_kd.data.sources import load_tokenizer
 from lightning_kd.data.task_source import TaskSource
 from lightning_kd.data.tasks import SPLITS, TaskSpec, get_task
 from lightning_kd.data.tokenize import tokenize_examples
+from lightning_kd.data.unlabelled import TrainingCounts, with_unlabelled
 from lightning_kd.metrics import build_task_metrics
 
 _STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("test",)}
@@ -34,6 +36,15 @@ class GlueDataModule(LightningDataModule):
     scores for regression tasks such as STS-B). Training batches also carry ``example_index``
     (int64, each row's position in the training split after any ``skip_train_samples`` /
     ``max_train_samples`` subset), the identity a teacher-output cache keys its rows by.
+
+    Unlabelled training rows (transfer data the teachers label softly; see ``docs/unlabelled_data.md``) come
+    two ways, alone or together: ``unlabelled_file`` appends a file of text without labels, and
+    ``labelled_examples=N`` keeps labels on the first ``N`` examples of the seeded shuffle that
+    ``max_train_samples``/``skip_train_samples`` use (the examples ``max_train_samples=N`` would take) and
+    drops the others' labels. An unlabelled row's ``labels`` entry is ``-100``: the hard loss is the mean
+    over the labelled rows of a batch (0 without any), while teacher terms read every row. The rows are
+    shuffled with the labelled ones and numbered by ``example_index`` like them; validation and test are
+    untouched. Classification only: a regression score has no "no label" value.
 
     Data sources (one per module; see :mod:`lightning_kd.data.task_source`): ``data_dir`` with the
     standard layout, ``hf_dataset``, or ``train_file``/``validation_file``/``test_file``. The embedded
@@ -76,9 +87,15 @@ class GlueDataModule(LightningDataModule):
             (``teacher_input_ids``, ``teacher_attention_mask``, character offsets; ``teacher{i}_…`` with a
             list), with the same examples, labels and order; the CLI links it to the method. A name equal
             to ``tokenizer`` changes nothing. See :mod:`lightning_kd.cross_tokenizer`.
+        unlabelled_file: a CSV/TSV/JSONL of unlabelled text added to the training split: its text columns are
+            named as ``text_columns`` says (else ``text_a`` [+ ``text_b``] or ``text``), other columns (a label
+            too) are ignored; malformed rows fail with the file and line.
+        labelled_examples: keep labels on only this many training examples (the first of the seeded shuffle,
+            after ``skip_train_samples``, within ``max_train_samples``); the rest of the split is unlabelled.
 
     Raises:
-        ValueError: unknown task, no data source, conflicting sources, or an invalid number.
+        ValueError: unknown task, no data source, conflicting sources, an invalid number, or unlabelled rows
+            for a regression task.
     """
 
     task_head: str = "sequence_classification"
@@ -106,12 +123,20 @@ class GlueDataModule(LightningDataModule):
         cache_dir: str | None = None,
         skip_train_samples: int = 0,
         teacher_tokenizer: TeacherTokenizer = None,
+        unlabelled_file: str | None = None,
+        labelled_examples: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task_spec: TaskSpec = get_task(task)
         _check_positive(max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
+                        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                        labelled_examples=labelled_examples)
+        if (unlabelled_file is not None or labelled_examples is not None) and self.task_spec.is_regression:
+            raise ValueError(
+                f"unlabelled_file/labelled_examples add unlabelled rows, which apply to classification tasks; "
+                f"{self.task_spec.name!r} is a regression task, whose scores have no 'no label' value. Remove them."
+            )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if skip_train_samples < 0:
@@ -136,6 +161,8 @@ class GlueDataModule(LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.skip_train_samples = skip_train_samples
+        self.unlabelled_file, self.labelled_examples = unlabelled_file, labelled_examples
+        self.training_counts: TrainingCounts | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Dataset] = {}
 
@@ -200,6 +227,8 @@ class GlueDataModule(LightningDataModule):
             "datasets_fingerprint": train._fingerprint,
             # Only when set, so caches of same-tokenizer runs keep their keys.
             **({"teacher_tokenizer": self.teacher_encodings} if self.teacher_tokenizers else {}),
+            **({"labelled_examples": self.labelled_examples} if self.labelled_examples is not None else {}),
+            **({"unlabelled_file": self.unlabelled_file} if self.unlabelled_file is not None else {}),
         }
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -214,6 +243,14 @@ class GlueDataModule(LightningDataModule):
         for split in _STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS:
             if split == "train" or self.source.has(split):
                 self.datasets[split] = self._dataset(split)
+        if self.has_unlabelled_rows and "train" in self.datasets:
+            rank_zero_info(self.training_counts.line(self.task_spec.name))
+
+    @property
+    def has_unlabelled_rows(self) -> bool:
+        """Whether the training split has unlabelled rows (known from the arguments, nothing is read): a method
+        checks it at fit start, refusing those whose labels must be on every row."""
+        return self.unlabelled_file is not None or self.labelled_examples is not None
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
@@ -225,9 +262,16 @@ class GlueDataModule(LightningDataModule):
                     f"skip_train_samples={skip} leaves no training examples: the {self.task_spec.name} training split "
                     f"has {len(examples)}. Use a smaller skip_train_samples."
                 )
-            if skip or (limit is not None and limit < len(examples)):
+            # labelled_examples counts along the same seeded shuffle: its labelled rows are those max_train_samples takes.
+            counts_along = split == "train" and self.labelled_examples is not None
+            if skip or (limit is not None and limit < len(examples)) or counts_along:
                 end = len(examples) if limit is None else min(skip + limit, len(examples))
                 examples = examples.shuffle(seed=self.seed).select(range(skip, end))
+            if split == "train":
+                examples, self.training_counts = with_unlabelled(
+                    examples, self.source, self.task_spec.name,
+                    labelled_examples=self.labelled_examples, unlabelled_file=self.unlabelled_file,
+                )
             self.datasets[split] = tokenize_examples(examples, self.tokenizer, self.max_length, self._teacher_encoders())
         return self.datasets[split]
 

@@ -42,11 +42,11 @@ from lightning_kd.data.readers import (
     iter_twenty_newsgroups,
     resolve_text_columns,
 )
-from lightning_kd.data.readers.generic import iter_table_labels
+from lightning_kd.data.readers.generic import iter_table_labels, iter_unlabelled_table
 from lightning_kd.data.readers.examples import example_features
 from lightning_kd.data.readers.fields import TextColumns
 from lightning_kd.data.readers.generic import default_text_columns
-from lightning_kd.data.readers.lines import DataFileError, data_suffix
+from lightning_kd.data.readers.lines import DataFileError, data_suffix, require_file
 from lightning_kd.data.sources import locate_embedded, resolve_source
 from lightning_kd.data.tasks import SPLITS, JsonlLayout, TaskSpec, TsvLayout
 
@@ -245,6 +245,20 @@ class TaskSource:
         columns = resolve_text_columns(path, self.text_columns)
         kwargs = {"path": path, "text_columns": columns, "label_column": self.label_column or "label", "encode": encode}
         return self._generate(split, iter_table_file, kwargs, path, pair=len(columns) == 2)
+
+    def load_unlabelled(self, path: str, label: int) -> Dataset:
+        """The examples of a CSV/TSV/JSONL file of text without labels, each labelled ``label`` (the "no label"
+        value). Its text columns are named as in your own files: ``text_columns``, else ``text_a`` [+ ``text_b``]
+        or ``text``; other columns (a label column too) are ignored.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: malformed rows (the message names the file and line) or no rows.
+        """
+        located = require_file(resolve_source(path), "Check the unlabelled_file argument.")
+        columns = resolve_text_columns(located, self.text_columns)
+        kwargs = {"path": located, "text_columns": columns, "label": label}
+        return self._generate("unlabelled", iter_unlabelled_table, kwargs, located, pair=len(columns) == 2)
 
     def _file_for(self, split: str) -> Path | None:
         """The file that holds ``split``: an explicit file, else the standard layout under ``data_dir``."""

@@ -81,6 +81,11 @@ class Theseus(DistillationModule):
             whose loop has not been checked (``docs/methods/theseus.md`` lists them).
     """
 
+    unlabelled_refused: ClassVar[str | None] = (
+        "it trains on the task loss of the hybrid alone (no term compares the student with a teacher), and that loss "
+        "skips unlabelled rows"
+    )
+
     #: The hybrid stack runs teacher layers inside the student forward.
     reads_teacher_weights = True
     #: Why a teacher cache cannot serve Theseus (read by :mod:`lightning_kd.cache.compatibility`).

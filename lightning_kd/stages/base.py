@@ -91,6 +91,15 @@ class Stage:
     #: Extra keyword arguments of every forward :func:`~lightning_kd.core.features.capture` runs.
     forward_options: ClassVar[dict[str, object]] = {}
 
+    def labels_reach_model(self, labels: Tensor) -> bool:
+        """Whether the model's own forward computes the hard loss on ``labels`` (else :meth:`loss_from_logits`
+        does, from the logits). Default: :attr:`labels_to_model`, whatever the labels."""
+        return self.labels_to_model
+
+    def loss_from_logits(self, logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The hard loss when the labels do not reach the model's forward. Default: :meth:`token_loss`."""
+        return self.token_loss(logits, labels, rows)
+
     def token_loss(self, logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
         """The mean cross-entropy over labelled positions, from whole ``(B, N, V)`` logits or compact
         ``(R, V)`` rows at ``rows`` (``(B, N)``), in float32 with ``-100`` ignored; NaN without any

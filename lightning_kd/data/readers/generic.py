@@ -98,6 +98,28 @@ def iter_table_file(
         warn_empty_texts(path, empty)
 
 
+def iter_unlabelled_table(path: str | Path, text_columns: Sequence[str], label: int) -> Iterator[dict[str, Any]]:
+    """Yield normalised examples from a user file of text without labels, each with ``label`` (the
+    "no label" value); any other column, a label column included, is ignored.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a missing text column or field, a short/long row, naming the file and line.
+    """
+    path = _check(path, "Check the unlabelled_file argument.")
+    suffix = data_suffix(path)
+    rows = _delimited_rows(path, _DELIMITERS[suffix], text_columns) if suffix in _DELIMITERS else iter_jsonl(path)
+    empty: list[int] = []
+    for line, row in rows:
+        with at_line(path, line):
+            texts = [text_field(row, column) for column in text_columns]
+            if any(not text.strip() for text in texts):
+                empty.append(line)
+            yield make_example(texts, label, None)
+    if empty:
+        warn_empty_texts(path, empty)
+
+
 def warn_empty_texts(path: str | Path, lines: Sequence[int]) -> None:
     """Say that rows of ``path`` have an empty text (they are kept: the model sees only special tokens for them)."""
     shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
@@ -143,7 +165,7 @@ def _delimited_rows(path: Path, delimiter: str, wanted: Sequence[str]) -> Iterat
         yield line, dict(zip(header, fields, strict=True))
 
 
-def _check(path: str | Path) -> Path:
+def _check(path: str | Path, how_to_fix: str = "Check the train_file/validation_file/test_file arguments.") -> Path:
     if data_suffix(path) not in TABLE_SUFFIXES:
         raise ValueError(f"{path}: unsupported file type; use one of {', '.join(TABLE_SUFFIXES)} (optionally .gz/.bz2)")
-    return require_file(path, "Check the train_file/validation_file/test_file arguments.")
+    return require_file(path, how_to_fix)

@@ -38,6 +38,10 @@ from torch import Tensor
 from lightning_kd.core.logit_rows import IGNORE_INDEX, LogitRows, sum_per_example
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.terms import LossTerms, weighted_sum
+from lightning_kd.stages.classification import unlabelled_rows
+
+#: Why strategies that read each example's gold loss refuse unlabelled rows.
+NEEDS_GOLD_LABELS = "it weights each teacher per example by that teacher's loss on the example's gold label, which an unlabelled row lacks"
 
 
 def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -49,7 +53,15 @@ def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None
             0 for an example without any), or compact ``(R, V)`` token rows at ``rows``.
         labels: ``(B,)`` class ids or regression targets, or ``(B, N)`` token ids with -100 ignored.
         rows: the ``(B, N)`` positions of compact token logits (they must cover every labelled one).
+
+    Raises:
+        ValueError: an example without a label (class id -100), whose gold loss does not exist.
     """
+    if labels.dim() == 1 and bool(unlabelled_rows(labels).any()):
+        raise ValueError(
+            "The batch has unlabelled rows (class id -100), but a teacher's gold loss (MT-BERT's weights, RL-KD's agent "
+            "state) needs a label on every example; train these strategies on labelled data only."
+        )
     logits = logits.float()
     if rows is not None:
         if bool((labels.ne(IGNORE_INDEX) & ~rows).any()):
@@ -68,12 +80,15 @@ def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None
 class MTBERT(MultiTeacherStrategy):
     """Sum over teachers, each teacher's per-example terms weighted per example by ``1/(1 + its gold loss)``.
 
-    Needs gold labels in the batch. Combine with PKD (the reference) or any method: the soft
-    prediction term is always per example; any other per-example term is weighted the same way, and
-    scalar terms are summed over teachers unweighted.
+    Needs a gold label on every example of the batch (unlabelled rows are refused). Combine with PKD (the
+    reference) or any method: the soft prediction term is always per example; any other per-example term
+    is weighted the same way, and scalar terms are summed over teachers unweighted.
     """
 
     per_sample = True
+
+    def unlabelled_refusal(self) -> str | None:
+        return NEEDS_GOLD_LABELS
 
     def teacher_logit_rows(self) -> LogitRows:
         return "labelled"  # each teacher's gold loss (MLM: at the labelled positions)

@@ -194,6 +194,11 @@ class RLKD(MultiTeacherStrategy):
         if baseline_momentum is not None:
             self.register_buffer("baseline", torch.tensor(float("nan")))
 
+    def unlabelled_refusal(self) -> str | None:
+        if self.stage == "average":
+            return None  # the plain mean reads no label
+        return "its agent's state holds each teacher's loss on each example's gold label and its reward is the student's task loss"
+
     def teacher_logit_rows(self) -> LogitRows:
         # The agent's state reads each teacher's logits at `positions` and its gold loss at the labels.
         return widest(position_rows(self.positions), "labelled") if self.stage == "rl" else "none"
