@@ -4,12 +4,19 @@ Per task: the teacher, then every row with its test accuracy and F1 (mean ± std
 validation accuracy, Δ accuracy against the no-teacher student of the same init with its 95 %
 paired-bootstrap interval and verdict (:mod:`benchmarks.leaderboard_stats`), wall time per seed and
 the row's note. Rows not run yet, or failed, are listed as such, never left out.
+
+The page opens, right after its title, with what to pick on each task (the rows whose Δ interval
+excludes 0, computed here); the plot is a forest plot per task of the same Δs and intervals.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +82,10 @@ def _soft_target_line(teacher: dict) -> str:
     )
 
 
-def task_section(spec: Spec, results: Results, task: Task, command: str) -> str:
-    """The Markdown of one task: heading, note, teacher line, table and row notes."""
-    rows = collect(spec, results, task)
+def task_section(spec: Spec, results: Results, task: Task, command: str, rows: list[RowResult] | None = None) -> str:
+    """The Markdown of one task: heading, note, teacher line, table and row notes (``rows``: ``collect``'s
+    answer for ``task`` when the caller has it already)."""
+    rows = collect(spec, results, task) if rows is None else rows
     lines = [f"## {task.title}", ""]
     if task.note:
         lines += [task.note, ""]
@@ -158,50 +166,222 @@ def machine_line(results: Results) -> str:
     return f"Machine: {described or 'no runs yet'}. Runs made {span}."
 
 
-def plot(spec: Spec, results: Results, path: Path) -> None:
-    """One panel per task: test accuracy (mean ± std over seeds) of every finished row, baselines grey,
-    the teacher and each baseline as lines."""
+@dataclass(frozen=True)
+class ForestPoint:
+    """One row of a task's forest plot: its paired Δ accuracy (points) from its own no-teacher student.
+
+    Attributes:
+        row: the row's name.
+        init: the teacher layers it starts from (``"0,1,2"``).
+        baseline: the name of the no-teacher row it is paired with (the one with the same init).
+        accuracy: the row's mean test accuracy over its seeds (points).
+        delta, low, high: Δ and its 95 % interval, as in the table.
+        verdict: ``"better"``, ``"worse"`` or ``"within noise"``.
+    """
+
+    row: str
+    init: str
+    baseline: str
+    accuracy: float
+    delta: float
+    low: float
+    high: float
+    verdict: str
+
+
+def forest_points(spec: Spec, task: Task, rows: list[RowResult]) -> list[ForestPoint]:
+    """The rows of ``task`` that have a Δ against their baseline (``collect``'s answer), largest Δ first."""
+    points = [
+        ForestPoint(r.row.name, r.row.init_label, spec.baseline_of(r.row, task).name, r.accuracy.mean, r.difference.delta,
+                    r.difference.low, r.difference.high, r.difference.verdict)
+        for r in rows if r.difference is not None
+    ]
+    return sorted(points, key=lambda p: -p.delta)
+
+
+def beyond_noise(points: list[ForestPoint]) -> tuple[list[ForestPoint], list[ForestPoint]]:
+    """The points whose interval excludes 0: those above their baseline, then those below (order kept)."""
+    return [p for p in points if p.verdict == "better"], [p for p in points if p.verdict == "worse"]
+
+
+def _short_title(task: Task) -> str:
+    """The task's title without its parenthesised details (``"Rotten Tomatoes"``)."""
+    return task.title.split(" (")[0]
+
+
+def _join(words: list[str], last: str = "and") -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
+def _deltas(points: list[ForestPoint]) -> str:
+    """``"Δ +2.53 (95 % CI +0.56 … +4.63) and +1.91 (+0.14 … +3.54)"``: the table's Δs of ``points``, in order."""
+    intervals = [f"{p.delta:+.2f} ({'95 % CI ' if k == 0 else ''}{p.low:+.2f} … {p.high:+.2f})" for k, p in enumerate(points)]
+    return f"Δ {_join(intervals)}"
+
+
+def pick_line(spec: Spec, task: Task, rows: list[RowResult]) -> str:
+    """One bullet for ``task``: per initial layer set, the rows that beat their no-teacher student beyond
+    noise (or the no-teacher student when none does), the rows that lose beyond noise, and how many are
+    within noise. Computed from the stored results only."""
+    points = forest_points(spec, task, rows)
+    if not points:
+        return f"- **{_short_title(task)}**: no row has been compared with its no-teacher student yet."
+    better, worse = beyond_noise(points)
+    baselines = [r for r in rows if r.row.baseline and r.accuracy is not None]
+    parts, plain = [], []
+    for baseline in baselines:
+        winners = [p for p in better if p.baseline == baseline.row.name]
+        if winners:
+            parts.append(
+                f"Starting from teacher layers {baseline.row.init_label}, pick {_join([p.row for p in winners], 'or')}, "
+                f"beyond noise above the no-teacher student from those layers ({baseline.accuracy.mean:.2f}): test accuracy "
+                f"{_join([f'{p.accuracy:.2f}' for p in winners])}, {_deltas(winners)}"
+            )
+        else:
+            plain.append(baseline)
+    if plain:
+        layers = _join([b.row.init_label for b in plain], "or")
+        scores = _join([f"{b.accuracy.mean:.2f}" for b in plain])
+        respectively = " respectively" if len(plain) > 1 else ""
+        parts.append(f"Starting from teacher layers {layers}, pick the no-teacher student (labels alone; test accuracy "
+                     f"{scores}{respectively}): no row beats it beyond noise")
+    text = f"- **{_short_title(task)}**: {'. '.join(parts)}."
+    if worse:
+        text += (f" Avoid {_join([_with_init(p, points) for p in worse])}, beyond noise below their no-teacher student: "
+                 f"test accuracy {_join([f'{p.accuracy:.2f}' for p in worse])}, {_deltas(worse)}.")
+    else:
+        text += " No row is beyond noise below its no-teacher student."
+    within = len(points) - len(better) - len(worse)
+    return text + f" {within} of the {len(points)} rows compared {'is' if within == 1 else 'are'} within noise."
+
+
+def _with_init(point: ForestPoint, points: list[ForestPoint]) -> str:
+    """The row's name, with its teacher layers when they are not the ones most rows of the task start from."""
+    common = Counter(p.init for p in points).most_common(1)[0][0]
+    return point.row if point.init == common else f"{point.row} (from layers {point.init})"
+
+
+def pick_section(spec: Spec, collected: dict[str, list[RowResult]], image: str) -> str:
+    """The page's opening section: the setting in one fixed sentence, one computed bullet per task, the
+    rule on notes, and the forest plot (``image``: its path relative to the page)."""
+    examples = sorted({t.train_examples for t in spec.tasks})
+    budget = f"{examples[0]:,} labelled training examples" if len(examples) == 1 else "a few thousand labelled training examples"
+    lines = [
+        "## What to pick",
+        "",
+        f"Measured in one setting only: the student is 3 of the fine-tuned teacher's own 6 layers (its head "
+        f"included), trained on {budget} for one epoch. There the no-teacher student is already strong and "
+        "most rows are within noise of it; a student further from the teacher, more data or general "
+        "distillation are not measured here. From the tables below (Δ: paired difference from the no-teacher "
+        "student with the same initial layers, 95 % interval):",
+        "",
+    ]
+    lines += [pick_line(spec, task, collected[task.name]) for task in spec.tasks]
+    lines += [
+        "",
+        "A row that does not beat its no-teacher student keeps its note under its task's table. The plot shows "
+        "every row's Δ with its interval, sorted by Δ (filled: the interval excludes 0).",
+        "",
+        f"![Δ accuracy of every row from its own no-teacher student, per task]({image})",
+    ]
+    return "\n".join(lines)
+
+
+def plot(spec: Spec, collected: dict[str, list[RowResult]], path: Path) -> None:
+    """A forest plot per task (``collect``'s answers by task name), one panel each, written atomically:
+    every row's Δ from its own no-teacher student with its 95 % interval, sorted by Δ, a line at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in spec.tasks if any(r.entries for r in collect(spec, results, t))]
-    if not tasks:
+    panels = [(task, points) for task in spec.tasks if (points := forest_points(spec, task, collected[task.name]))]
+    if not panels:
         return
-    heights = [max(2.0, 0.32 * len([r for r in collect(spec, results, t) if r.entries]) + 1.2) for t in tasks]
-    figure, axes = plt.subplots(len(tasks), 1, figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for axis, task in zip(axes[:, 0], tasks):
-        rows = [r for r in collect(spec, results, task) if r.entries]
-        rows.sort(key=lambda r: r.accuracy.mean)
-        names = [r.row.name for r in rows]
-        means = [r.accuracy.mean for r in rows]
-        errors = [r.accuracy.std for r in rows]
-        colours = ["tab:grey" if r.row.baseline else ("tab:green" if r.difference and r.difference.verdict == "better" else "tab:orange") for r in rows]
-        axis.barh(names, means, xerr=errors, color=colours, capsize=2)
-        teacher = results.runs.get(run_key(task.name, TEACHER_ROW, "-"))
-        if teacher and teacher.get("status") == "ok":
-            axis.axvline(100 * teacher["test"]["accuracy"], color="tab:blue", linestyle="--", label="teacher")
-        for r in rows:
-            if r.row.baseline:
-                axis.axvline(r.accuracy.mean, color="tab:grey", linestyle=":", linewidth=1)
-        low = min(means) - max(errors + [0]) - 2
-        axis.set_xlim(max(0, low), 100 * teacher["test"]["accuracy"] + 2 if teacher and teacher.get("status") == "ok" else max(means) + 3)
-        title = f"{task.title}: test accuracy, mean ± std over seeds (green: beyond noise above its no-teacher baseline, grey: baselines)"
-        axis.set_title(textwrap.fill(title, 110), fontsize=8)  # one line overflowed the figure
-        axis.tick_params(axis="y", labelsize=7)
-        axis.legend(loc="lower right", fontsize=7)
+    limit = max(max(abs(p.low), abs(p.high)) for _, points in panels for p in points) + 0.5
+    heights = [0.27 * len(points) + 1.4 for _, points in panels]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9.5, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for axis, (task, points) in zip(axes[:, 0], panels):
+        _forest_panel(axis, task, points, limit)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    _write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110, format=path.suffix.lstrip(".") or "png"))
     plt.close(figure)
 
 
+_MARKERS = {  # verdict: (legend label, marker, colour, filled)
+    "better": ("better: interval above 0", "o", "tab:green", True),
+    "within noise": ("within noise: interval holds 0", "o", "tab:grey", False),
+    "worse": ("worse: interval below 0", "s", "tab:red", True),
+}
+
+
+def _forest_panel(axis: Any, task: Task, points: list[ForestPoint], limit: float) -> None:
+    """Draw ``points`` (largest Δ first, at the top) on ``axis``, x from ``-limit`` to ``limit``."""
+    from matplotlib.transforms import blended_transform_factory
+
+    positions = {p.row: len(points) - 1 - k for k, p in enumerate(points)}
+    for verdict, (label, marker, colour, filled) in _MARKERS.items():
+        chosen = [p for p in points if p.verdict == verdict]
+        if not chosen:
+            continue
+        axis.errorbar(
+            [p.delta for p in chosen], [positions[p.row] for p in chosen],
+            xerr=[[p.delta - p.low for p in chosen], [p.high - p.delta for p in chosen]],
+            fmt=marker, color=colour, markerfacecolor=colour if filled else "white", markersize=5, capsize=2,
+            linewidth=1.2, label=f"{label} ({len(chosen)})",
+        )
+    axis.axvline(0, color="black", linewidth=1)
+    axis.set_yticks(range(len(points)))
+    axis.set_yticklabels([_with_init(p, points) for p in reversed(points)], fontsize=8)
+    axis.set_ylim(-0.7, len(points) - 0.3)
+    axis.set_xlim(-limit, limit)
+    axis.grid(axis="x", color="0.9", linewidth=0.8)
+    axis.set_axisbelow(True)
+    numbers = blended_transform_factory(axis.transAxes, axis.transData)
+    for point in points:
+        axis.text(1.01, positions[point.row], f"{point.delta:+.2f} ({point.low:+.2f} … {point.high:+.2f})",
+                  transform=numbers, fontsize=7, va="center")
+    axis.set_xlabel("accuracy difference from the no-teacher student (points)", fontsize=8)
+    title = (f"{_short_title(task)}: Δ test accuracy from each row's own no-teacher student (same initial layers), "
+             "paired by seed, 95 % interval")
+    axis.set_title(textwrap.fill(title, 100), fontsize=9)
+    axis.tick_params(axis="x", labelsize=8)
+    axis.legend(loc="lower right", fontsize=7)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then move it onto ``path`` in one step, so a
+    reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    temporary = Path(name)
+    temporary.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's file is private (0600)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _split_title(preamble: str) -> tuple[str, str]:
+    """The preamble's first line when it is a Markdown title, and the rest (``""`` and all otherwise)."""
+    text = preamble.strip()
+    first, _, rest = text.partition("\n")
+    return (first, rest.strip()) if first.startswith("# ") else ("", text)
+
+
 def write_report(spec: Spec, results: Results, markdown: Path, image: Path, command: str, preamble: str) -> None:
-    """Write the Markdown page (``preamble`` first, then the machine line and one section per task) and the plot."""
-    sections = [preamble.strip(), "", machine_line(results), ""]
+    """Write the Markdown page (the preamble's title, what to pick, the rest of ``preamble``, the machine
+    line and one section per task) and the forest plot, both atomically."""
+    collected = {task.name: collect(spec, results, task) for task in spec.tasks}
+    title, rest = _split_title(preamble)
+    picture = Path(os.path.relpath(image.resolve(), markdown.resolve().parent)).as_posix()
+    sections = ([title, ""] if title else []) + [pick_section(spec, collected, picture), ""]
+    sections += ([rest, ""] if rest else []) + [machine_line(results), ""]
     for task in spec.tasks:
-        sections += [task_section(spec, results, task, command), ""]
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text("\n".join(sections).rstrip() + "\n")
-    plot(spec, results, image)
+        sections += [task_section(spec, results, task, command, collected[task.name]), ""]
+    text = "\n".join(sections).rstrip() + "\n"
+    _write_atomically(markdown, lambda temporary: temporary.write_text(text))
+    plot(spec, collected, image)
