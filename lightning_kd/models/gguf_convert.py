@@ -11,48 +11,43 @@ returns that directory from then on.
 The directory is built in a temporary sibling and moved into place with ``os.replace``, so a reader
 sees either no directory or a complete one. A lock file makes a concurrent second process wait for
 the first instead of converting again; a leftover of a killed conversion (a temporary sibling, or a
-directory without the completion marker) is removed and rebuilt. The written model is reloaded and
+directory without the completion marker) is removed and rebuilt (all of this is
+:func:`lightning_kd.models.cache_directory.build_once`). The written model is reloaded and
 checked to give the same logits as the GGUF-loaded one before it is published.
 
-This module imports nothing from lightning_kd (it is called lazily from
-:mod:`lightning_kd.data.sources`), and transformers only inside the functions that need it.
+This module imports nothing from lightning_kd but :mod:`~lightning_kd.models.cache_directory` (it is
+called lazily from :mod:`lightning_kd.data.sources`), and transformers only inside the functions that
+need it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CACHE_ENV = "LIGHTNING_KD_CACHE"
+# Re-exported: the cache location was first defined here, and callers and tests still name it here.
+from lightning_kd.models.cache_directory import (  # noqa: F401
+    CACHE_ENV,
+    TEMP_INFIX,
+    build_once,
+    cache_root,
+    embedded_directory,
+    read_marker,
+    write_marker,
+)
+
 #: Written last into a converted directory; its absence means the directory is not (yet) usable.
 MARKER = "lightning_kd_conversion.json"
 #: Bump when the directory layout changes, so older conversions are rebuilt.
 FORMAT_VERSION = 1
-TEMP_INFIX = ".partial-"
 #: The packages transformers needs to read a GGUF file (``pip install 'lightning-kd[lm]'``).
 GGUF_REQUIREMENTS = ("gguf", "accelerate")
 
 #: ``load(gguf_path) -> (model, tokenizer)``: the model dense (dequantised), the tokenizer with its chat template.
 Loader = Callable[[Path], "tuple[Any, Any]"]
-
-
-def cache_root() -> Path:
-    """``$LIGHTNING_KD_CACHE``, or ``~/.cache/lightning_kd``."""
-    configured = os.environ.get(CACHE_ENV, "").strip()
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "lightning_kd"
-
-
-def embedded_directory(name: str) -> Path:
-    """Where the converted ``embedded:<name>`` lives: ``<cache_root>/embedded/<name>``."""
-    return cache_root() / "embedded" / name
 
 
 def load_gguf(gguf_path: Path) -> tuple[Any, Any]:
@@ -82,16 +77,19 @@ def plain_copy(model):
     return plain.eval()
 
 
-def is_converted(directory: Path, source: Path | None = None) -> bool:
-    """Whether ``directory`` holds a finished conversion (of ``source``, when given: same file name and size)."""
-    try:
-        marker = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
+def is_converted(directory: Path, source: Path | tuple[str, int | None] | None = None) -> bool:
+    """Whether ``directory`` holds a finished conversion (of ``source``, when given: same file name and size).
+
+    ``source`` may be the ``.gguf`` path, or its ``(file name, size in bytes)`` when the file itself is
+    not kept (``embedded:gemma-3-270m``'s GGUF is assembled from parts only to be converted).
+    """
+    marker = read_marker(directory, MARKER)
+    if marker is None or marker.get("format") != FORMAT_VERSION:
         return False
-    if marker.get("format") != FORMAT_VERSION:
-        return False
-    if source is not None and (marker.get("source_name"), marker.get("source_bytes")) != (source.name, _size(source)):
-        return False
+    if source is not None:
+        identity = (source.name, _size(source)) if isinstance(source, Path) else tuple(source)
+        if (marker.get("source_name"), marker.get("source_bytes")) != identity:
+            return False
     return (directory / "config.json").is_file()
 
 
@@ -122,19 +120,12 @@ def converted_directory(
     if load is None:
         _require_gguf_reader(gguf_path)
         load = load_gguf
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target.parent / f".{target.name}.lock"):
-        if is_converted(target, gguf_path):  # another process finished it while we waited
-            return target
-        _remove_leftovers(target)
+
+    def build(temporary: Path) -> None:
         note(f"lightning_kd: converting {gguf_path.name} once into {target} (a plain Hugging Face directory) ...")
-        temporary = target.parent / f".{target.name}{TEMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _write(gguf_path, temporary, load, check_logits)
-            _publish(temporary, target)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-    return target
+        _write(gguf_path, temporary, load, check_logits)
+
+    return build_once(target, lambda directory: is_converted(directory, gguf_path), build)
 
 
 def _write(gguf_path: Path, directory: Path, load: Loader, check_logits: bool) -> None:
@@ -155,7 +146,7 @@ def _write(gguf_path: Path, directory: Path, load: Loader, check_logits: bool) -
         "source_bytes": _size(gguf_path),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (directory / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    write_marker(directory, MARKER, marker)
 
 
 def _check_same_logits(model, directory: Path, tokenizer) -> None:
@@ -171,41 +162,6 @@ def _check_same_logits(model, directory: Path, tokenizer) -> None:
             f"The converted directory {directory} does not reproduce the GGUF model's logits "
             f"(max difference {(expected - got).abs().max().item():.3g}); it was not published."
         )
-
-
-def _publish(temporary: Path, target: Path) -> None:
-    """Move the finished directory into place; the caller holds the lock and removed any stale ``target``."""
-    _fsync_tree(temporary)
-    os.replace(temporary, target)
-    _fsync_dir(target.parent)
-
-
-def _remove_leftovers(target: Path) -> None:
-    """Under the lock: temporary siblings of killed conversions, and an unfinished ``target``."""
-    for stale in target.parent.glob(f".{target.name}{TEMP_INFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    if target.exists() or target.is_symlink():
-        # Move it aside first, so ``target`` is gone at once even if the removal is slow or fails.
-        aside = target.parent / f".{target.name}{TEMP_INFIX}stale-{uuid.uuid4().hex[:8]}"
-        os.replace(target, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock_path`` (released by the OS if the process dies); no lock where
-    ``fcntl`` is missing (Windows), where the atomic ``os.replace`` alone keeps readers safe."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _require_gguf_reader(gguf_path: Path) -> None:
@@ -224,24 +180,3 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows); the data files are synced already
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
