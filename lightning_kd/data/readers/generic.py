@@ -8,7 +8,7 @@ compression is undone on the fly.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,21 +81,7 @@ def iter_table_file(
         ValueError: a missing column, a short/long row, or a bad label, naming the file and line.
     """
     path = _check(path)
-    wanted = (*text_columns, label_column)
-    suffix = data_suffix(path)
-    if suffix in _DELIMITERS:
-        rows = _delimited_rows(path, _DELIMITERS[suffix], wanted)
-    else:
-        rows = iter_jsonl(path)
-    empty: list[int] = []
-    for line, row in rows:
-        with at_line(path, line):
-            texts = [text_field(row, column) for column in text_columns]
-            if any(not text.strip() for text in texts):
-                empty.append(line)
-            yield make_example(texts, raw_field(row, label_column), encode)
-    if empty:
-        warn_empty_texts(path, empty)
+    yield from _examples(path, text_columns, (*text_columns, label_column), lambda row: raw_field(row, label_column), encode)
 
 
 def iter_unlabelled_table(path: str | Path, text_columns: Sequence[str], label: int) -> Iterator[dict[str, Any]]:
@@ -107,15 +93,23 @@ def iter_unlabelled_table(path: str | Path, text_columns: Sequence[str], label: 
         ValueError: a missing text column or field, a short/long row, naming the file and line.
     """
     path = _check(path, "Check the unlabelled_file argument.")
+    yield from _examples(path, text_columns, tuple(text_columns), lambda row: label, None)
+
+
+def _examples(
+    path: Path, text_columns: Sequence[str], wanted: Sequence[str], label_of: Callable[[Any], Any], encode: Encode | None
+) -> Iterator[dict[str, Any]]:
+    """The rows of a checked file as normalised examples (``label_of(row)`` gives the raw label), naming the
+    line of a bad row, then one warning for the rows with an empty text."""
     suffix = data_suffix(path)
-    rows = _delimited_rows(path, _DELIMITERS[suffix], text_columns) if suffix in _DELIMITERS else iter_jsonl(path)
+    rows = _delimited_rows(path, _DELIMITERS[suffix], wanted) if suffix in _DELIMITERS else iter_jsonl(path)
     empty: list[int] = []
     for line, row in rows:
         with at_line(path, line):
             texts = [text_field(row, column) for column in text_columns]
             if any(not text.strip() for text in texts):
                 empty.append(line)
-            yield make_example(texts, label, None)
+            yield make_example(texts, label_of(row), encode)
     if empty:
         warn_empty_texts(path, empty)
 
