@@ -20,27 +20,22 @@ in a perplexity.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lightning_kd.cross_tokenizer.token_text import token_scheme
+
 _BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 def byte_rule(tokenizer: Any) -> str:
     """``"byte_level"``, ``"sentencepiece"`` or ``"approximate"``: how :func:`token_byte_lengths` counts
-    bytes for ``tokenizer`` (module docstring)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    decoder = getattr(backend, "decoder", None)
-    described = json.dumps(json.loads(decoder.__getstate__())) if decoder is not None else ""
-    if '"ByteLevel"' in described:
-        return "byte_level"
-    if '"Metaspace"' in described or '"ByteFallback"' in described or "\u2581" in described:
-        return "sentencepiece"
-    return "approximate"
+    bytes for ``tokenizer`` (module docstring), from how it writes its tokens (:func:`token_scheme`)."""
+    scheme = token_scheme(tokenizer)
+    return scheme if scheme in ("byte_level", "sentencepiece") else "approximate"
 
 
 def token_byte_lengths(tokenizer: Any) -> Tensor:
