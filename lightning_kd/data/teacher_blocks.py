@@ -11,7 +11,8 @@ of the text those tokens spell:
   document's piece is its text from the first to the last character its student tokens in the block
   cover; the teacher tokenises that substring (no special tokens).
 * **Boundaries.** Where the student's stream opens a document inside the block, the teacher's
-  encoding has its own BOS (when its template adds one, :func:`template_adds_bos`); where the
+  encoding has its own BOS (when its template adds one, :func:`template_adds_bos`), and so does a
+  block that opens mid-document (such a teacher reads every sequence from a BOS); where the
   student's EOS closes one, the teacher's EOS.
 * **Offsets.** ``offset_mapping`` (student) and ``<prefix>offset_mapping`` (teacher) are ``[start, end)``
   character spans into the block's text, which is its pieces laid end to end in order: a piece starts
@@ -183,8 +184,11 @@ class PackWithTeachers(PackDocuments):
         for layout in layouts:
             ids: list[int] = []
             offsets: list[tuple[int, int]] = []
-            for piece in layout:
-                if piece.opens and teacher.bos_id is not None:
+            for position, piece in enumerate(layout):
+                # A teacher whose template opens with BOS also gets it at a block that starts mid-document: models
+                # trained with BOS at every sequence start read a sequence without it badly (measured on Gemma-3-270M:
+                # 1.72 → 1.55 bits per byte on Rotten Tomatoes blocks). It spells no text, so nothing aligns with it.
+                if teacher.bos_id is not None and (piece.opens or position == 0):
                     ids.append(teacher.bos_id)
                     offsets.append(_EMPTY)
                 ids.extend(encoded["input_ids"][index])
