@@ -29,6 +29,7 @@ from lightning_kd.core.multi_teacher import Average
 from lightning_kd.core.features import FeatureRequest, Features
 from lightning_kd.core.logit_rows import LogitRows, widest
 from lightning_kd.core.terms import LossTerms
+from lightning_kd.cross_tokenizer.aligned_features import aligned_to_student
 from lightning_kd.cross_tokenizer.next_token import cross_vocabulary_soft
 from lightning_kd.losses.cross_vocabulary import VocabularyMatch
 from lightning_kd.losses.prediction import PredictionLoss
@@ -216,30 +217,41 @@ class MethodHooks:
     def cross_tokenizer_refusal(self) -> str | None:
         """Why this method cannot learn from a teacher that reads another tokenizer, or ``None`` when it can.
 
-        Two tokenizations of one text have different positions, so a term may compare the models only
-        through one vector per example: the task head's logits, or what :attr:`per_example_teacher_terms`
-        methods pool from each model's own tokens. Refused: token-level stages (the predictions are per
-        token), terms that read teacher features position by position, teacher weights inside the student's
-        step, random token ids, and multi-teacher strategies that read token logits.
+        Two tokenizations of one text have different positions. What still compares: one vector per example
+        (task logits, what :attr:`per_example_teacher_terms` methods pool from each model's own tokens); hidden
+        states of the default step's intermediate terms, which see the teacher aligned to the student's tokens
+        by character spans (:mod:`lightning_kd.cross_tokenizer.aligned_features`); and, in the causal-LM stage,
+        next-token distributions where both encodings have read the same text (the prediction term).
+        Refused: the MLM stage, attention or Q/K/V terms, hidden-state terms of a method's own ``teacher_terms``,
+        teacher weights inside the student's step, random token ids, and in the causal-LM stage multi-teacher
+        strategies that read token logits, the teacher cache and generated batches.
         """
         if self.task_stage.token_level and not self.task_stage.aligns_across_tokenizers:
             return f"the {self.task_stage.name} stage compares the two models' predictions token by token"
-        if self.task_stage.token_level:  # next-token positions align through the prediction term; nothing else aligns
-            if self.intermediate is not None or type(self).teacher_terms is not MethodHooks.teacher_terms:
-                return "its terms compare the teacher's and the student's tokens position by position; across vocabularies only the prediction term aligns positions"
+        if self.reads_teacher_weights:
+            return "it runs the teacher's layers or weights on the student's tokens"
+        if self.random_inputs is not None:
+            return "random_inputs draws token ids from one vocabulary for both models"
+        own_terms = type(self).teacher_terms is not MethodHooks.teacher_terms
+        if not self.per_example_teacher_terms:
+            requests = [self.teacher_request(index) for index in range(len(self.teachers))]
+            if any(request.hooked_layers for request in requests):
+                return ("its terms compare the teacher's and the student's attention or Q/K/V position by position, which "
+                        "has no counterpart across tokenizations (hidden-state terms are aligned by character spans)")
+            # The default step's intermediate terms read the teacher aligned to our tokens (aligned_to_student);
+            # a method's own teacher_terms would read the teacher's positions as ours.
+            if any(request.hidden_states for request in requests) and (own_terms or self.intermediate is None):
+                return "its terms compare the teacher's and the student's hidden states position by position"
+        if self.task_stage.token_level:  # next-token positions align through the prediction term
+            if own_terms:
+                return ("its own terms read the teacher's token positions as the student's; across vocabularies only the "
+                        "prediction term aligns positions")
             if self.multi_teacher.teacher_logit_rows() != "none":
                 return f"the {type(self.multi_teacher).__name__} strategy reads the teachers' token logits at the student's positions"
             if self.teacher_cache is not None:
                 return "the teacher cache stores rows at the student's positions; run the teacher live"
             if self.generated_batches is not None:
                 return "student- or teacher-written batches carry one encoding only"
-        if self.reads_teacher_weights:
-            return "it runs the teacher's layers or weights on the student's tokens"
-        if self.random_inputs is not None:
-            return "random_inputs draws token ids from one vocabulary for both models"
-        reads_features = any(self.teacher_request(index) != FeatureRequest() for index in range(len(self.teachers)))
-        if reads_features and not self.per_example_teacher_terms:
-            return "its terms compare the teacher's and the student's hidden states or attention position by position"
         return None
 
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> LossTerms:
@@ -274,6 +286,8 @@ class MethodHooks:
             terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms,
                                                              with_hard=alone and self.uses_student_loss()))
         if self.intermediate is not None:
+            if self.teacher_tokenizers.prefix_of(teacher_index) is not None:  # its hidden states at our token positions
+                batch, teacher = aligned_to_student(batch, self.teacher_inputs(batch, teacher_index), teacher)
             for name, value in self.intermediate(batch, student, teacher, teacher_index).items():
                 terms.intermediate(name, value)
         return terms

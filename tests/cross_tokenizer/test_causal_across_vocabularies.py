@@ -130,7 +130,7 @@ def test_positions_with_no_target_and_padding_do_not_count(tokenizers):
     assert float(method.compute_losses(unscored)["soft"]) == pytest.approx(_expected_uld(unscored, student, teacher, 1.0), rel=1e-4)
 
 
-@pytest.mark.parametrize("name, reason", [("TinyBERT", "position by position"), ("DistilBERT", "position by position")])
+@pytest.mark.parametrize("name, reason", [("TinyBERT", "attention or Q/K/V"), ("MiniLM", "attention or Q/K/V"), ("CKD", "position by position")])
 def test_terms_that_pair_positions_are_refused_across_vocabularies(tokenizers, name, reason):
     student, teacher = _models(tokenizers)
     with pytest.raises(ValueError, match=reason):
@@ -179,3 +179,18 @@ def test_a_cli_fit_distils_across_vocabularies_from_the_data_modules_teacher_tok
     logged = cli.trainer.callback_metrics
     assert torch.isfinite(logged["train/soft"]) and float(logged["train/soft"]) > 0
     assert (tmp_path / "exported" / "config.json").exists()
+
+
+def test_hidden_state_terms_read_the_teacher_aligned_to_the_students_tokens(tokenizers):
+    """DistilBERT (prediction across vocabularies + cosine on hidden states) trains; with the student as its own
+    teacher and one tokenization, the aligned cosine term is zero."""
+    student, teacher = _models(tokenizers)
+    method = methods.DistilBERT(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher), teacher_tokenizer=tokenizers["teacher_dir"],
+                                export_tokenizer=tokenizers["student_dir"])
+    terms = method.train().compute_losses(_batch(tokenizers))
+    assert all(torch.isfinite(value) for value in terms.values()) and "cos" in terms
+    same = methods.DistilBERT(student=copy.deepcopy(student), teacher=copy.deepcopy(student), teacher_tokenizer="the-same-one",
+                              export_tokenizer=tokenizers["student_dir"]).eval()
+    student_side = _encode(tokenizers["student"])
+    batch = {**student_side, **{"teacher_" + k: v for k, v in student_side.items() if k != "labels"}}
+    assert abs(float(same.compute_losses(batch)["cos"])) < 1e-5

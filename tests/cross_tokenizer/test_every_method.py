@@ -3,8 +3,8 @@ it trains and gives what the same teacher gives on the student's tokens, or it i
 
 The teacher's encoding here is the student's tokens with three more padding positions (a mask of zeros): the
 same text, other positions. A method whose terms read the teacher through its own encoding and mask (pooled
-vectors, task logits) gives exactly the same-tokenizer value; one that read the student's mask or positions
-for the teacher would fail or differ.
+vectors, task logits) or through the character-span alignment (hidden-state terms: here the identity) gives
+exactly the same-tokenizer value; one that read the student's mask or positions for the teacher would fail or differ.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ REFUSED = {
     "TinyBERT": "position by position",
     "MiniLM": "position by position",
     "MiniLMv2": "position by position",
-    "DistilBERT": "position by position",
     "ERDistill": "teacher's layers",
     "MixBaseline": "position by position",
     "ALPKD": "position by position",
@@ -43,12 +42,16 @@ EXTRA_PADDING = 3
 
 
 def _teacher_encoding(batch: dict[str, torch.Tensor], prefix: str = "teacher_") -> dict[str, torch.Tensor]:
-    """The batch plus a teacher encoding of the same rows: the student's tokens, then padding."""
+    """The batch plus a teacher encoding of the same rows: the student's tokens, then padding; every real token
+    spells one character of its own (so aligning the two encodings by character spans is the identity)."""
+    positions = torch.arange(batch["input_ids"].shape[1])
+    spans = torch.stack([positions, positions + 1], dim=-1).expand(*batch["input_ids"].shape, 2)
+    student = {**batch, "offset_mapping": spans * batch["attention_mask"].unsqueeze(-1)}
     padded = {}
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
-        value = batch[key]
-        padded[prefix + key] = torch.cat([value, value.new_zeros(value.shape[0], EXTRA_PADDING)], dim=1)
-    return {**batch, **padded}
+    for key in ("input_ids", "attention_mask", "token_type_ids", "offset_mapping"):
+        value = student[key]
+        padded[prefix + key] = torch.cat([value, value.new_zeros(value.shape[0], EXTRA_PADDING, *value.shape[2:])], dim=1)
+    return {**student, **padded}
 
 
 def _build(spec, family: str, teacher_tokenizer: str | None, models: dict):

@@ -152,3 +152,55 @@ def test_the_cli_links_the_data_modules_teacher_tokenizer_and_the_teacher_cache_
     live = cli.model.teacher_forward(0, batch).logits
     cached = cli.model.run_teacher(0, batch).logits
     torch.testing.assert_close(cached, live, rtol=1e-4, atol=1e-5)
+
+
+def _overlap_means(batch, teacher_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per student token, the mean of the teacher states whose character spans share a character with it
+    (Python sets of characters, token by token); and which student tokens have such a partner."""
+    rows, length = batch["input_ids"].shape
+    means = torch.zeros(rows, length, teacher_states.shape[-1])
+    partner = torch.zeros(rows, length, dtype=torch.bool)
+    for row in range(rows):
+        teacher_chars = [set(range(s, e)) if m else set() for (s, e), m in
+                         zip(batch["teacher_offset_mapping"][row].tolist(), batch["teacher_attention_mask"][row].tolist())]
+        for i, ((s, e), m) in enumerate(zip(batch["offset_mapping"][row].tolist(), batch["attention_mask"][row].tolist())):
+            chosen = [j for j, chars in enumerate(teacher_chars) if m and chars & set(range(s, e))]
+            if chosen:
+                means[row, i], partner[row, i] = teacher_states[row, chosen].mean(0), True
+    return means, partner
+
+
+def test_hidden_state_terms_compare_each_student_token_with_the_teacher_tokens_sharing_its_characters(assets):
+    teacher, student = _models(assets)
+    method = methods.TinyBERT(student=student, teacher=copy.deepcopy(teacher), teacher_tokenizer=assets["teacher"],
+                              export_tokenizer=assets["student"], terms=["hidden"], prediction=None).eval()
+    batch = next(iter(_data(assets, assets["teacher"]).val_dataloader()))
+    terms = method.compute_losses(batch)
+    with torch.no_grad():
+        s_states = student.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states
+        t_states = teacher.eval()(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                                  output_hidden_states=True).hidden_states
+        want = 0.0
+        for s, t in method.intermediate.pairs[0]["hidden"]:
+            aligned, partner = _overlap_means(batch, t_states[t])
+            projected = method.intermediate.project(s_states[s], 0)
+            want += ((projected - aligned) ** 2).mean(-1)[partner].mean()
+    assert not bool(_overlap_means(batch, t_states[0])[1][:, 0].any())  # [CLS] spells no text: it has no partner
+    torch.testing.assert_close(terms["hidden"].detach(), torch.as_tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-6)
+
+
+def test_attention_terms_are_refused_across_tokenizers_and_text_pairs_for_hidden_states():
+    with pytest.raises(ValueError, match="attention or Q/K/V position by position"):
+        methods.TinyBERT(student=make_family_model("bert", layers=2), teacher=make_family_model("bert", layers=4),
+                         teacher_tokenizer="other")
+    method = methods.TinyBERT(student=make_family_model("bert", layers=2), teacher=make_family_model("bert", layers=4),
+                              teacher_tokenizer="other", terms=["hidden"])
+    from tests.conftest import make_batch
+
+    batch = make_batch("classification")
+    batch["token_type_ids"][:, 6:] = 1  # a second text
+    spans = torch.stack([torch.arange(12), torch.arange(12) + 1], -1).expand(4, 12, 2)
+    batch.update(offset_mapping=spans, teacher_offset_mapping=spans, teacher_input_ids=batch["input_ids"],
+                 teacher_attention_mask=batch["attention_mask"])
+    with pytest.raises(ValueError, match="text pairs"):
+        method.compute_losses(batch)
