@@ -24,9 +24,10 @@ import platform
 import statistics
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
+
+from benchmarks.interleaved import emit, interleaved
 
 TEACHER, STUDENT = "embedded:gemma-3-270m", "embedded:smollm2-135m-instruct"
 WORKLOADS = ("no teacher", "floor", "uld (exact)", "uld (top 1,024)", "matched", "hybrid (top 1,024)")
@@ -86,11 +87,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     optimizer = torch.optim.AdamW(methods["uld (exact)"].student.parameters(), lr=0.0)
     step(methods, optimizer, batches[0], "uld (top 1,024)")  # warm-up: allocator, the vocabulary match
     step(methods, optimizer, batches[0], "matched")
-    seconds: dict[str, list[float]] = {workload: [] for workload in WORKLOADS}
-    for _ in range(args.rounds):
-        for batch in batches:
-            for workload in WORKLOADS:
-                seconds[workload].append(step(methods, optimizer, batch, workload))
+    seconds = interleaved(WORKLOADS, batches, args.rounds, lambda workload, batch, _: step(methods, optimizer, batch, workload))
     floor = statistics.median(seconds["floor"])
     return [{"workload": w, "median": statistics.median(s), "min": min(s), "max": max(s), "x_floor": statistics.median(s) / floor}
             for w, s in seconds.items()]
@@ -121,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--output", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
-    table = render(measure(args), args)
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table + "\n")
+    emit(render(measure(args), args), args.output)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.interleaved import emit, interleaved
+
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "embedded:smollm2-135m-instruct"
 WORKLOADS = ("off-policy step", "on-policy step", "sequence-level KD step (live)")
@@ -79,14 +81,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
     method.train()
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=0.0)
     step(method, optimizer, batches[0], "on-policy step", 0)  # warm-up: first shapes, allocator
-    times = {w: {"step": [], "generation": [], "tokens": []} for w in WORKLOADS}
-    for _ in range(args.rounds):
-        for index, batch in enumerate(batches):
-            for workload in WORKLOADS:
-                seconds, generating, tokens = step(method, optimizer, batch, workload, index)
-                times[workload]["step"].append(seconds)
-                times[workload]["generation"].append(generating)
-                times[workload]["tokens"].append(tokens)
+    results = interleaved(WORKLOADS, batches, args.rounds, lambda workload, batch, index: step(method, optimizer, batch, workload, index))
+    times = {w: dict(zip(("step", "generation", "tokens"), map(list, zip(*rows)))) for w, rows in results.items()}
     off = statistics.median(times["off-policy step"]["step"])
     rows = []
     for workload in WORKLOADS:
@@ -129,10 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--output", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
-    table = render(measure(args), args)
-    print(table)
-    if args.output:
-        Path(args.output).write_text(table + "\n")
+    emit(render(measure(args), args), args.output)
 
 
 if __name__ == "__main__":

@@ -276,9 +276,11 @@ class MethodHooks:
         those roles, any other name is ``INTERMEDIATE`` (:func:`~lightning_kd.core.terms.default_role`).
         """
         terms = LossTerms()
-        if self.prediction is not None and self.prediction.soft_weight > 0 and self.reads_own_vocabulary(teacher_index):
+        # A teacher of another tokenizer: its own encoding, whose offsets align its positions with ours.
+        own = self.teacher_inputs(batch, teacher_index) if self.teacher_tokenizers.prefix_of(teacher_index) is not None else None
+        if self.prediction is not None and self.prediction.soft_weight > 0 and own is not None and self.task_stage.token_level:
             # A causal-LM teacher of another vocabulary: next-token distributions compared where both read the same text.
-            terms.soft("soft", cross_vocabulary_soft(self.prediction, student, teacher, batch, self.teacher_inputs(batch, teacher_index),
+            terms.soft("soft", cross_vocabulary_soft(self.prediction, student, teacher, batch, own,
                                                      self.vocabulary_match(teacher_index), per_sample=self.per_example_terms))
         elif self.prediction is not None and self.prediction.soft_weight > 0:
             # One teacher passed through unchanged: the next-token loss can share the soft term's projection.
@@ -286,8 +288,8 @@ class MethodHooks:
             terms.soft("soft", self.prediction.soft_features(student, teacher, batch, per_sample=self.per_example_terms,
                                                              with_hard=alone and self.uses_student_loss()))
         if self.intermediate is not None:
-            if self.teacher_tokenizers.prefix_of(teacher_index) is not None:  # its hidden states at our token positions
-                batch, teacher = aligned_to_student(batch, self.teacher_inputs(batch, teacher_index), teacher)
+            if own is not None:  # its hidden states at our token positions
+                batch, teacher = aligned_to_student(batch, own, teacher)
             for name, value in self.intermediate(batch, student, teacher, teacher_index).items():
                 terms.intermediate(name, value)
         return terms

@@ -15,6 +15,7 @@ student's tokenizer is no second encoding: such a teacher reads the student's id
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -70,6 +71,17 @@ class TeacherTokenizers:
         if self.shared is not None:
             return [("teacher_", self.shared)]
         return [(f"teacher{index}_", name) for index, name in enumerate(self.per_teacher) if name is not None]
+
+    def load(self) -> list[tuple[str, str, Any]]:
+        """``(prefix, name, tokenizer)`` of each second encoding, each distinct tokenizer loaded once (several
+        teachers may share one)."""
+        from lightning_kd.data.sources import load_tokenizer  # the data table is read only here
+
+        loaded: dict[str, Any] = {}
+        for _, name in self.encodings():
+            if name not in loaded:
+                loaded[name] = load_tokenizer(name)
+        return [(prefix, name, loaded[name]) for prefix, name in self.encodings()]
 
     def tokenizer_of(self, index: int) -> str | None:
         """Teacher ``index``'s own tokenizer, or ``None`` when it reads the student's ids."""

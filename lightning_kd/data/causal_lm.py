@@ -282,13 +282,7 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         if self._teachers is None:
             if self.teacher_tokenizers:
                 require_fast(self.tokenizer, self.tokenizer_name, "student")
-            loaded: dict[str, PreTrainedTokenizerBase] = {}  # several teachers may share one tokenizer
-            teachers = []
-            for prefix, name in self.teacher_tokenizers.encodings():
-                if name not in loaded:
-                    loaded[name] = load_tokenizer(name)
-                teachers.append(teacher_encoder(prefix, loaded[name], name))
-            self._teachers = teachers
+            self._teachers = [teacher_encoder(prefix, tokenizer, name) for prefix, name, tokenizer in self.teacher_tokenizers.load()]
         return self._teachers
 
     @property

@@ -155,7 +155,7 @@ class GlueDataModule(LightningDataModule):
         )
         self.tokenizer_name = tokenizer
         self.teacher_tokenizers = TeacherTokenizers.of(teacher_tokenizer, tokenizer)
-        self._teacher_tokenizer_objects: dict[str, PreTrainedTokenizerBase] = {}
+        self._teacher_encoders_loaded: list[tuple[str, PreTrainedTokenizerBase]] | None = None
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -182,12 +182,9 @@ class GlueDataModule(LightningDataModule):
 
     def _teacher_encoders(self) -> list[tuple[str, PreTrainedTokenizerBase]]:
         """``(prefix, tokenizer)`` of each teacher encoding, the tokenizers loaded once."""
-        encoders = []
-        for prefix, name in self.teacher_tokenizers.encodings():
-            if name not in self._teacher_tokenizer_objects:
-                self._teacher_tokenizer_objects[name] = load_tokenizer(name)
-            encoders.append((prefix, self._teacher_tokenizer_objects[name]))
-        return encoders
+        if self._teacher_encoders_loaded is None:
+            self._teacher_encoders_loaded = [(prefix, tokenizer) for prefix, _, tokenizer in self.teacher_tokenizers.load()]
+        return self._teacher_encoders_loaded
 
     @property
     def num_labels(self) -> int:
