@@ -27,7 +27,7 @@ from datetime import date
 
 import torch
 
-from benchmarks.interleaved import emit, interleaved
+from benchmarks.interleaved import emit, interleaved, step_parser
 
 TEACHER, STUDENT = "embedded:gemma-3-270m", "embedded:smollm2-135m-instruct"
 WORKLOADS = ("no teacher", "floor", "uld (exact)", "uld (top 1,024)", "matched", "hybrid (top 1,024)")
@@ -111,13 +111,7 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--output", help="also write the table to this Markdown file")
-    args = parser.parse_args(argv)
+    args = step_parser(__doc__.splitlines()[0], batches=3, block_size=128).parse_args(argv)
     emit(render(measure(args), args), args.output)
 
 

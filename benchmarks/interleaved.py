@@ -6,6 +6,7 @@ instead of charging them to whichever ran then.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,3 +28,14 @@ def emit(table: str, output: str | None) -> None:
     print(table)
     if output:
         Path(output).write_text(table + "\n")
+
+
+def step_parser(description: str, *, batches: int, block_size: int) -> argparse.ArgumentParser:
+    """The arguments every step benchmark takes: batches, rounds, batch and block size, and ``--output``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batches", type=int, default=batches)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--block-size", type=int, default=block_size)
+    parser.add_argument("--output", help="also write the table to this Markdown file")
+    return parser

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.interleaved import emit, interleaved
+from benchmarks.interleaved import emit, interleaved, step_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "embedded:smollm2-135m-instruct"
@@ -117,13 +117,8 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--block-size", type=int, default=192)
+    parser = step_parser(__doc__.split("\n\n")[0], batches=6, block_size=192)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--output", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     emit(render(measure(args), args), args.output)
 
