@@ -24,6 +24,7 @@ import platform
 import statistics
 import time
 from datetime import date
+from itertools import islice
 
 import torch
 
@@ -48,11 +49,7 @@ def build(args: argparse.Namespace):
     data = CausalLMDataModule(tokenizer=STUDENT, teacher_tokenizer=TEACHER, train_files=["embedded:rotten_tomatoes"],
                               block_size=args.block_size, batch_size=args.batch_size, validation_fraction=0.02, seed=0)
     data.setup("fit")
-    batches = []
-    for batch in data.train_dataloader():
-        batches.append(batch)
-        if len(batches) == args.batches:
-            break
+    batches = list(islice(data.train_dataloader(), args.batches))
     first = KD(teacher=TEACHER, student=STUDENT, teacher_tokenizer=TEACHER, export_tokenizer=STUDENT,
                prediction=PredictionLoss(**SETTINGS["uld (exact)"]))
     methods = {"uld (exact)": first}

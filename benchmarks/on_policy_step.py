@@ -24,6 +24,7 @@ import platform
 import statistics
 import time
 from datetime import date
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -45,11 +46,7 @@ def build(args: argparse.Namespace):
     data = CausalLMDataModule(tokenizer=TEACHER, train_files=["embedded:chitchat"], block_size=args.block_size,
                               batch_size=args.batch_size, validation_fraction=0.02, seed=0)
     data.setup("fit")
-    batches = []
-    for batch in data.train_dataloader():
-        batches.append(batch)
-        if len(batches) == args.batches:
-            break
+    batches = list(islice(data.train_dataloader(), args.batches))
     method = KD(teacher=TEACHER, student_init="teacher_first_last", student_layers=15, export_tokenizer=TEACHER,
                 prediction=PredictionLoss(soft_loss="jsd", jsd_beta=0.5, hard_weight=0.0), on_policy=0.5,
                 generation=Generation(max_new_tokens=args.max_new_tokens),
