@@ -7,8 +7,8 @@ the teacher's encoding of its text), the median seconds of:
 * ``floor``: the teacher's forward on its encoding plus the student's own step (next-token loss, backward, AdamW);
 * ``no teacher``: the student's step alone;
 * the KD step (next-token loss + the soft term at the positions where both encodings have read the same text)
-  with each ``prediction.cross_vocabulary``: ``uld`` exact, ``uld`` cut to the top 1,024 sorted entries,
-  ``matched`` (KL over exactly matching tokens + one bucket per side) and ``hybrid``.
+  with each ``prediction.cross_vocabulary``: ``uld`` exact, ``uld`` cut to the top 1,024 sorted entries (also
+  over merged spans, ``merge_spans``), ``matched`` (KL over exactly matching tokens + one bucket per side) and ``hybrid``.
 
 ``× floor`` is the figure that matters: the distillation step over what the teacher's forward and the student's
 step cost anyway. Rounds interleave the workloads batch by batch; the AdamW step runs with learning rate 0, so
@@ -31,10 +31,12 @@ import torch
 from benchmarks.interleaved import emit, interleaved, step_parser
 
 TEACHER, STUDENT = "embedded:gemma-3-270m", "embedded:smollm2-135m-instruct"
-WORKLOADS = ("no teacher", "floor", "uld (exact)", "uld (top 1,024)", "matched", "hybrid (top 1,024)")
+WORKLOADS = ("no teacher", "floor", "uld (exact)", "uld (top 1,024)", "uld (top 1,024, merged spans)", "matched",
+             "hybrid (top 1,024)")
 SETTINGS = {
     "uld (exact)": dict(cross_vocabulary="uld", uld_top=None),
     "uld (top 1,024)": dict(cross_vocabulary="uld", uld_top=1024),
+    "uld (top 1,024, merged spans)": dict(cross_vocabulary="uld", uld_top=1024, merge_spans=True),
     "matched": dict(cross_vocabulary="matched"),
     "hybrid (top 1,024)": dict(cross_vocabulary="hybrid", uld_top=1024),
 }

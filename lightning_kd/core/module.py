@@ -287,6 +287,13 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
                 "across tokenizers (KD on the task logits, PKD, Universal-KD, RAIL-KD, …; docs/cross_tokenizer.md); "
                 "or give the teacher the student's tokenizer."
             )
+        if self.prediction is not None and self.prediction.merge_spans and not any(
+            self.reads_own_vocabulary(index) for index in range(len(self.teachers))
+        ):
+            raise ValueError(
+                "prediction.merge_spans merges spans between two vocabularies; no teacher here reads another vocabulary in "
+                "the causal-LM stage (teacher_tokenizer). Drop merge_spans."
+            )
         check_attention_requests(self)
         if self.generated_batches is not None:
             self.generated_batches.check_method(self)

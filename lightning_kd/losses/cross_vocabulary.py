@@ -65,20 +65,30 @@ def _sorted_distance_chunk(
     student_columns: Tensor | None,
     teacher_columns: Tensor | None,
     with_grad: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """Sorted L1 distance of some rows, and ``∂L/∂z_s`` when ``with_grad`` (see :func:`uld_rows`).
+    student_log_scale: Tensor | None = None,
+    teacher_log_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Sorted L1 distance of some rows, ``∂L/∂z_s`` when ``with_grad`` (see :func:`uld_rows`), and
+    ``∂L/∂log c_s`` when ``student_log_scale`` is given.
 
     Only the probabilities at ``student_columns`` / ``teacher_columns`` take part (all when ``None``);
-    they are not renormalised. With ``a`` and ``b`` the sorted, padded vectors,
-    ``L = Σ_r |a_r − b_r|`` (+ ``|R_a − R_b|`` for the masses past the top ``m``), so
-    ``∂L/∂q_c = sign(a_r − b_r)`` at the column ``c`` holding ``a_r`` and ``sign(R_a − R_b)`` at a
-    column past the top; the softmax Jacobian then gives ``∂L/∂u = q ⊙ (g − Σ q g)`` with ``u = z/T``.
-    A tie takes the sort's order and ``sign(0) = 0``, the subgradients autograd would take.
+    they are not renormalised. Each row's vector is multiplied by its ``c = exp(log_scale)`` (1 when no
+    scale is given; ``c > 0`` keeps the sort order). With ``a`` and ``b`` the sorted, padded, scaled
+    vectors, ``L = Σ_r |a_r − b_r|`` (+ ``|R_a − R_b|`` for the masses past the top ``m``), so
+    ``∂L/∂q_c = c_s·sign(a_r − b_r)`` at the column ``c`` holding ``a_r`` and ``c_s·sign(R_a − R_b)`` at a
+    column past the top; the softmax Jacobian then gives ``∂L/∂u = q ⊙ (g − Σ q g)`` with ``u = z/T``; and
+    ``∂L/∂log c_s = Σ_c sign_c · c_s q_c``. A tie takes the sort's order and ``sign(0) = 0``, the
+    subgradients autograd would take.
     """
     q = torch.softmax(student_logits.float() / temperature, dim=-1)
     p = torch.softmax(teacher_logits.float() / temperature, dim=-1)
     q_part = q if student_columns is None else q.index_select(-1, student_columns)
     p_part = p if teacher_columns is None else p.index_select(-1, teacher_columns)
+    student_scale = None if student_log_scale is None else student_log_scale.float().exp().unsqueeze(-1)
+    if student_scale is not None:
+        q_part = q_part * student_scale
+    if teacher_log_scale is not None:
+        p_part = p_part * teacher_log_scale.float().exp().unsqueeze(-1)
     width = max(q_part.shape[-1], p_part.shape[-1])
     keep = width if top is None else min(top, width)
     q_top, q_where = _largest(q_part, keep)
@@ -92,15 +102,18 @@ def _sorted_distance_chunk(
         rest = (q_part.sum(dim=-1) - q_top.sum(dim=-1)) - (p_part.sum(dim=-1) - p_top.sum(dim=-1))
         values = values + rest.abs()
     if not with_grad:
-        return values, None
+        return values, None, None
     if truncated:
         g_part = rest.sign().unsqueeze(-1).expand_as(q_part).contiguous()
     else:
         g_part = torch.zeros_like(q_part)
     g_part.scatter_(-1, q_where, diff[:, : q_top.shape[-1]].sign())
+    scale_grad = None if student_scale is None else (g_part * q_part).sum(dim=-1)
+    if student_scale is not None:
+        g_part = g_part.mul_(student_scale)
     g = g_part if student_columns is None else torch.zeros_like(q).index_copy_(-1, student_columns, g_part)
     grad = g.sub_((q * g).sum(dim=-1, keepdim=True)).mul_(q).div_(temperature)
-    return values, grad
+    return values, grad, scale_grad
 
 
 class _SortedDistance(torch.autograd.Function):
@@ -116,31 +129,40 @@ class _SortedDistance(torch.autograd.Function):
         top: int | None,
         student_columns: Tensor | None,
         teacher_columns: Tensor | None,
+        student_log_scale: Tensor | None,
+        teacher_log_scale: Tensor | None,
     ) -> Tensor:
-        ctx.with_grad = bool(ctx.needs_input_grad[0])
+        ctx.with_grad = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[7])
         rows = student_logits.shape[0]
         values = torch.empty(rows, dtype=torch.float32, device=student_logits.device)
         grad = torch.empty_like(student_logits) if ctx.with_grad else None
+        scale_grad = torch.empty_like(values) if ctx.with_grad and student_log_scale is not None else None
         for begin in range(0, rows, chunk_rows):
             part = slice(begin, begin + chunk_rows)
-            chunk_values, chunk_grad = _sorted_distance_chunk(
-                student_logits[part], teacher_logits[part], temperature, top, student_columns, teacher_columns, ctx.with_grad
+            chunk_values, chunk_grad, chunk_scale_grad = _sorted_distance_chunk(
+                student_logits[part], teacher_logits[part], temperature, top, student_columns, teacher_columns, ctx.with_grad,
+                None if student_log_scale is None else student_log_scale[part],
+                None if teacher_log_scale is None else teacher_log_scale[part],
             )
             values[part] = chunk_values
             if grad is not None:
                 grad[part] = chunk_grad
+            if scale_grad is not None:
+                scale_grad[part] = chunk_scale_grad
+        ctx.scale_dtype = None if student_log_scale is None else student_log_scale.dtype
         if grad is not None:
-            ctx.save_for_backward(grad)
+            ctx.save_for_backward(grad, scale_grad)
         return values
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_values: Tensor) -> tuple[Tensor | None, None, None, None, None, None, None]:
+    def backward(ctx: Any, grad_values: Tensor) -> tuple[Tensor | None, ...]:
         if not ctx.with_grad:
-            return None, None, None, None, None, None, None
-        (grad,) = ctx.saved_tensors
+            return (None,) * 9
+        grad, scale_grad = ctx.saved_tensors
         scaled = (grad.float() * grad_values.float().unsqueeze(-1)).to(grad.dtype)
-        return scaled, None, None, None, None, None, None
+        scale = None if scale_grad is None else (scale_grad * grad_values.float()).to(ctx.scale_dtype)
+        return scaled, None, None, None, None, None, None, scale, None
 
 
 def _sorted_distance(
@@ -151,6 +173,8 @@ def _sorted_distance(
     top: int | None,
     student_columns: Tensor | None = None,
     teacher_columns: Tensor | None = None,
+    student_log_scale: Tensor | None = None,
+    teacher_log_scale: Tensor | None = None,
 ) -> Tensor:
     """Validate the chunking arguments and run :class:`_SortedDistance` with the teacher detached."""
     if top is not None and top < 1:
@@ -159,8 +183,13 @@ def _sorted_distance(
         chunk_rows = max(1, CHUNK_ELEMENTS // max(student_logits.shape[-1], teacher_logits.shape[-1], 1))
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}.")
+    rows = student_logits.shape[0]
+    for side, scale in (("student", student_log_scale), ("teacher", teacher_log_scale)):
+        if scale is not None and tuple(scale.shape) != (rows,):
+            raise ValueError(f"{side}_log_scale must be one value per row, ({rows},); got {tuple(scale.shape)}.")
     return _SortedDistance.apply(
-        student_logits, teacher_logits.detach(), float(temperature), int(chunk_rows), top, student_columns, teacher_columns
+        student_logits, teacher_logits.detach(), float(temperature), int(chunk_rows), top, student_columns, teacher_columns,
+        student_log_scale, None if teacher_log_scale is None else teacher_log_scale.detach(),
     )
 
 
@@ -170,12 +199,18 @@ def uld_rows(
     temperature: float = 1.0,
     chunk_rows: int | None = None,
     top: int | None = None,
+    student_log_scale: Tensor | None = None,
+    teacher_log_scale: Tensor | None = None,
 ) -> Tensor:
     """The Universal Logit Distillation distance of each row (Boizard et al., 2024).
 
     ``q = softmax(z_s/T)`` and ``p = softmax(z_t/T)`` are each sorted in decreasing order, the shorter
     zero-padded to ``max(Vs, Vt)``, and ``L = Σ_r |q_(r) − p_(r)|`` (in ``[0, 2]``). It is invariant to
     any permutation of either vocabulary and 0 when the sorted vectors agree.
+
+    With log-scales, each row's vector is first multiplied by its ``exp(log_scale)`` — the probability of
+    the rest of a merged span (:mod:`lightning_kd.cross_tokenizer.merged_spans`): ``L = Σ_r |c_s q_(r) − c_t p_(r)|``,
+    with the gradient flowing into the student's logits and its log-scale.
 
     Args:
         student_logits: ``(N, Vs)``; the gradient flows into them only.
@@ -187,12 +222,15 @@ def uld_rows(
             approximation from below (never larger than the exact value), exact when ``m >= max(Vs, Vt)``,
             and much cheaper than a full sort (a top-``m`` selection) since the tail of a peaked
             distribution carries little mass.
+        student_log_scale: ``(N,)`` natural-log factor of each student row (``None``: 1); the gradient flows into it.
+        teacher_log_scale: ``(N,)`` likewise for the teacher (detached here).
 
     Returns:
         ``(N,)`` float32.
     """
     _check_rows(student_logits, teacher_logits, temperature)
-    return _sorted_distance(student_logits, teacher_logits, temperature, chunk_rows, top)
+    return _sorted_distance(student_logits, teacher_logits, temperature, chunk_rows, top,
+                            student_log_scale=student_log_scale, teacher_log_scale=teacher_log_scale)
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no truth value to compare fields by

@@ -73,6 +73,9 @@ class PredictionLoss:
             alike, the rest in one bucket per side) or ``"hybrid"`` (both). Read only in that setting.
         uld_top: cut ULD's sorted vectors to their first ``m`` entries plus the rest's mass (``None``: exact;
             a lower bound otherwise, much cheaper on a 262k vocabulary). Read by ``uld``/``hybrid`` only.
+        merge_spans: with ``cross_vocabulary: uld``, scale each side's row by the probability its model gives
+            the rest of the text up to the next position both have read (GOLD's span merging,
+            :mod:`lightning_kd.cross_tokenizer.merged_spans`), so both rows describe the same piece of text.
         class_mean: divide a KL-family soft term by the class count ``C`` (the last logit
             dimension), i.e. average the per-class summands instead of summing them, as the original
             authors' code does: TinyBERT's ``(−p_T·log p_S).mean()`` and PKD's
@@ -93,6 +96,7 @@ class PredictionLoss:
     skew_alpha: float = 0.1
     cross_vocabulary: CrossVocabularyLoss = "uld"
     uld_top: int | None = None
+    merge_spans: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -108,6 +112,11 @@ class PredictionLoss:
             raise ValueError(f"cross_vocabulary must be one of {', '.join(get_args(CrossVocabularyLoss))}; got {self.cross_vocabulary!r}.")
         if self.uld_top is not None and self.uld_top < 1:
             raise ValueError(f"uld_top must be a positive number of sorted entries (or null for exact), got {self.uld_top}.")
+        if self.merge_spans and self.cross_vocabulary != "uld":
+            raise ValueError(
+                f"merge_spans turns rows into unnormalised vectors, which only ULD's sorted distance compares (not "
+                f"{self.cross_vocabulary!r}): use cross_vocabulary: uld with merge_spans, or drop merge_spans."
+            )
         if self.class_mean and self.soft_loss == "mse":
             raise ValueError("class_mean averages the kl/ce summands over classes; soft_loss 'mse' already does: remove class_mean.")
         if self.class_mean and self.soft_loss == "tvd":

@@ -4,6 +4,7 @@ have read the same text, at the student's scored positions; everything that woul
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -27,13 +28,13 @@ def tokenizers(tmp_path_factory):
     return {"student": bpe, "teacher": metaspace, "student_dir": str(root / "student"), "teacher_dir": str(root / "teacher")}
 
 
-def _encode(tokenizer, prefix: str = "") -> dict[str, torch.Tensor]:
+def _encode(tokenizer, prefix: str = "", texts: list[str] = TEXTS) -> dict[str, torch.Tensor]:
     """One text per row, right-padded, with character offsets; every real token a target (plain text)."""
-    encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in TEXTS]
+    encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in texts]
     length = max(len(e["input_ids"]) for e in encoded)
-    ids = torch.full((len(TEXTS), length), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(texts), length), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    offsets = torch.zeros(len(TEXTS), length, 2, dtype=torch.long)
+    offsets = torch.zeros(len(texts), length, 2, dtype=torch.long)
     for row, e in enumerate(encoded):
         n = len(e["input_ids"])
         ids[row, :n], mask[row, :n] = torch.tensor(e["input_ids"]), 1
@@ -96,6 +97,94 @@ def test_uld_at_the_positions_that_read_the_same_text_against_an_independent_for
     assert len(_independent_pairs(batch)) >= 3 * 5  # every word end of three sentences, at least
     want = _expected_uld(batch, student, teacher, 2.0)
     torch.testing.assert_close(terms["soft"].detach(), torch.tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-6)
+
+def _boundaries(batch, row: int) -> list[tuple[int, int]]:
+    """Every (student, teacher) position pair of one row whose real tokens end at the same character, in order."""
+    ends = {int(end): j for j, (start, end) in enumerate(batch["teacher_offset_mapping"][row].tolist())
+            if end > start and batch["teacher_attention_mask"][row, j]}
+    return [(i, ends[int(end)]) for i, (start, end) in enumerate(batch["offset_mapping"][row].tolist())
+            if end > start and batch["attention_mask"][row, i] and int(end) in ends]
+
+
+def _expected_merged_uld(batch, student, teacher, temperature: float) -> tuple[float, int]:
+    """The mean ULD between rows scaled by the probability of the rest of the text up to the next shared boundary
+    (chain rule over each side's own actual tokens), written loop by loop; and how many pieces had several tokens."""
+    with torch.no_grad():
+        s_lp = (student.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits / temperature).log_softmax(-1)
+        t_lp = (teacher.eval()(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
+                / temperature).log_softmax(-1)
+    s_ids, t_ids, labels = batch["input_ids"], batch["teacher_input_ids"], batch["labels"]
+    distances, longer = [], 0
+    for row in range(s_ids.shape[0]):
+        bounds = _boundaries(batch, row)
+        for (i, j), (i_next, j_next) in zip(bounds, bounds[1:]):
+            if any(int(labels[row, m + 1]) == -100 for m in range(i, i_next)):  # position m predicts token m + 1
+                continue
+            longer += i_next > i + 1 or j_next > j + 1
+            c_s = math.exp(sum(float(s_lp[row, m, s_ids[row, m + 1]]) for m in range(i + 1, i_next)))
+            c_t = math.exp(sum(float(t_lp[row, m, t_ids[row, m + 1]]) for m in range(j + 1, j_next)))
+            q = [c_s * x for x in sorted(s_lp[row, i].exp().tolist(), reverse=True)]
+            p = [c_t * x for x in sorted(t_lp[row, j].exp().tolist(), reverse=True)]
+            width = max(len(p), len(q))
+            q, p = q + [0.0] * (width - len(q)), p + [0.0] * (width - len(p))
+            distances.append(sum(abs(a - b) for a, b in zip(q, p)))
+    return sum(distances) / len(distances), longer
+
+
+def _characters(tokenizer, prefix: str, space: str) -> dict[str, torch.Tensor]:
+    """Each text spelled one character per token (``space`` for a blank), so every multi-character token of the
+    other side's encoding faces a piece of several tokens; as :func:`_encode` otherwise."""
+    vocabulary = tokenizer.get_vocab()
+    ids = [[vocabulary[space if c == " " else c] for c in text] for text in TEXTS]
+    length = max(map(len, ids))
+    batch = {"input_ids": torch.full((len(TEXTS), length), tokenizer.pad_token_id, dtype=torch.long),
+             "attention_mask": torch.zeros(len(TEXTS), length, dtype=torch.long),
+             "offset_mapping": torch.zeros(len(TEXTS), length, 2, dtype=torch.long)}
+    for row, row_ids in enumerate(ids):
+        batch["input_ids"][row, : len(row_ids)] = torch.tensor(row_ids)
+        batch["attention_mask"][row, : len(row_ids)] = 1
+        batch["offset_mapping"][row, : len(row_ids)] = torch.tensor([[k, k + 1] for k in range(len(row_ids))])
+    if not prefix:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return {prefix + key: value for key, value in batch.items()}
+
+
+@pytest.mark.parametrize("finer", ["teacher", "student"])
+def test_merged_spans_against_an_independent_chain_rule(tokenizers, finer):
+    student, teacher = _models(tokenizers)
+    if finer == "teacher":
+        batch = {**_encode(tokenizers["student"]), **_characters(tokenizers["teacher"], "teacher_", "▁")}
+    else:
+        batch = {**_characters(tokenizers["student"], "", "Ġ"), **_encode(tokenizers["teacher"], "teacher_")}
+    want, longer = _expected_merged_uld(batch, student, teacher, 1.5)
+    assert longer >= 3  # pieces that one side spells with several tokens: the factors are not all 1
+    merged = _kd(tokenizers, student, teacher, temperature=1.5, merge_spans=True)
+    got = merged.compute_losses(batch)["soft"]
+    torch.testing.assert_close(got.detach(), torch.tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-6)
+    assert float(got.detach()) != pytest.approx(float(_kd(tokenizers, student, teacher, temperature=1.5).compute_losses(batch)["soft"]))
+    prompt = dict(batch, labels=batch["labels"].clone())
+    prompt["labels"][:, :5] = -100  # pieces holding a position without a target leave the term
+    want, _ = _expected_merged_uld(prompt, student, teacher, 1.5)
+    assert float(merged.compute_losses(prompt)["soft"]) == pytest.approx(want, rel=1e-4)
+    merged.train()
+    merged.compute_losses(batch)["loss"].backward()
+    assert all(p.grad is None for p in merged.teachers[0].parameters())
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in merged.student.parameters())
+
+
+def test_merged_spans_of_identical_encodings_are_at_zero_and_misuse_is_refused(tokenizers):
+    student, _ = _models(tokenizers)
+    method = methods.KD(student=copy.deepcopy(student), teacher=copy.deepcopy(student), teacher_tokenizer="the-same-one",
+                        export_tokenizer=tokenizers["student_dir"],
+                        prediction=PredictionLoss(hard_weight=0.0, merge_spans=True)).eval()
+    student_side = _encode(tokenizers["student"])
+    batch = {**student_side, **{"teacher_" + k: v for k, v in student_side.items() if k != "labels"}}
+    assert abs(float(method.compute_losses(batch)["soft"])) < 1e-5
+    with pytest.raises(ValueError, match="only ULD"):
+        PredictionLoss(cross_vocabulary="matched", merge_spans=True)
+    with pytest.raises(ValueError, match="Drop merge_spans"):
+        methods.KD(student=copy.deepcopy(student), teacher=copy.deepcopy(student), prediction=PredictionLoss(merge_spans=True))
+
 
 @pytest.mark.parametrize("kind", ["uld", "matched", "hybrid"])
 def test_a_teacher_that_is_the_student_is_at_zero_and_gradients_reach_only_the_student(tokenizers, kind):

@@ -128,6 +128,45 @@ def test_uld_top_gradient_matches_autograd():
     assert torch.allclose(mine.grad, theirs.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("top", [None, 4])
+def test_scaled_uld_against_python_and_autograd(top):
+    """Rows multiplied by exp(log-scale): the value is the Python ULD of the scaled vectors, and the gradient
+    into the student's logits and its log-scale is autograd's through a differentiable sort."""
+    student, teacher = _rows(5, 8, 12, seed=8)
+    generator = torch.Generator().manual_seed(9)
+    s_scale, t_scale = -3 * torch.rand(5, generator=generator), -3 * torch.rand(5, generator=generator)
+    values = uld_rows(student, teacher, 1.5, top=top, student_log_scale=s_scale, teacher_log_scale=t_scale)
+    want = []
+    for row in range(5):
+        q = [math.exp(float(s_scale[row])) * x for x in sorted(_softmax(student[row].tolist(), 1.5), reverse=True)]
+        p = [math.exp(float(t_scale[row])) * x for x in sorted(_softmax(teacher[row].tolist(), 1.5), reverse=True)]
+        q += [0.0] * (len(p) - len(q))
+        cut = len(p) if top is None else top
+        want.append(sum(abs(a - b) for a, b in zip(q[:cut], p[:cut])) + abs(sum(q[cut:]) - sum(p[cut:])))
+    torch.testing.assert_close(values, torch.tensor(want, dtype=torch.float32), rtol=1e-5, atol=1e-7)
+
+    def reference(s, scale):
+        q = (torch.softmax(s / 1.5, -1) * scale.exp()[:, None]).sort(-1, descending=True).values
+        p = (torch.softmax(teacher / 1.5, -1) * t_scale.exp()[:, None]).sort(-1, descending=True).values
+        q = F.pad(q, (0, p.shape[-1] - q.shape[-1]))
+        cut = p.shape[-1] if top is None else top
+        return (q[:, :cut] - p[:, :cut]).abs().sum(-1) + (q[:, cut:].sum(-1) - p[:, cut:].sum(-1)).abs()
+
+    weights = torch.rand(5, generator=generator)
+    mine = [student.clone().requires_grad_(), s_scale.clone().requires_grad_()]
+    theirs = [student.clone().requires_grad_(), s_scale.clone().requires_grad_()]
+    (weights * uld_rows(mine[0], teacher, 1.5, top=top, student_log_scale=mine[1], teacher_log_scale=t_scale)).sum().backward()
+    (weights * reference(*theirs)).sum().backward()
+    torch.testing.assert_close(mine[0].grad, theirs[0].grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(mine[1].grad, theirs[1].grad, rtol=1e-5, atol=1e-7)
+    chunked = uld_rows(student, teacher, 1.5, chunk_rows=2, top=top, student_log_scale=s_scale, teacher_log_scale=t_scale)
+    torch.testing.assert_close(chunked, values)
+    unscaled = uld_rows(student, teacher, 1.5, top=top, student_log_scale=torch.zeros(5), teacher_log_scale=torch.zeros(5))
+    torch.testing.assert_close(unscaled, uld_rows(student, teacher, 1.5, top=top))
+    with pytest.raises(ValueError, match="one value per row"):
+        uld_rows(student, teacher, student_log_scale=torch.zeros(4))
+
+
 def test_uld_low_precision_student_gets_its_own_dtype_back():
     student, teacher = _rows(3, 6, 8, seed=6)
     leaf = student.to(torch.bfloat16).requires_grad_()
