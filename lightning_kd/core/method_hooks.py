@@ -58,6 +58,11 @@ class MethodHooks:
     #: ``teacher.attention_mask`` for the teacher): a teacher that reads another tokenizer then works
     #: (``teacher_tokenizer``). A property where a knob decides (PKD's ``positions``).
     per_example_teacher_terms: bool = False
+    #: Set by methods whose own :meth:`teacher_terms` compare hidden states position by position (or relations
+    #: between positions) and read the teacher through :meth:`aligned_teacher`: a teacher of another tokenizer is
+    #: then seen at the student's token positions, and only student tokens with a teacher partner enter those
+    #: terms. Attention and Q/K/V requests stay refused (:meth:`cross_tokenizer_refusal`). A property where a knob decides.
+    aligns_own_hidden_states: bool = False
 
     @property
     def compact_heads(self) -> bool:
@@ -196,6 +201,31 @@ class MethodHooks:
         teacher cache (:meth:`~lightning_kd.core.module.DistillationModule.teacher_forward`, ``run_teacher``)."""
         return self.teacher_tokenizers.inputs(batch, teacher_index)
 
+    def reads_other_tokenizer(self, teacher_index: int) -> bool:
+        """Whether teacher ``teacher_index`` reads its own tokenizer's encoding (``teacher_tokenizer``), whose
+        positions are not the student's."""
+        return self.teacher_tokenizers.prefix_of(teacher_index) is not None
+
+    def aligned_teacher(
+        self, batch: dict[str, Tensor], teacher: Features, teacher_index: int
+    ) -> tuple[dict[str, Tensor], Features]:
+        """``(terms_batch, teacher)`` for terms that compare hidden states at the student's token positions.
+
+        For a teacher of another tokenizer: its hidden states rewritten to the student's positions (per student
+        token, the mean of the teacher vectors sharing a character with it) and ``term_positions`` restricted to
+        student tokens with such a partner; the aligned teacher's ``attention_mask`` marks those tokens
+        (:func:`~lightning_kd.cross_tokenizer.aligned_features.aligned_to_student`). For a teacher that reads the
+        student's ids: ``batch`` and ``teacher`` themselves, so same-tokenizer terms are unchanged. Methods that
+        read it set :attr:`aligns_own_hidden_states`.
+
+        Raises:
+            KeyError: a batch without both encodings' character offsets.
+            ValueError: a batch of text pairs.
+        """
+        if not self.reads_other_tokenizer(teacher_index):
+            return batch, teacher
+        return aligned_to_student(batch, self.teacher_inputs(batch, teacher_index), teacher)
+
     def reads_own_vocabulary(self, teacher_index: int) -> bool:
         """Whether teacher ``teacher_index`` predicts tokens of its own vocabulary at its own positions: a teacher
         of another tokenizer in a token-level stage (its soft term is :mod:`lightning_kd.cross_tokenizer.next_token`'s)."""
@@ -219,12 +249,14 @@ class MethodHooks:
 
         Two tokenizations of one text have different positions. What still compares: one vector per example
         (task logits, what :attr:`per_example_teacher_terms` methods pool from each model's own tokens); hidden
-        states of the default step's intermediate terms, which see the teacher aligned to the student's tokens
-        by character spans (:mod:`lightning_kd.cross_tokenizer.aligned_features`); and, in the causal-LM stage,
+        states aligned to the student's tokens by character spans (:mod:`lightning_kd.cross_tokenizer.aligned_features`),
+        which the default step's intermediate terms read and a method's own ``teacher_terms`` read through
+        :meth:`aligned_teacher` when it sets :attr:`aligns_own_hidden_states`; and, in the causal-LM stage,
         next-token distributions where both encodings have read the same text (the prediction term).
-        Refused: the MLM stage, attention or Q/K/V terms, hidden-state terms of a method's own ``teacher_terms``,
-        teacher weights inside the student's step, random token ids, and in the causal-LM stage multi-teacher
-        strategies that read token logits, the teacher cache and generated batches.
+        Refused: the MLM stage, attention or Q/K/V terms, hidden-state terms of a method's own ``teacher_terms``
+        that does not align them, teacher weights inside the student's step, random token ids, and in the
+        causal-LM stage a method's own terms, multi-teacher strategies that read token logits, the teacher cache
+        and generated batches. A method refusing one of its own settings overrides this and adds its reason.
         """
         if self.task_stage.token_level and not self.task_stage.aligns_across_tokenizers:
             return f"the {self.task_stage.name} stage compares the two models' predictions token by token"
@@ -238,11 +270,16 @@ class MethodHooks:
             if any(request.hooked_layers for request in requests):
                 return ("its terms compare the teacher's and the student's attention or Q/K/V position by position, which "
                         "has no counterpart across tokenizations (hidden-state terms are aligned by character spans)")
-            # The default step's intermediate terms read the teacher aligned to our tokens (aligned_to_student);
-            # a method's own teacher_terms would read the teacher's positions as ours.
-            if any(request.hidden_states for request in requests) and (own_terms or self.intermediate is None):
+            # The default step's intermediate terms read the teacher aligned to our tokens (aligned_to_student), and
+            # so do own terms that declare it (aligned_teacher); other own terms would read the teacher's positions as ours.
+            own_unaligned = (own_terms or self.intermediate is None) and not self.aligns_own_hidden_states
+            if any(request.hidden_states for request in requests) and own_unaligned:
                 return "its terms compare the teacher's and the student's hidden states position by position"
         if self.task_stage.token_level:  # next-token positions align through the prediction term
+            if own_terms and self.aligns_own_hidden_states:
+                return ("its own aligned hidden-state terms run across tokenizers in sequence-level fine-tuning only; in "
+                        f"the {self.task_stage.name} stage only the prediction term and the default step's hidden-state "
+                        "terms align positions")
             if own_terms:
                 return ("its own terms read the teacher's token positions as the student's; across vocabularies only the "
                         "prediction term aligns positions")

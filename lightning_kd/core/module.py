@@ -283,8 +283,9 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         if self.teacher_tokenizers and (reason := self.cross_tokenizer_refusal()) is not None:
             raise ValueError(
                 f"{type(self).__name__} cannot learn from a teacher that reads another tokenizer (teacher_tokenizer: "
-                f"{self.teacher_tokenizers.argument}): {reason}. Methods that compare one vector per example work "
-                "across tokenizers (KD on the task logits, PKD, Universal-KD, RAIL-KD, …; docs/cross_tokenizer.md); "
+                f"{self.teacher_tokenizers.argument}): {reason}. Methods that compare one vector per example (KD on the "
+                "task logits, PKD, Universal-KD, RAIL-KD, ALP-KD, …) or hidden states aligned by character spans "
+                "(TinyBERT's hidden states, LRC-BERT, CKD, MGSKD) work across tokenizers (docs/cross_tokenizer.md); "
                 "or give the teacher the student's tokenizer."
             )
         if self.prediction is not None and self.prediction.merge_spans and not any(

@@ -6,7 +6,9 @@ counterpart of student token ``i`` is the mean of the teacher vectors whose toke
 (:func:`~lightning_kd.cross_tokenizer.alignment.aligned_teacher_states`). :func:`aligned_to_student` rewrites the
 teacher's hidden states that way, ``(B, Lt, H)`` → ``(B, Ls, H)``, and takes the student tokens without such a
 partner (special tokens, whitespace-only tokens) out of the positions the terms average over, so every
-position-wise hidden-state term runs unchanged.
+position-wise hidden-state term runs unchanged. The default step's intermediate terms read it, and so do methods
+whose own terms compare positions or relations between them (LRC-BERT, CKD, MGSKD), through
+:meth:`~lightning_kd.core.method_hooks.MethodHooks.aligned_teacher`.
 
 What stays refused: attention maps, Q/K/V relations and logits per position — their rows *and* columns are
 positions of one encoding, and a mean of teacher rows is no attention distribution of the student's tokens.

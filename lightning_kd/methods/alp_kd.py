@@ -18,6 +18,11 @@ Where we differ from the GKD reference (``--student_model=alp_kd``), and why:
 * Pooling: the "[CLS] vector" of each layer is chosen per model by ``pooling``
   (:mod:`lightning_kd.core.pooling`): ``auto`` is the first token on encoders (the reference's
   numbers) and the last real token on decoder LMs, whose first position sees only itself.
+
+Across tokenizers (``teacher_tokenizer``): the ALP term compares one pooled vector per layer and example, each
+model pooled over its own tokens (:meth:`ALPKD.layer_vectors` reads each model's own mask; the teacher's is its
+own encoding's), and the attention runs over layers, not positions. Nothing is aligned: it works as PKD's and
+Universal-KD's pooled terms do (:attr:`per_example_teacher_terms`), with the widths still equal.
 """
 
 from __future__ import annotations
@@ -86,6 +91,9 @@ class ALPKD(DistillationModule):
         self.alp_weight, self.pooling = alp_weight, pooling
         check_pooling(pooling, self.student, self.teachers)
         self.scale = 1.0 / math.sqrt(width) if scale_scores else 1.0
+
+    #: One pooled vector per layer and example from each model's own tokens, so a teacher may read another tokenizer.
+    per_example_teacher_terms = True
 
     def student_request(self) -> FeatureRequest:
         return FeatureRequest(hidden_states=True)

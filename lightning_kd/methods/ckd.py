@@ -30,6 +30,17 @@ Where we differ from the GKD reference, and why:
   presets (``configs/gkd/ckd``) set ``soft_loss: ce`` and ``t2_scale: false``.
 * **Per-sample losses.** The relation functions can return per-sample values (``per_sample=True``),
   which the reference could not.
+
+Across tokenizers (``teacher_tokenizer``): every relation is between the student's token positions, so the
+teacher is aligned to them by character spans (:meth:`~lightning_kd.core.method_hooks.MethodHooks.aligned_teacher`:
+per student token and layer, the mean of the teacher vectors sharing a character with it) and the relations
+run over the real student tokens that have a teacher partner (``[CLS]``, ``[SEP]`` and whitespace-only tokens
+leave every term, as padding does). Word relations are then the teacher's cosines and angles between its
+aligned vectors of those tokens; a token's layer relations compare the same mean of teacher tokens in every
+layer, so its trajectory is well-defined. Two student tokens inside one teacher token share its vector (the
+teacher relates them as one unit). The word-angle window runs over the student's positions; with
+``reduction: gkd`` its windows keep the tokens without a partner, whose teacher vector does not exist, so that
+combination is refused (``reduction: masked_mean`` runs). A teacher that reads the student's ids is used as is.
 """
 
 from __future__ import annotations
@@ -132,12 +143,25 @@ class CKD(DistillationModule):
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         return FeatureRequest(hidden_states=self._uses_relations())
 
+    #: Its relations read a teacher of another tokenizer aligned to the student's tokens (module docstring).
+    aligns_own_hidden_states = True
+
+    def cross_tokenizer_refusal(self) -> str | None:
+        """As the base; also ``reduction: gkd`` with the word-angle term, whose windows keep partnerless tokens."""
+        reason = super().cross_tokenizer_refusal()
+        if reason is None and self.reduction == "gkd" and self.weights["word_angle"] > 0:
+            return ("reduction: gkd keeps padded and special neighbours in the word-angle windows, where a teacher of "
+                    "another tokenizer has no aligned vector; use reduction: masked_mean")
+        return reason
+
     def teacher_terms(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
     ) -> dict[str, Tensor]:
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
         if not self._uses_relations():
             return terms
+        # A teacher of another tokenizer at the student's positions, the term positions restricted to partnered tokens.
+        batch, teacher = self.aligned_teacher(batch, teacher, teacher_index)
         s = torch.stack(student.hidden_states, dim=1)  # (B, K, S, D_s)
         t = torch.stack([teacher.hidden_states[j] for j in self.teacher_layers[teacher_index]], dim=1)
         mask = term_positions(batch)

@@ -28,6 +28,16 @@ Deliberate choices and differences from the GKD reference:
   ``b``, so gathering the (gradient-free) teacher states is enough and gives the same local losses
   and gradients. Under one process it is a no-op.
 * As the reference, every position is used (padding is not masked).
+
+Across tokenizers (``teacher_tokenizer``): the teacher's hidden states are aligned to the student's tokens by
+character spans (:meth:`~lightning_kd.core.method_hooks.MethodHooks.aligned_teacher`: per student token, the mean
+of the teacher vectors sharing a character with it), so both per-example matrices are over the student's positions.
+A student token without a teacher partner ([CLS], [SEP], padding, whitespace-only tokens) has no teacher vector
+to compare with: its row is zeroed on both sides (``student_rows`` / ``teacher_rows`` of
+:func:`~lightning_kd.losses.contrastive.cosine_distance_matrix`), so it contributes a cosine of 0 — a constant,
+no gradient — while the mean keeps the reference's ``L·N`` denominator. A positive pair then compares the
+example's partnered tokens, a negative pair the positions partnered in both examples. With the teacher reading
+the student's ids nothing changes: every position, padding included, as the reference.
 """
 
 from __future__ import annotations
@@ -127,26 +137,43 @@ class LRCBERT(DistillationModule):
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         return FeatureRequest(hidden_states=self.contrastive_weight > 0)
 
+    #: Its contrastive term reads a teacher of another tokenizer aligned to the student's tokens (module docstring).
+    aligns_own_hidden_states = True
+
     def teacher_terms(self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int) -> dict[str, Tensor]:
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
         if self.contrastive_weight > 0:
             pairs = self.layer_pairs[teacher_index]
             projection = self.projections[teacher_index]
+            _, aligned = self.aligned_teacher(batch, teacher, teacher_index)
             s = torch.stack([projection(student.hidden_states[i]) for i, _ in pairs])
-            t = torch.stack([teacher.hidden_states[j] for _, j in pairs])
+            t = torch.stack([aligned.hidden_states[j] for _, j in pairs])
+            # Across tokenizers only partnered student tokens compare (the aligned mask); otherwise every position.
+            rows = aligned.attention_mask.bool() if self.reads_other_tokenizer(teacher_index) else None
             t, offset = self._gathered(t)
-            per_sample = contrastive_per_sample(cosine_distance_matrix(s, t), offset, self.positive_term)
+            t_rows = self._gathered_rows(rows) if rows is not None else None
+            per_sample = contrastive_per_sample(cosine_distance_matrix(s, t, rows, t_rows), offset, self.positive_term)
             terms["contrastive"] = self.contrastive_weight * len(pairs) * per_sample.mean()
         return terms
 
+    def _gathering(self) -> bool:
+        return self.gather_negatives and attached_trainer(self) is not None and self.trainer.world_size > 1
+
     def _gathered(self, teacher: Tensor) -> tuple[Tensor, int]:
         """Teacher states ``(L, B, N, D)`` of every process and the column offset of this process's rows."""
-        if not self.gather_negatives or attached_trainer(self) is None or self.trainer.world_size == 1:
+        if not self._gathering():
             return teacher, 0
         gathered = self.all_gather(teacher.contiguous())  # (W, L, B, N, D); the teacher has no gradient
         world, layers, batch = gathered.shape[:3]
         gathered = gathered.permute(1, 0, 2, 3, 4).reshape(layers, world * batch, *gathered.shape[3:])
         return gathered, self.trainer.global_rank * batch
+
+    def _gathered_rows(self, rows: Tensor) -> Tensor:
+        """The ``(B, N)`` positions that enter, of every process, in :meth:`_gathered`'s column order."""
+        if not self._gathering():
+            return rows
+        gathered = self.all_gather(rows.to(torch.uint8).contiguous())  # (W, B, N); bool is not gathered by every backend
+        return gathered.reshape(-1, gathered.shape[-1]).bool()
 
     # ------------------------------------------------------------------ gradient perturbation
     def _perturbation_module(self) -> nn.Module:

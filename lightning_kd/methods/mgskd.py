@@ -38,6 +38,25 @@ Where we differ from the GKD reference, and why:
   and ``k2`` are capped at the sequence length.
 * **Phrases.** The paper uses chunker phrases; like the reference we draw random spans, and there
   is no input for user-supplied phrase boundaries yet.
+
+Across tokenizers (``teacher_tokenizer``), every level runs:
+
+* ``token`` and ``span`` read the teacher aligned to the student's tokens by character spans
+  (:meth:`~lightning_kd.core.method_hooks.MethodHooks.aligned_teacher`: per student token, the mean of the
+  teacher vectors sharing a character with it). Relations are between the *student's* tokens — the student's
+  from its own vectors, the teacher's from its aligned vectors — over the real student tokens that have a
+  teacher partner (``[CLS]``, ``[SEP]`` and whitespace-only tokens leave the pairs, the anchors and the spans).
+  Two student tokens inside one teacher token get the same teacher vector, so the teacher relates them as
+  one unit: their teacher relation is that vector's with itself, and an angle between them is 0 on the
+  teacher's side (as a zero difference gives). Spans are the student's, averaged over their partnered
+  tokens; ``span_pooling: all_tokens`` (padding and special positions included, where the teacher has no
+  vector) is refused.
+* ``sample`` pools each model over its **own** tokens: the student with its batch's mask, the teacher its own
+  hidden states with its own encoding's mask. Pooling is per example, so nothing needs aligning, and the
+  one-token modes (``auto``, ``first``, ``last``) read each model's own [CLS] / last token — an aligned teacher
+  has no vector at the student's [CLS]. A row takes part when both models have a real token in it.
+
+A teacher that reads the student's ids is used as is: nothing above changes for it.
 """
 
 from __future__ import annotations
@@ -235,16 +254,31 @@ class MGSKD(DistillationModule):
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         return FeatureRequest(hidden_states=bool(self.levels))
 
+    #: Its token and span levels read a teacher of another tokenizer aligned to the student's tokens (module docstring).
+    aligns_own_hidden_states = True
+
+    def cross_tokenizer_refusal(self) -> str | None:
+        """As the base; also ``span_pooling: all_tokens``, which averages positions an aligned teacher has no vector at."""
+        reason = super().cross_tokenizer_refusal()
+        if reason is None and "span" in self.levels and self.span_pooling == "all_tokens":
+            return ("span_pooling: all_tokens averages padding and special positions, where a teacher of another "
+                    "tokenizer has no aligned vector; use span_pooling: valid_tokens")
+        return reason
+
     def teacher_terms(
         self, batch: dict[str, Tensor], student: Features, teacher: Features, teacher_index: int
     ) -> dict[str, Tensor]:
         terms = super().teacher_terms(batch, student, teacher, teacher_index)
         if not self.levels:
             return terms
-        hs, ht = student.hidden_states, teacher.hidden_states
+        # Token and span relations compare the student's token positions: a teacher of another tokenizer is
+        # aligned to them (and the term positions restricted to partnered tokens); the sample level needs no alignment.
+        positional = bool({"token", "span"} & set(self.levels))
+        terms_batch, aligned = self.aligned_teacher(batch, teacher, teacher_index) if positional else (batch, teacher)
+        hs, ht = student.hidden_states, aligned.hidden_states
         batch_size, length = hs[0].shape[:2]
         everything = torch.ones(batch_size, length, dtype=torch.bool, device=hs[0].device)
-        real, tokens = batch.get("attention_mask"), term_positions(batch)
+        real, tokens = batch.get("attention_mask"), term_positions(terms_batch)
         # Pooling reads the real tokens (a decoder pools its last one); token and span terms the term positions.
         real = everything if real is None else real.bool()
         mask = everything if tokens is None else tokens.bool()
@@ -252,12 +286,14 @@ class MGSKD(DistillationModule):
         sums = {name: zero_like_loss(hs[0]) for name in self.levels}
         if "sample" in sums:
             s_mode, t_mode = resolve_pair(self.sample_pooling, self.student, self.teachers[teacher_index], teacher_index)
-            rows = real.any(dim=1)
+            t_real = self._own_tokens(teacher, teacher_index, real)
+            rows = real.any(dim=1) & t_real.any(dim=1)
         for i, t_index in enumerate(self.teacher_layers[teacher_index]):
             s_x, t_x = hs[i], ht[t_index]
             if i >= self.sample_level_from:
-                if "sample" in sums:
-                    s_vec, t_vec = pool(s_x.float(), real, s_mode), pool(t_x.float(), real, t_mode)
+                if "sample" in sums:  # each model pooled over its own tokens (the teacher's own states, not aligned ones)
+                    t_own = teacher.hidden_states[t_index]
+                    s_vec, t_vec = pool(s_x.float(), real, s_mode), pool(t_own.float(), t_real, t_mode)
                     sums["sample"] = sums["sample"] + pooled_sample_structure_loss(s_vec, t_vec, rows, self.relation_heads)
                 continue
             if "token" in sums:
@@ -269,6 +305,14 @@ class MGSKD(DistillationModule):
                 sums["span"] = sums["span"] + sum(self._token_level(s_span, t_span, span_mask))
         terms.update({name: self.weights[name] * value for name, value in sums.items()})
         return terms
+
+    def _own_tokens(self, teacher: Features, teacher_index: int, real: Tensor) -> Tensor:
+        """``(B, Lt)`` bool: the real tokens of the teacher's own encoding (another tokenizer's), else ``real``."""
+        if not self.reads_other_tokenizer(teacher_index):
+            return real
+        if teacher.attention_mask is None:
+            return torch.ones(teacher.hidden_states[0].shape[:2], dtype=torch.bool, device=real.device)
+        return teacher.attention_mask.bool()
 
     def _token_level(self, s_x: Tensor, t_x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         return token_structure_loss(s_x, t_x, mask, self.relation_heads, self.triplet_anchors, self.triplet_neighbours)

@@ -11,7 +11,8 @@ segment (``g(k)``; 12→6: 2, 4, …, 12, so stage ``L_S`` pairs the final outpu
 with no prediction loss at all. In the last stage (``n = L_S + 1``) only the prediction loss trains
 (the seed: soft cross-entropy at ``T = 1``, no hard labels). The stage counter lives in the
 :class:`~lightning_kd.callbacks.SIDStages` callback (equal step phases by default), which the method
-attaches itself unless the trainer has its own. Student and teachers need equal widths and head counts (no projection).
+attaches itself unless the trainer has its own. Student and teachers need equal widths and, with the
+attention term, equal head counts (no projection).
 
 Where we differ from the GKD reference, and why:
 
@@ -25,6 +26,14 @@ Where we differ from the GKD reference, and why:
 * "[CLS]" is chosen per model by ``pooling`` (:mod:`lightning_kd.core.pooling`): ``auto`` is the
   first token on encoders (the reference's numbers) and the last real token on decoder LMs, whose
   first position sees only itself.
+* ``attention_weight`` scales the attention KL (1: the paper); 0 turns it off, and then no attention
+  scores are requested and the student's head count need not equal the teacher's.
+
+Across tokenizers (``teacher_tokenizer``): the attention KL compares attention maps whose rows and columns
+are one encoding's positions, which have no counterpart in another tokenization, so SID is refused unless
+``attention_weight: 0``. The internal stages then train the pooled "[CLS]" cosine alone, each model pooled
+over its own tokens (the student with its batch's mask, the teacher with its own encoding's mask), and the
+last stage the prediction loss on the task logits.
 """
 
 from __future__ import annotations
@@ -72,6 +81,8 @@ class SID(DistillationModule):
             ``"auto"`` (the first token on encoders, the last real token on causal LMs), ``"first"``,
             ``"last"`` or ``"mean"`` (over real tokens); see :mod:`lightning_kd.core.pooling`. The term
             keeps its name ``cls_cosine``.
+        attention_weight: weight of the attention KL term (1: the paper's sum); 0 turns it off (only the
+            pooled cosine trains the internal stages), which a teacher of another tokenizer needs.
         prediction: the prediction loss of the last stage (seed: soft at ``T = 1``, no hard term).
         **kwargs: teacher/student/optimizer arguments of :class:`DistillationModule`.
     """
@@ -84,6 +95,7 @@ class SID(DistillationModule):
         *,
         reduction: Reduction = "masked_mean",
         pooling: Pooling = "auto",
+        attention_weight: float = 1.0,
         prediction: SIDPrediction | None = SIDPrediction(),  # noqa: B008 - never mutated
         **kwargs,
     ) -> None:
@@ -91,18 +103,25 @@ class SID(DistillationModule):
             raise ValueError("SID's last stage trains on the prediction loss; give `prediction` (e.g. soft_weight: 1).")
         if reduction not in ("masked_mean", "gkd"):
             raise ValueError(f"reduction must be 'masked_mean' or 'gkd', got {reduction!r}.")
+        if attention_weight < 0:
+            raise ValueError(f"attention_weight must be >= 0 (0 turns the attention term off), got {attention_weight}.")
+        if attention_weight == 0 and reduction != "masked_mean":
+            raise ValueError("reduction only applies to the attention term; set attention_weight > 0 or drop reduction.")
         super().__init__(prediction=prediction, **kwargs)
-        self.reduction, self.pooling = reduction, pooling
+        self.reduction, self.pooling, self.attention_weight = reduction, pooling, attention_weight
         check_pooling(pooling, self.student, self.teachers)
         s_config = self.student.config
         for index, teacher in enumerate(self.teachers):
             t_config = teacher.config
-            if (t_config.hidden_size, t_config.num_attention_heads) != (s_config.hidden_size, s_config.num_attention_heads):
+            # Without the attention term only the pooled vectors meet, so only the widths must agree.
+            compared = ("hidden_size", "num_attention_heads") if attention_weight > 0 else ("hidden_size",)
+            if any(getattr(t_config, name) != getattr(s_config, name) for name in compared):
                 raise ValueError(
                     f"SID compares [CLS] vectors and attention maps directly, so teacher {index} (width {t_config.hidden_size}, "
                     f"{t_config.num_attention_heads} heads) and the student (width {s_config.hidden_size}, "
-                    f"{s_config.num_attention_heads} heads) need equal widths and head counts. Initialise the student from "
-                    "the teacher (student_init: teacher_uniform) or use a student of the teacher's shape."
+                    f"{s_config.num_attention_heads} heads) need equal widths and head counts (only widths with "
+                    "attention_weight: 0). Initialise the student from the teacher (student_init: teacher_uniform) or "
+                    "use a student of the teacher's shape."
                 )
         depth = s_config.num_hidden_layers
         #: Per teacher: the teacher hidden-state index ``g(k)`` paired with student layer ``k = 1…L_S``.
@@ -135,6 +154,20 @@ class SID(DistillationModule):
         finally:
             self.stage = stage
 
+    @property
+    def per_example_teacher_terms(self) -> bool:
+        """Without the attention term (``attention_weight: 0``) every internal term compares one pooled vector per
+        example, each model pooled over its own tokens, so a teacher may read another tokenizer."""
+        return self.attention_weight == 0
+
+    def cross_tokenizer_refusal(self) -> str | None:
+        """As the base, naming the knob that lifts the attention refusal: ``attention_weight: 0``."""
+        if self.attention_weight > 0:  # checked first: the base would give the generic attention reason
+            return ("its attention term compares the teacher's and the student's attention maps position by position, "
+                    "which has no counterpart across tokenizations; set attention_weight: 0 to train the internal "
+                    "stages on the pooled [CLS] cosine alone")
+        return super().cross_tokenizer_refusal()
+
     def internal(self) -> bool:
         """Whether the current stage matches internal layers (``n ≤ L_S``) rather than predictions."""
         return self._current_stage() < self.num_stages
@@ -142,12 +175,13 @@ class SID(DistillationModule):
     def student_request(self) -> FeatureRequest:
         if not self.internal():
             return FeatureRequest()
-        return FeatureRequest(hidden_states=True, score_layers=frozenset(range(self.stage)))
+        layers = range(self.stage) if self.attention_weight > 0 else ()
+        return FeatureRequest(hidden_states=True, score_layers=frozenset(layers))
 
     def teacher_request(self, teacher_index: int) -> FeatureRequest:
         if not self.internal():
             return FeatureRequest()
-        ends = self.teacher_layer_map[teacher_index][: self.stage]
+        ends = self.teacher_layer_map[teacher_index][: self.stage] if self.attention_weight > 0 else []
         return FeatureRequest(hidden_states=True, score_layers=frozenset(j - 1 for j in ends))
 
     def student_terms(self, batch: dict[str, Tensor], student: Features) -> dict[str, Tensor]:
@@ -159,19 +193,26 @@ class SID(DistillationModule):
         if not self.internal():
             return super().teacher_terms(batch, student, teacher, teacher_index)
         mask = batch.get("attention_mask")
+        # A teacher of another tokenizer pools over its own encoding's tokens; one reading our ids over ours.
+        t_mask = teacher.attention_mask if self.reads_other_tokenizer(teacher_index) else mask
         s_mode, t_mode = resolve_pair(self.pooling, self.student, self.teachers[teacher_index], teacher_index)
         attention, cls = 0.0, 0.0
         for k, j in enumerate(self.teacher_layer_map[teacher_index][: self.stage], start=1):
-            attention = attention + attention_kl(
-                student.attention_scores(k - 1),
-                teacher.attention_scores(j - 1),
-                mask,
-                mask_queries=self.reduction == "masked_mean" and mask is not None,
-                reduction=self.reduction,
-                key_mask=shared_key_mask(student, k - 1, teacher, j - 1),
-            )
-            cls = cls + cosine_distance(pool(student.hidden_states[k], mask, s_mode), pool(teacher.hidden_states[j], mask, t_mode))
-        return {"attention": attention, "cls_cosine": cls}
+            if self.attention_weight > 0:
+                attention = attention + attention_kl(
+                    student.attention_scores(k - 1),
+                    teacher.attention_scores(j - 1),
+                    mask,
+                    mask_queries=self.reduction == "masked_mean" and mask is not None,
+                    reduction=self.reduction,
+                    key_mask=shared_key_mask(student, k - 1, teacher, j - 1),
+                )
+            s_vector, t_vector = pool(student.hidden_states[k], mask, s_mode), pool(teacher.hidden_states[j], t_mask, t_mode)
+            cls = cls + cosine_distance(s_vector, t_vector)
+        if self.attention_weight == 0:
+            return {"cls_cosine": cls}
+        # The paper's unweighted sum at the default weight 1 (multiplying by 1.0 changes no bit).
+        return {"attention": self.attention_weight * attention, "cls_cosine": cls}
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         terms = super().compute_losses(batch)

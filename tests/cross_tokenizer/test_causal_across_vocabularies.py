@@ -219,7 +219,7 @@ def test_positions_with_no_target_and_padding_do_not_count(tokenizers):
     assert float(method.compute_losses(unscored)["soft"]) == pytest.approx(_expected_uld(unscored, student, teacher, 1.0), rel=1e-4)
 
 
-@pytest.mark.parametrize("name, reason", [("TinyBERT", "attention or Q/K/V"), ("MiniLM", "attention or Q/K/V"), ("CKD", "position by position")])
+@pytest.mark.parametrize("name, reason", [("TinyBERT", "attention or Q/K/V"), ("MiniLM", "attention or Q/K/V"), ("CKD", "sequence-level fine-tuning only")])
 def test_terms_that_pair_positions_are_refused_across_vocabularies(tokenizers, name, reason):
     student, teacher = _models(tokenizers)
     with pytest.raises(ValueError, match=reason):
