@@ -291,6 +291,7 @@ def compare(
     from transformers import AutoModelForCausalLM
 
     from lightning_kd.data.sources import load_tokenizer
+    from lightning_kd.reports.block_bos import opened_with_bos
 
     if not prompts:
         raise ValueError("give at least one prompt (the generation speed is measured on them)")
@@ -306,10 +307,11 @@ def compare(
     for name, directory, reader in models:
         source = sources["teacher"] if same_tokens else sources[reader]
         if source not in batches:
-            batches[source] = (
+            held_out = (
                 config_batches(data_config, source) if data_config
                 else evaluation_batches(source, text, block_size, batch_size, max_samples, cache_dir)
             )
+            batches[source] = opened_with_bos(held_out, load_tokenizer(source))  # Gemma/Llama read text after a BOS
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).to(device).eval()
         tok = load_tokenizer(source)
         ppl, accuracy, tokens, bits = perplexity(model, batches[source], token_byte_lengths(tok))
