@@ -34,6 +34,7 @@ from lightning_kd.core.fused_head import HeadRows, linear_head, rows_entering
 from lightning_kd.core.logit_rows import LogitRows, row_mask, rows_at, widest
 from lightning_kd.losses.topk_teacher import TopKTeacher
 from lightning_kd.stages import stage_of_class
+from lightning_kd.stages.labelled_rows import hard_labels, marks_rows
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
@@ -216,7 +217,8 @@ def capture(
         batch: a prepared batch: model inputs, plus ``labels`` (aligned with the logits) when ``with_labels``.
         request: what to capture.
         with_labels: compute the model's task/MLM/next-token loss on ``labels`` (by the model's own
-            forward where its stage allows, else from the logits).
+            forward where its stage allows, else from the logits). A batch that marks its labelled rows
+            (:mod:`lightning_kd.stages.labelled_rows`) scores those rows only, from the logits.
         upcast: cast captured floating tensors to float32 (used for low-precision teachers).
         rows: the ``(B, N)`` positions of token logits to compute, when they are not those
             ``request.logit_rows`` names in ``batch`` (a student whose hard labels differ from the
@@ -225,8 +227,10 @@ def capture(
     """
     layers = request.hooked_layers
     inputs = model_inputs(batch)
+    # Unlabelled transfer rows of a token-level batch keep their labels for the terms but none for the hard loss.
+    marked = with_labels and marks_rows(batch)
     if with_labels and "labels" in batch:
-        inputs["labels"] = batch["labels"]
+        inputs["labels"] = hard_labels(batch)
     if rows is None:
         rows = row_mask(batch, request.logit_rows)
     stage = stage_of_class(type(model).__name__)
@@ -235,9 +239,10 @@ def capture(
     # head entry is that projection; an MLM head's is its transform, which runs on the compact rows first.
     projection = model.get_output_embeddings() if request.head_rows and entry is not None else None
     fused = linear_head(model) if isinstance(projection, nn.Module) else None
-    # Labels reach the model's own loss only where its stage allows it for these labels (not a classifier's
-    # batch with unlabelled rows, whose all-unlabelled case HF's loss makes NaN) and the logits are whole.
-    take_labels = "labels" in inputs and (entry is not None or (stage is not None and not stage.labels_reach_model(inputs["labels"])))
+    # Labels reach the model's own loss only where its stage allows it for these labels (not a batch with
+    # unlabelled rows, whose all-unlabelled case HF's loss makes NaN) and the logits are whole.
+    take_labels = "labels" in inputs and (entry is not None or (
+        stage is not None and (marked or not stage.labels_reach_model(inputs["labels"]))))
     seen = HeadCall()
     if stage is not None:
         inputs.update(stage.forward_options)
@@ -269,7 +274,8 @@ def capture(
         labels = seen.labels[rows.to(seen.labels.device)] if take_labels and seen.labels is not None else None
         head_rows = HeadRows(cast(entered[0]), fused, labels)  # the loss: from the rows, on first use
     elif take_labels and seen.labels is not None:
-        loss = stage.loss_from_logits(outputs.logits, seen.labels, rows)
+        score = stage.labelled_rows_loss if marked else stage.loss_from_logits
+        loss = score(outputs.logits, seen.labels, rows)
     return Features(
         logits=None if head_rows is not None else cast(outputs.logits),
         loss=loss,

@@ -1,7 +1,8 @@
 """Which methods train on data with unlabelled rows, checked when a fit starts.
 
-An unlabelled row (class id ``-100``; :mod:`lightning_kd.data.unlabelled`) reaches every teacher term,
-while the student's hard term skips it (:class:`~lightning_kd.stages.classification.SequenceClassification`).
+An unlabelled row (class id ``-100`` in classification, :mod:`lightning_kd.data.unlabelled`; a row marked
+``labelled=False`` in the masked-LM and causal-LM stages, :mod:`lightning_kd.stages.labelled_rows`) reaches
+every teacher term, while the student's hard term skips it.
 That is right for any method whose terms either compare the student with a teacher or read the labels
 only through the hard term. It is not for a run whose unlabelled rows nothing would read (no teacher, or
 a method that trains on the task loss alone), nor for a strategy that reads a gold label per example

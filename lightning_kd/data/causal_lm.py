@@ -33,6 +33,7 @@ from lightning_kd.data.teacher_blocks import (
     require_fast,
     teacher_encoder,
 )
+from lightning_kd.data.unlabelled_corpus import check_unlabelled_arguments, load_unlabelled_file, with_unlabelled_rows
 from lightning_kd.metrics import build_lm_metrics
 from lightning_kd.metrics.token_bytes import token_byte_lengths
 
@@ -89,6 +90,15 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
     Training order is fixed by (seed, epoch) and resumes mid-epoch exactly (see
     :mod:`lightning_kd.data.sampling`); streamed corpora use a 10,000-row shuffle buffer.
 
+    **Unlabelled transfer data** (``unlabelled_file``, ``labelled_examples``; see ``docs/unlabelled_data.md``
+    and :mod:`lightning_kd.data.unlabelled_corpus`): the file's documents are packed into blocks of their own
+    (or its examples tokenised as the training examples are), placed after the training split's rows, and
+    ``labelled_examples=N`` keeps the hard term of the first ``N`` rows of the seeded shuffle ``max_train_samples``
+    uses. Training batches then also carry ``labelled`` (bool ``(B,)``): the student's own next-token loss
+    reads only the rows marked ``True`` (0 for a batch without any), while every teacher term reads every
+    row's scored positions. Labelled and unlabelled rows are shuffled together: an epoch is all of them, and a
+    batch's labelled share is the split's on average.
+
     Args:
         tokenizer: model name, local directory or ``embedded:<name>`` of the tokenizer.
         train_files: data files (``.txt`` one document per line, ``.csv``/``.tsv``/``.jsonl``/``.parquet``;
@@ -125,9 +135,15 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             entry per teacher (``null`` for a teacher that reads the student's tokens); a name equal to
             ``tokenizer`` changes nothing. Packed plain text only (not with prompt/response examples or
             ``separate_documents``); the CLI links it to the method. See :mod:`lightning_kd.cross_tokenizer`.
+        unlabelled_file: a file of in-domain data without labels, in a form the training files take (documents
+            in ``text_column``, or examples with the same fields), whose rows only the teacher terms learn from.
+            Not with ``streaming``.
+        labelled_examples: keep the student's own next-token loss on only this many training rows (the first of
+            the seeded shuffle, after ``max_train_samples``); the teachers label the rest. Not with ``streaming``.
 
     Raises:
-        ValueError: no corpus or two, fields that do not go together, or an out-of-range number.
+        ValueError: no corpus or two, fields that do not go together, an out-of-range number, or unlabelled
+            rows with ``streaming``.
     """
 
     task_head: str = "causal_lm"
@@ -161,6 +177,8 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         max_eval_samples: int | None = None,
         seed: int = 42,
         teacher_tokenizer: TeacherTokenizer = None,
+        unlabelled_file: str | None = None,
+        labelled_examples: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -171,6 +189,7 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             counts={"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_proc": num_proc,
                     "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples},
         )
+        check_unlabelled_arguments(unlabelled_file=unlabelled_file, labelled_examples=labelled_examples, streaming=streaming)
         chitchat = CHITCHAT in (train_files or [])
         if chitchat and not (prompt_field or response_field or messages_field):
             prompt_field, response_field = "prompt", "response"  # the converted corpus's columns
@@ -222,6 +241,7 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
         self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
+        self.unlabelled_file, self.labelled_examples = unlabelled_file, labelled_examples
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._token_bytes: Tensor | None = None  # bytes of text per token id, for bits per byte
         self._bos_id: int | None = None
@@ -326,9 +346,17 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             "seed": self.seed,
             "train_rows": len(train),
             "datasets_fingerprint": train._fingerprint,
-            # Only when set, so caches of same-tokenizer runs keep their keys.
+            # Only when set, so caches of same-tokenizer runs (and of runs without unlabelled data) keep their keys.
             **({"teacher_tokenizer": self.teacher_encodings} if self.teacher_tokenizers else {}),
+            **({"labelled_examples": self.labelled_examples} if self.labelled_examples is not None else {}),
+            **({"unlabelled_file": self.unlabelled_file} if self.unlabelled_file is not None else {}),
         }
+
+    @property
+    def has_unlabelled_rows(self) -> bool:
+        """Whether the training split has unlabelled rows (known from the arguments, nothing is read): a method
+        checks it at fit start (:func:`~lightning_kd.core.unlabelled.check_unlabelled_rows`)."""
+        return self.unlabelled_file is not None or self.labelled_examples is not None
 
     # ----------------------------------------------------------------------------- splits
     def _build(self) -> None:
@@ -340,7 +368,26 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             empty = (f"the {split} data has no examples; add rows or raise validation_fraction" if self.examples else
                      f"the {split} data is shorter than one block of {self.block_size} tokens; add text, lower "
                      "block_size, or raise validation_fraction")
-            self.datasets[split] = limited(self._tokenize(raw, split), split, limit, self.seed, empty)
+            # labelled_examples counts along the seeded shuffle: its labelled rows are those max_train_samples takes.
+            in_order = split == "train" and self.labelled_examples is not None
+            rows = limited(self._tokenize(raw, split), split, limit, self.seed, empty, seeded_order=in_order)
+            if split == "train" and self.has_unlabelled_rows:
+                rows = self._with_unlabelled(rows)
+            self.datasets[split] = rows
+
+    def _with_unlabelled(self, rows: Dataset) -> Dataset:
+        """The training rows followed by ``unlabelled_file``'s, tokenised (packed) on their own; sets ``training_counts``."""
+        extra = None
+        if self.unlabelled_file is not None:
+            setting = "text_column" if not self.examples else (
+                "messages_field" if self.messages_field else "prompt_field/response_field")
+            raw = load_unlabelled_file(self.unlabelled_file, self._columns(), setting, self.cache_dir)
+            extra = self._tokenize(raw, "unlabelled")
+        unit = "examples" if self.examples else "blocks"
+        rows, self.training_counts = with_unlabelled_rows(
+            rows, extra, labelled_examples=self.labelled_examples, unit=unit, unlabelled_file=self.unlabelled_file)
+        rank_zero_info(self.training_counts.line("causal-LM"))
+        return rows
 
     def _columns(self) -> list[str]:
         if self.messages_field:

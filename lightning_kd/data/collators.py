@@ -2,7 +2,9 @@
 
 Training rows carry their identity: :class:`IndexedRows` adds ``example_index`` (the row's position
 in the training split) and the collators turn it into an int64 ``(B,)`` batch key, which the
-teacher cache keys its rows by and static masking seeds its per-row masks with.
+teacher cache keys its rows by and static masking seeds its per-row masks with. A corpus split with
+unlabelled transfer rows also marks each row :data:`~lightning_kd.stages.labelled_rows.LABELLED`
+(a bool ``(B,)`` batch key, :func:`row_identity`), from its index alone.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from lightning_kd.data.masking import continuation_table, mask_tokens, word_ids_from_continuations
+from lightning_kd.stages.labelled_rows import LABELLED
 
 # Value that fills the padded positions of each model input. Anything else is not padded.
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
@@ -34,21 +37,41 @@ class IndexedRows(Dataset):
 
     Args:
         rows: the training split (after any ``max_train_samples`` subset).
+        labelled: with unlabelled transfer rows, how many leading rows are labelled (the split holds them
+            first; :mod:`lightning_kd.data.unlabelled_corpus`): each row then also carries
+            :data:`~lightning_kd.stages.labelled_rows.LABELLED`, ``index < labelled``. ``None``: no mark.
     """
 
-    def __init__(self, rows: Any) -> None:
-        self.rows = rows
+    def __init__(self, rows: Any, labelled: int | None = None) -> None:
+        self.rows, self.labelled = rows, labelled
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.rows[index], EXAMPLE_INDEX: int(index)}
+        return self._identified(self.rows[index], index)
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         fetch = getattr(self.rows, "__getitems__", None)
         rows = fetch(indices) if fetch is not None else [self.rows[index] for index in indices]
-        return [{**row, EXAMPLE_INDEX: int(index)} for row, index in zip(rows, indices)]
+        return [self._identified(row, index) for row, index in zip(rows, indices)]
+
+    def _identified(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        identity: dict[str, Any] = {EXAMPLE_INDEX: int(index)}
+        if self.labelled is not None:
+            identity[LABELLED] = int(index) < self.labelled
+        return {**row, **identity}
+
+
+def row_identity(rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+    """The batch keys of what :class:`IndexedRows` adds, when the rows carry them: ``example_index`` (int64
+    ``(B,)``) and :data:`~lightning_kd.stages.labelled_rows.LABELLED` (bool ``(B,)``)."""
+    identity = {}
+    if EXAMPLE_INDEX in rows[0]:
+        identity[EXAMPLE_INDEX] = torch.tensor([row[EXAMPLE_INDEX] for row in rows], dtype=torch.long)
+    if LABELLED in rows[0]:
+        identity[LABELLED] = torch.tensor([bool(row[LABELLED]) for row in rows], dtype=torch.bool)
+    return identity
 
 
 def row_seed(masking_seed: int, example_index: int) -> int:
@@ -138,7 +161,9 @@ class MaskingCollator:
     least one prediction target (the "never an empty loss" rule of :func:`mask_tokens` applies per row).
 
     Batches: ``input_ids`` (masked), ``attention_mask``, ``token_type_ids`` (zeros), ``labels``
-    (original id at the chosen positions, -100 elsewhere), and ``example_index`` when the rows carry it.
+    (original id at the chosen positions, -100 elsewhere), and ``example_index`` / ``labelled`` when the
+    rows carry them (:func:`row_identity`). Unlabelled rows are masked like the others: the teacher terms
+    read their masked positions.
 
     Args:
         tokenizer: supplies ``[MASK]``/``[PAD]``/special ids and the vocabulary.
@@ -199,9 +224,8 @@ class MaskingCollator:
             "attention_mask": attention_mask,
             "token_type_ids": torch.zeros_like(input_ids),
             "labels": labels,
+            **row_identity(rows),
         }
-        if EXAMPLE_INDEX in rows[0]:
-            batch[EXAMPLE_INDEX] = torch.tensor([row[EXAMPLE_INDEX] for row in rows], dtype=torch.long)
         return batch
 
     def _mask_rows(

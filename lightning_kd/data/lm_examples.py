@@ -10,7 +10,8 @@ happens once, in the loss), and ``-100`` marks a token that is not predicted.
 * :class:`TokenizeExamples` (``Dataset.map``): prompt/response pairs or chat ``messages`` →
   ``input_ids`` and ``labels`` that keep only the response (assistant) tokens.
 * :class:`CausalLMCollator`: rows → a batch (``input_ids``, ``attention_mask`` or ``position_ids``,
-  ``labels``, ``example_index``; offsets and each teacher's own encoding when the blocks carry them).
+  ``labels``, ``example_index`` and, with unlabelled transfer rows, ``labelled``; offsets and each
+  teacher's own encoding when the blocks carry them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from lightning_kd.data.collators import EXAMPLE_INDEX, pad_rows, pad_spans
+from lightning_kd.data.collators import pad_rows, pad_spans, row_identity
 
 IGNORE_INDEX = -100
 #: Batch key of the per-block offsets where a document starts (only with ``separate_documents``).
@@ -281,7 +282,8 @@ class CausalLMCollator:
       with that teacher's pad id, ``<prefix>attention_mask`` (1 on its real tokens, specials included)
       and ``<prefix>offset_mapping`` padded with the empty span ``(0, 0)``. Teacher rows differ in length.
 
-    ``example_index`` (int64, ``(B,)``) is passed on when the rows carry it.
+    ``example_index`` (int64, ``(B,)``) and ``labelled`` (bool, ``(B,)``: rows of unlabelled transfer data are
+    ``False``; :mod:`lightning_kd.stages.labelled_rows`) are passed on when the rows carry them.
 
     Args:
         pad_token_id: fills padded positions of ``input_ids`` (EOS for a tokenizer without a pad token).
@@ -320,8 +322,7 @@ class CausalLMCollator:
             batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
         if self.teacher_pad_ids:
             batch.update(self._teacher_columns(rows))
-        if EXAMPLE_INDEX in rows[0]:
-            batch[EXAMPLE_INDEX] = torch.tensor([row[EXAMPLE_INDEX] for row in rows], dtype=torch.long)
+        batch.update(row_identity(rows))
         return batch
 
     def _teacher_columns(self, rows: Sequence[dict[str, Any]]) -> dict[str, Tensor]:

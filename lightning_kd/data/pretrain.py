@@ -6,6 +6,7 @@ from typing import Any
 
 from datasets import Dataset, Features, IterableDataset, List, Value
 from pytorch_lightning import LightningDataModule
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from transformers import PreTrainedTokenizerBase
@@ -16,6 +17,7 @@ from lightning_kd.data.masking import continuation_table
 from lightning_kd.data.packing import TokenizeAndPack
 from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
 from lightning_kd.data.sources import load_tokenizer
+from lightning_kd.data.unlabelled_corpus import check_unlabelled_arguments, load_unlabelled_file, with_unlabelled_rows
 from lightning_kd.metrics import build_mlm_metrics
 
 # int32 ids halve the cached corpus on disk versus the int64 that ``map`` would infer.
@@ -35,6 +37,14 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
     batches hold masked ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels``
     (-100 off the masked positions). Map-style training batches also carry ``example_index`` (int64,
     each block's index in the packed training split), and ``masking_seed`` makes training masks static.
+
+    Unlabelled transfer data (``unlabelled_file``, ``labelled_examples``; see ``docs/unlabelled_data.md`` and
+    :mod:`lightning_kd.data.unlabelled_corpus`): the file is packed into blocks of its own, placed after the
+    training split's, and ``labelled_examples=N`` keeps the hard term of the first ``N`` blocks of the seeded
+    shuffle ``max_train_samples`` uses. Training batches then also carry ``labelled`` (bool ``(B,)``): the
+    student's own MLM loss reads only the rows marked ``True`` (0 for a batch without any), while every
+    teacher term reads every row's masked positions. Labelled and unlabelled blocks are shuffled together:
+    an epoch is all of them, and a batch's labelled share is the split's on average.
 
     Args:
         tokenizer: model name, local directory or ``embedded:<name>`` of the tokenizer.
@@ -61,9 +71,13 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
         masking_seed: make training masks a deterministic function of ``(masking_seed, example_index)``,
             identical every epoch (static masking), as a teacher-output cache needs. ``None`` (default)
             keeps dynamic masking: fresh masks for every batch. Not with ``streaming``.
+        unlabelled_file: a file of in-domain text without labels (a form ``train_files`` takes, with
+            ``text_column``), packed into blocks of its own that only the teacher terms read. Not with ``streaming``.
+        labelled_examples: keep the student's own MLM loss on only this many training blocks (the first of
+            the seeded shuffle, after ``max_train_samples``); the teachers label the rest. Not with ``streaming``.
 
     Raises:
-        ValueError: no corpus or two corpora, or an out-of-range number.
+        ValueError: no corpus or two corpora, an out-of-range number, or unlabelled rows with ``streaming``.
     """
 
     task_head: str = "masked_lm"
@@ -91,6 +105,8 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
         max_eval_samples: int | None = None,
         seed: int = 42,
         masking_seed: int | None = None,
+        unlabelled_file: str | None = None,
+        labelled_examples: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -100,6 +116,7 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
             counts={"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_proc": num_proc,
                     "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples},
         )
+        check_unlabelled_arguments(unlabelled_file=unlabelled_file, labelled_examples=labelled_examples, streaming=streaming)
         if not 0 < mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
         if block_size < 3:
@@ -118,6 +135,7 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
         self.num_workers, self.num_proc, self.cache_dir, self.streaming = num_workers, num_proc, cache_dir, streaming
         self.max_train_samples, self.max_eval_samples, self.seed = max_train_samples, max_eval_samples, seed
         self.masking_seed = masking_seed
+        self.unlabelled_file, self.labelled_examples = unlabelled_file, labelled_examples
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: dict[str, Dataset | IterableDataset] = {}
         self._sharded = False
@@ -158,7 +176,16 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
             "seed": self.seed,
             "train_blocks": len(train),
             "datasets_fingerprint": train._fingerprint,
+            # Only when set, so caches of runs without unlabelled data keep their keys.
+            **({"labelled_examples": self.labelled_examples} if self.labelled_examples is not None else {}),
+            **({"unlabelled_file": self.unlabelled_file} if self.unlabelled_file is not None else {}),
         }
+
+    @property
+    def has_unlabelled_rows(self) -> bool:
+        """Whether the training split has unlabelled rows (known from the arguments, nothing is read): a method
+        checks it at fit start (:func:`~lightning_kd.core.unlabelled.check_unlabelled_rows`)."""
+        return self.unlabelled_file is not None or self.labelled_examples is not None
 
     # ----------------------------------------------------------------------------- splits
     def _build(self) -> None:
@@ -169,7 +196,22 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
             limit = self.max_train_samples if split == "train" else self.max_eval_samples
             empty = (f"the {split} corpus is shorter than one block of {self.block_size} tokens; "
                      "add text, lower block_size, or raise validation_fraction")
-            self.datasets[split] = limited(self._pack(corpus), split, limit, self.seed, empty)
+            # labelled_examples counts along the seeded shuffle: its labelled blocks are those max_train_samples takes.
+            in_order = split == "train" and self.labelled_examples is not None
+            blocks = limited(self._pack(corpus), split, limit, self.seed, empty, seeded_order=in_order)
+            if split == "train" and self.has_unlabelled_rows:
+                blocks = self._with_unlabelled(blocks)
+            self.datasets[split] = blocks
+
+    def _with_unlabelled(self, blocks: Dataset) -> Dataset:
+        """The training blocks followed by ``unlabelled_file``'s, packed on their own; sets ``training_counts``."""
+        extra = None
+        if self.unlabelled_file is not None:
+            extra = self._pack(load_unlabelled_file(self.unlabelled_file, [self.text_column], "text_column", self.cache_dir))
+        blocks, self.training_counts = with_unlabelled_rows(
+            blocks, extra, labelled_examples=self.labelled_examples, unit="blocks", unlabelled_file=self.unlabelled_file)
+        rank_zero_info(self.training_counts.line("masked-LM"))
+        return blocks
 
     def _raw_splits(self) -> dict[str, Corpus]:
         if self.hf_dataset:

@@ -10,7 +10,7 @@ constructor, tokenisation (``_build``) and docs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
@@ -19,17 +19,23 @@ from torch.utils.data import DataLoader
 from lightning_kd.data.collators import IndexedRows
 from lightning_kd.data.sampling import EpochShuffleSampler, ResumableDataLoader, fit_position, global_seed
 
+if TYPE_CHECKING:
+    from lightning_kd.data.unlabelled import TrainingCounts
+
 #: Rows a streamed training split shuffles among.
 SHUFFLE_BUFFER = 10_000
 
 
-def limited(rows: Dataset | IterableDataset, split: str, limit: int | None, seed: int, empty: str) -> Dataset | IterableDataset:
+def limited(rows: Dataset | IterableDataset, split: str, limit: int | None, seed: int, empty: str,
+            seeded_order: bool = False) -> Dataset | IterableDataset:
     """``rows`` cut to ``limit`` rows: a seeded random subset of a map-style split, the first rows of a
     streamed one (taken before the training split's shuffle buffer, so a quick run reads little).
 
     Args:
         split: ``"train"`` (a streamed one gets its shuffle buffer here), or an evaluation split.
         empty: the error message for a map-style split without a row (what to change).
+        seeded_order: return a map-style split in the seeded shuffle's order even when nothing is cut, so
+            its first ``n`` rows are those ``limit=n`` would keep (``labelled_examples`` counts along it).
 
     Raises:
         ValueError: a map-style split has no row.
@@ -41,6 +47,8 @@ def limited(rows: Dataset | IterableDataset, split: str, limit: int | None, seed
         raise ValueError(empty)
     if limit is not None and limit < len(rows):
         rows = rows.shuffle(seed=seed).select(range(limit))
+    elif seeded_order:
+        rows = rows.shuffle(seed=seed)  # an indices mapping: nothing is rewritten
     return rows
 
 
@@ -87,8 +95,13 @@ class CorpusSplits:
     """Lightning's data-module hooks for tokenised corpus splits (mixed into a ``LightningDataModule``).
 
     The module provides ``_build()`` (fills ``self.datasets``, a no-op once done), ``streaming``,
-    ``num_workers`` and ``seed``, and sets ``self.datasets = {}`` and ``self._sharded = False``.
+    ``num_workers`` and ``seed``, and sets ``self.datasets = {}`` and ``self._sharded = False``. A module
+    whose training split holds unlabelled transfer rows sets ``training_counts`` when it builds the split
+    (:mod:`lightning_kd.data.unlabelled_corpus`): its training rows are then marked labelled or not.
     """
+
+    #: Labelled and unlabelled training rows, when the split holds unlabelled ones (labelled rows first).
+    training_counts: TrainingCounts | None = None
 
     def prepare_data(self) -> None:
         """Tokenise once (map-style), so every rank then reads ``datasets``' cache."""
@@ -121,8 +134,10 @@ class CorpusSplits:
     def _loader(self, split: str, batch_size: int, collate_fn: Callable) -> DataLoader:
         if not self.datasets:
             self._build()
+        counts = self.training_counts if split == "train" else None
         return split_loader(self.datasets[split], train=split == "train", batch_size=batch_size, collate_fn=collate_fn,
-                            num_workers=self.num_workers, seed=self.seed, position=lambda: fit_position(self.trainer))
+                            num_workers=self.num_workers, seed=self.seed, position=lambda: fit_position(self.trainer),
+                            labelled=counts.labelled if counts is not None else None)
 
 
 def split_loader(
@@ -134,13 +149,17 @@ def split_loader(
     num_workers: int,
     seed: int,
     position: Callable[[], dict[str, int]],
+    labelled: int | None = None,
 ) -> DataLoader:
     """A loader of one split: map-style training rows (with ``example_index``) shuffled by (seed, epoch)
-    and resumable mid-epoch (:mod:`lightning_kd.data.sampling`); anything else in order."""
+    and resumable mid-epoch (:mod:`lightning_kd.data.sampling`); anything else in order.
+
+    ``labelled``: training rows with unlabelled transfer rows after their first ``labelled`` (labelled) rows
+    are also marked ``labelled`` (:class:`~lightning_kd.data.collators.IndexedRows`)."""
     options: dict[str, Any] = dict(
         batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers, persistent_workers=num_workers > 0
     )
     if not train or isinstance(dataset, IterableDataset):
         return DataLoader(dataset, **options)
     sampler = EpochShuffleSampler(dataset, global_seed(seed))
-    return ResumableDataLoader(IndexedRows(dataset), sampler=sampler, position=position, **options)
+    return ResumableDataLoader(IndexedRows(dataset, labelled), sampler=sampler, position=position, **options)

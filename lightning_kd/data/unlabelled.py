@@ -27,6 +27,19 @@ from lightning_kd.stages.base import IGNORE_INDEX
 UNLABELLED = IGNORE_INDEX
 
 
+def check_labelled_examples(labelled_examples: int, split: str, rows: int) -> None:
+    """Refuse a ``labelled_examples`` that leaves no training row unlabelled.
+
+    Args:
+        labelled_examples: the argument.
+        split: what the training split holds, for the message (``"the sst2 training split has 100 examples"``).
+        rows: how many rows it holds.
+    """
+    if labelled_examples >= rows:
+        raise ValueError(f"labelled_examples={labelled_examples} keeps every row labelled: {split}. Use a smaller "
+                         "labelled_examples, or remove it.")
+
+
 class KeepFirstLabels:
     """``Dataset.map(batched=True, with_indices=True)`` function: rows ``0 … count-1`` keep their label, the
     others get :data:`UNLABELLED`. A class (not a closure) so ``datasets`` fingerprints ``count`` into its cache.
@@ -45,15 +58,16 @@ class KeepFirstLabels:
 
 @dataclass(frozen=True)
 class TrainingCounts:
-    """How many training examples have a label and how many do not."""
+    """How many training rows have a label and how many do not (``unit``: what a row is, for the message)."""
 
     labelled: int
     unlabelled: int
+    unit: str = "examples"
 
     def line(self, task: str) -> str:
         """The one line the data module prints at setup."""
         total = self.labelled + self.unlabelled
-        return (f"lightning_kd: {task} training split: {self.labelled} labelled and {self.unlabelled} unlabelled examples "
+        return (f"lightning_kd: {task} training split: {self.labelled} labelled and {self.unlabelled} unlabelled {self.unit} "
                 f"({self.labelled / total:.1%} labelled)")
 
 
@@ -81,11 +95,8 @@ def with_unlabelled(
     """
     labelled = len(examples)
     if labelled_examples is not None:
-        if labelled_examples >= len(examples):
-            raise ValueError(
-                f"labelled_examples={labelled_examples} keeps every example labelled: the {task} training split has "
-                f"{len(examples)} (after skip_train_samples/max_train_samples). Use a smaller labelled_examples, or remove it."
-            )
+        check_labelled_examples(labelled_examples, f"the {task} training split has {len(examples)} examples (after "
+                                "skip_train_samples/max_train_samples)", len(examples))
         examples = examples.map(KeepFirstLabels(labelled_examples), batched=True, with_indices=True, desc="Unlabelling")
         labelled = labelled_examples
     if unlabelled_file is not None:

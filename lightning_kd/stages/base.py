@@ -100,6 +100,17 @@ class Stage:
         """The hard loss when the labels do not reach the model's forward. Default: :meth:`token_loss`."""
         return self.token_loss(logits, labels, rows)
 
+    def labelled_rows_loss(self, logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The hard loss of a batch that marks its labelled rows (:mod:`lightning_kd.stages.labelled_rows`), from
+        ``labels`` whose unlabelled rows are already ``-100``: :meth:`loss_from_logits`, i.e. the mean over the
+        labelled rows' scored positions, and an exact 0 with a zero gradient when no position is labelled (a
+        batch of unlabelled rows only), where a mean over nothing would be NaN.
+        """
+        if bool(labels.ne(IGNORE_INDEX).any()):
+            return self.loss_from_logits(logits, labels, rows)
+        # A sum over no logit at all: 0 and still in the graph, so backward runs and every gradient is 0.
+        return logits[..., :0].float().sum()
+
     def token_loss(self, logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
         """The mean cross-entropy over labelled positions, from whole ``(B, N, V)`` logits or compact
         ``(R, V)`` rows at ``rows`` (``(B, N)``), in float32 with ``-100`` ignored; NaN without any

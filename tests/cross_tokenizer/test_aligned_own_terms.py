@@ -11,7 +11,6 @@ teacher's encoding is the student's own: ``test_every_method.py``.)
 from __future__ import annotations
 
 import copy
-import csv
 
 import pytest
 import torch
@@ -19,27 +18,19 @@ import torch
 import lightning_kd.methods as methods
 from lightning_kd.data import GlueDataModule
 from tests.conftest import make_batch
-from tests.cross_tokenizer.tokenizers import CORPUS, wordpiece_and_bpe
+from tests.cross_tokenizer.tokenizers import classification_assets
 from tests.families import make_family_model
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """Student (WordPiece) and teacher (byte-level BPE) tokenizer directories and one batch carrying both encodings."""
-    root = tmp_path_factory.mktemp("aligned_own_terms")
-    wordpiece, bpe = wordpiece_and_bpe(root / "built")
-    wordpiece.save_pretrained(root / "student_tokenizer")
-    bpe.save_pretrained(root / "teacher_tokenizer")
-    data = root / "train.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows([(text, "pos" if index % 2 else "neg") for index, text in enumerate(CORPUS)])
-    module = GlueDataModule("text-classification", str(root / "student_tokenizer"), train_file=str(data),
-                            validation_file=str(data), batch_size=6, teacher_tokenizer=str(root / "teacher_tokenizer"))
+    files = classification_assets(tmp_path_factory.mktemp("aligned_own_terms"))
+    module = GlueDataModule("text-classification", files["student"], train_file=files["data"], validation_file=files["data"],
+                            batch_size=6, teacher_tokenizer=files["teacher"])
     module.setup("fit")
-    return {"student": str(root / "student_tokenizer"), "teacher": str(root / "teacher_tokenizer"),
-            "batch": next(iter(module.val_dataloader())), "student_vocab": len(wordpiece), "teacher_vocab": len(bpe)}
+    return {"student": files["student"], "teacher": files["teacher"], "batch": next(iter(module.val_dataloader())),
+            "student_vocab": len(files["wordpiece"]), "teacher_vocab": len(files["bpe"])}
 
 
 def _method(name: str, assets, **knobs):

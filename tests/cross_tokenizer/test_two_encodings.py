@@ -4,7 +4,6 @@ student's, the CLI links it to the method, the teacher reads it (live and throug
 from __future__ import annotations
 
 import copy
-import csv
 
 import pytest
 import torch
@@ -13,24 +12,14 @@ import yaml
 import lightning_kd.methods as methods
 from lightning_kd.cross_tokenizer.teacher_tokenizers import TeacherTokenizers
 from lightning_kd.data import GlueDataModule
-from tests.cross_tokenizer.tokenizers import CORPUS, wordpiece_and_bpe
+from tests.cross_tokenizer.tokenizers import CORPUS, classification_assets
 from tests.families import make_family_model
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A WordPiece (student) and a byte-level BPE (teacher) tokenizer directory, and a labelled CSV of the corpus."""
-    root = tmp_path_factory.mktemp("two_encodings")
-    wordpiece, bpe = wordpiece_and_bpe(root / "built")
-    wordpiece.save_pretrained(root / "student_tokenizer")
-    bpe.save_pretrained(root / "teacher_tokenizer")
-    data = root / "train.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows([(text, "pos" if index % 2 else "neg") for index, text in enumerate(CORPUS)])
-    return {"student": str(root / "student_tokenizer"), "teacher": str(root / "teacher_tokenizer"), "data": str(data),
-            "bpe": bpe, "wordpiece": wordpiece}
+    return classification_assets(tmp_path_factory.mktemp("two_encodings"))
 
 
 def _data(assets, teacher_tokenizer, **options) -> GlueDataModule:

@@ -9,6 +9,7 @@ SentencePiece-style (``▁``) BPE over the same corpus. Training takes milliseco
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -110,3 +111,20 @@ def metaspace_bpe(tmp_dir: Path) -> PreTrainedTokenizerFast:
     return _saved(
         _metaspace_bpe(), Path(tmp_dir) / "metaspace", pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+
+
+def classification_assets(root: Path) -> dict:
+    """A WordPiece (student) and a byte-level BPE (teacher) tokenizer saved under ``root``, and a labelled CSV of
+    :data:`CORPUS` (``text``, ``label`` alternating ``neg``/``pos``): ``student``/``teacher`` directories, ``data``,
+    and the two tokenizers as ``wordpiece``/``bpe``."""
+    root = Path(root)
+    wordpiece, bpe = wordpiece_and_bpe(root / "built")
+    wordpiece.save_pretrained(root / "student_tokenizer")
+    bpe.save_pretrained(root / "teacher_tokenizer")
+    data = root / "train.csv"
+    with data.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([(text, "pos" if index % 2 else "neg") for index, text in enumerate(CORPUS)])
+    return {"student": str(root / "student_tokenizer"), "teacher": str(root / "teacher_tokenizer"), "data": str(data),
+            "bpe": bpe, "wordpiece": wordpiece}

@@ -112,7 +112,7 @@ def test_bad_unlabelled_data_is_refused_naming_the_fix(tmp_path, tiny_tokenizer_
                        label_column="label", unlabelled_file=str(pairs), cache_dir=cache_dir).setup("fit")
     with pytest.raises(FileNotFoundError, match="unlabelled_file"):
         fit(unlabelled_file=str(tmp_path / "missing.csv"))
-    with pytest.raises(ValueError, match=r"labelled_examples=24 keeps every example labelled.*has 24"):
+    with pytest.raises(ValueError, match=r"labelled_examples=24 keeps every row labelled.*has 24"):
         fit(labelled_examples=24)
     with pytest.raises(ValueError, match="labelled_examples must be a positive integer"):
         fit(labelled_examples=0)

@@ -39,12 +39,13 @@ from lightning_kd.core.logit_rows import IGNORE_INDEX, LogitRows, sum_per_exampl
 from lightning_kd.core.multi_teacher import MultiTeacherStrategy, TeacherStep
 from lightning_kd.core.terms import LossTerms, weighted_sum
 from lightning_kd.stages.classification import unlabelled_rows
+from lightning_kd.stages.labelled_rows import LABELLED
 
 #: Why strategies that read each example's gold loss refuse unlabelled rows.
 NEEDS_GOLD_LABELS = "it weights each teacher per example by that teacher's loss on the example's gold label, which an unlabelled row lacks"
 
 
-def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None) -> Tensor:
+def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None, labelled: Tensor | None = None) -> Tensor:
     """A teacher's own per-example loss against the gold labels (GKD ``mt_has_loss``), shape ``(B,)``.
 
     Args:
@@ -53,13 +54,15 @@ def teacher_gold_loss(logits: Tensor, labels: Tensor, rows: Tensor | None = None
             0 for an example without any), or compact ``(R, V)`` token rows at ``rows``.
         labels: ``(B,)`` class ids or regression targets, or ``(B, N)`` token ids with -100 ignored.
         rows: the ``(B, N)`` positions of compact token logits (they must cover every labelled one).
+        labelled: the batch's ``(B,)`` row marks (:mod:`lightning_kd.stages.labelled_rows`), when it has them.
 
     Raises:
-        ValueError: an example without a label (class id -100), whose gold loss does not exist.
+        ValueError: an example without a label (class id -100, or a row marked unlabelled), whose gold loss
+            does not exist.
     """
-    if labels.dim() == 1 and bool(unlabelled_rows(labels).any()):
+    if (labels.dim() == 1 and bool(unlabelled_rows(labels).any())) or (labelled is not None and not bool(labelled.all())):
         raise ValueError(
-            "The batch has unlabelled rows (class id -100), but a teacher's gold loss (MT-BERT's weights, RL-KD's agent "
+            f"The batch has unlabelled rows (class id -100 or {LABELLED!r} False), but a teacher's gold loss (MT-BERT's weights, RL-KD's agent "
             "state) needs a label on every example; train these strategies on labelled data only."
         )
     logits = logits.float()
@@ -98,5 +101,6 @@ class MTBERT(MultiTeacherStrategy):
             raise ValueError("MT-BERT weights each teacher by its loss on the gold labels; the batch has no 'labels'.")
         labels = step.batch["labels"]
         with torch.no_grad():
-            weights = [1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k))) for k, logits in enumerate(step.teacher_logits)]
+            marks = step.batch.get(LABELLED)
+            weights = [1.0 / (1.0 + teacher_gold_loss(logits, labels, step.teacher_rows(k), marks)) for k, logits in enumerate(step.teacher_logits)]
         return weighted_sum(per_teacher, weights, strategy="MT-BERT")

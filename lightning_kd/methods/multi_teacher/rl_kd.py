@@ -65,6 +65,7 @@ from lightning_kd.core.terms import LossTerms, Role, typed
 from lightning_kd.methods.multi_teacher.mt_bert import teacher_gold_loss
 from lightning_kd.methods.multi_teacher.uncertainty import Positions, position_mask, position_rows
 from lightning_kd.models.loading import ModelSource
+from lightning_kd.stages.labelled_rows import LABELLED
 
 Objective = Literal["reference_prob", "reinforce_logprob"]
 Reward = Literal["student", "student_and_teachers", "student_and_last_teacher"]
@@ -218,7 +219,8 @@ class RLKD(MultiTeacherStrategy):
                 "outputs; set num_classes to the task's label count (the vocabulary size for MLM logits)."
             )
         with torch.no_grad():
-            losses = torch.stack([teacher_gold_loss(z, labels, step.teacher_rows(k)) for k, z in enumerate(step.teacher_logits)], dim=1)
+            marks = step.batch.get(LABELLED)
+            losses = torch.stack([teacher_gold_loss(z, labels, step.teacher_rows(k), marks) for k, z in enumerate(step.teacher_logits)], dim=1)
             semantic = self.semantic_state(step.batch) if self._semantic else losses.new_zeros(losses.shape[0], 0)
         return semantic, losses, torch.cat(logits, dim=1)
 
