@@ -1,0 +1,46 @@
+"""Board 2's runner: the spec resolves, pending runs are the missing (row, seed) cells, the table pairs each row
+with its section's baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from benchmarks import transfer_board
+
+
+def _spec() -> dict:
+    return yaml.safe_load(transfer_board.SPEC.read_text())
+
+
+def test_the_spec_names_existing_configs_and_one_baseline_per_section():
+    spec = _spec()
+    for section in spec["sections"]:
+        assert sum(bool(row.get("baseline")) for row in section["rows"]) == 1
+        for row in section["rows"]:
+            assert Path(row["config"]).is_file(), row["config"]
+    unlabelled = next(row for row, _ in transfer_board.rows_of(spec) if "unlabelled" in row["name"])
+    assert unlabelled["overrides"]["data.init_args.labelled_examples"] == 500
+    five_hundred = next(row for row, _ in transfer_board.rows_of(spec) if row["name"] == "KD from MPNet (500 labels)")
+    assert five_hundred["overrides"]["data.init_args.max_train_samples"] == 500  # the YAML merge key carried the budget
+
+
+def test_pending_skips_finished_cells():
+    spec = _spec()
+    first = spec["sections"][0]["rows"][0]["name"]
+    todo = transfer_board.pending(spec, {first: {"1": {}}}, [first], None)
+    assert [seed for _, seed in todo] == [2, 3]
+
+
+def test_the_table_pairs_rows_with_their_baseline():
+    section = {"rows": [{"name": "base", "baseline": True}, {"name": "better"}, {"name": "missing"}]}
+    run = lambda correct: {"validation_accuracy": 0.5, "test_accuracy": correct.count("1") / len(correct),  # noqa: E731
+                           "test_correct": correct, "fit_seconds": 60.0}
+    results = {"base": {str(s): run("1" * 50 + "0" * 50) for s in (1, 2, 3)},
+               "better": {str(s): run("1" * 80 + "0" * 20) for s in (1, 2, 3)}}
+    lines = transfer_board.table(section, results).splitlines()
+    assert "| base | 3 | 50.00 ± 0.00 | 50.00 ± 0.00 | — | baseline | 1.0 min |" in lines
+    better = next(line for line in lines if line.startswith("| better"))
+    assert "+30.00" in better and "| better |" in better and "| better | 3 |" in better and "better | 1.0 min" in better
+    assert "| missing | 0 | — | — | — | not run | — |" in lines
