@@ -12,15 +12,13 @@ excludes 0, computed here); the plot is a forest plot per task of the same Δs a
 from __future__ import annotations
 
 import os
-import tempfile
-import textwrap
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.forest_plot import Interval, Panel, draw, write_atomically
 from benchmarks.leaderboard_results import Results, run_key
 from benchmarks.leaderboard_runner import TEACHER_ROW
 from benchmarks.leaderboard_spec import Row, Spec, Task
@@ -291,78 +289,16 @@ def pick_section(spec: Spec, collected: dict[str, list[RowResult]], image: str) 
 def plot(spec: Spec, collected: dict[str, list[RowResult]], path: Path) -> None:
     """A forest plot per task (``collect``'s answers by task name), one panel each, written atomically:
     every row's Δ from its own no-teacher student with its 95 % interval, sorted by Δ, a line at 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(task, points) for task in spec.tasks if (points := forest_points(spec, task, collected[task.name]))]
-    if not panels:
-        return
-    limit = max(max(abs(p.low), abs(p.high)) for _, points in panels for p in points) + 0.5
-    heights = [0.27 * len(points) + 1.4 for _, points in panels]
-    figure, axes = plt.subplots(len(panels), 1, figsize=(9.5, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for axis, (task, points) in zip(axes[:, 0], panels):
-        _forest_panel(axis, task, points, limit)
-    figure.tight_layout()
-    _write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110, format=path.suffix.lstrip(".") or "png"))
-    plt.close(figure)
-
-
-_MARKERS = {  # verdict: (legend label, marker, colour, filled)
-    "better": ("better: interval above 0", "o", "tab:green", True),
-    "within noise": ("within noise: interval holds 0", "o", "tab:grey", False),
-    "worse": ("worse: interval below 0", "s", "tab:red", True),
-}
-
-
-def _forest_panel(axis: Any, task: Task, points: list[ForestPoint], limit: float) -> None:
-    """Draw ``points`` (largest Δ first, at the top) on ``axis``, x from ``-limit`` to ``limit``."""
-    from matplotlib.transforms import blended_transform_factory
-
-    positions = {p.row: len(points) - 1 - k for k, p in enumerate(points)}
-    for verdict, (label, marker, colour, filled) in _MARKERS.items():
-        chosen = [p for p in points if p.verdict == verdict]
-        if not chosen:
-            continue
-        axis.errorbar(
-            [p.delta for p in chosen], [positions[p.row] for p in chosen],
-            xerr=[[p.delta - p.low for p in chosen], [p.high - p.delta for p in chosen]],
-            fmt=marker, color=colour, markerfacecolor=colour if filled else "white", markersize=5, capsize=2,
-            linewidth=1.2, label=f"{label} ({len(chosen)})",
-        )
-    axis.axvline(0, color="black", linewidth=1)
-    axis.set_yticks(range(len(points)))
-    axis.set_yticklabels([_with_init(p, points) for p in reversed(points)], fontsize=8)
-    axis.set_ylim(-0.7, len(points) - 0.3)
-    axis.set_xlim(-limit, limit)
-    axis.grid(axis="x", color="0.9", linewidth=0.8)
-    axis.set_axisbelow(True)
-    numbers = blended_transform_factory(axis.transAxes, axis.transData)
-    for point in points:
-        axis.text(1.01, positions[point.row], f"{point.delta:+.2f} ({point.low:+.2f} … {point.high:+.2f})",
-                  transform=numbers, fontsize=7, va="center")
-    axis.set_xlabel("accuracy difference from the no-teacher student (points)", fontsize=8)
-    title = (f"{_short_title(task)}: Δ test accuracy from each row's own no-teacher student (same initial layers), "
-             "paired by seed, 95 % interval")
-    axis.set_title(textwrap.fill(title, 100), fontsize=9)
-    axis.tick_params(axis="x", labelsize=8)
-    axis.legend(loc="lower right", fontsize=7)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then move it onto ``path`` in one step, so a
-    reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    temporary = Path(name)
-    temporary.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's file is private (0600)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    panels = []
+    for task in spec.tasks:
+        points = forest_points(spec, task, collected[task.name])
+        title = (f"{_short_title(task)}: Δ test accuracy from each row's own no-teacher student (same initial layers), "
+                 "paired by seed, 95 % interval")
+        intervals = [Interval(_with_init(p, points), p.delta, p.low, p.high, p.verdict) for p in points]
+        panels.append(Panel(title, "accuracy difference from the no-teacher student (points)", intervals))
+    # One scale for every task, as the tables share one unit.
+    limit = max((max(abs(i.low), abs(i.high)) for panel in panels for i in panel.intervals), default=0.0) + 0.5
+    draw([Panel(p.title, p.xlabel, p.intervals, limit) for p in panels], path)
 
 
 def _split_title(preamble: str) -> tuple[str, str]:
@@ -383,5 +319,5 @@ def write_report(spec: Spec, results: Results, markdown: Path, image: Path, comm
     for task in spec.tasks:
         sections += [task_section(spec, results, task, command, collected[task.name]), ""]
     text = "\n".join(sections).rstrip() + "\n"
-    _write_atomically(markdown, lambda temporary: temporary.write_text(text))
+    write_atomically(markdown, lambda temporary: temporary.write_text(text))
     plot(spec, collected, image)

@@ -17,7 +17,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.lm_board plan                  # what would run, with the stored results
     python -m benchmarks.lm_board run [--row NAME] [--seed S] [--commit]
-    python -m benchmarks.lm_board report                # docs/leaderboard_lm.md
+    python -m benchmarks.lm_board report                # docs/leaderboard_lm.md and docs/leaderboard_lm.png
 
 Resumable: finished runs live in ``benchmarks/lm_board_results.json`` and are skipped.
 """
@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from benchmarks.forest_plot import Interval, Panel, draw
 
 SPEC = Path("benchmarks/lm_board.yaml")
 HELD_OUT_VERSION = 1
@@ -306,8 +308,7 @@ def table(section: dict, results: dict) -> str:
             difference, verdict = "—", "reference"
         else:
             delta, low, high, _ = perplexity_difference(runs, baseline)
-            difference = f"{delta:+.2f} ({low:+.2f} … {high:+.2f})"
-            verdict = "better" if high < 0 else "worse" if low > 0 else "within noise"
+            difference, verdict = f"{delta:+.2f} ({low:+.2f} … {high:+.2f})", perplexity_verdict(low, high)
         fit = f"{seconds / 60:.1f} min" if seconds else "—"
         line = f"| {row['name']} | {len(runs)} | {spread(val)} | {spread(test)} | {difference} | {verdict} | {fit} |"
         if generating:
@@ -315,6 +316,33 @@ def table(section: dict, results: dict) -> str:
             line += f" {spent / 60:.1f} min ({100 * spent / seconds:.0f} %) |" if spent else " — |"
         lines.append(line)
     return "\n".join(lines)
+
+
+def perplexity_verdict(low: float, high: float) -> str:
+    """A perplexity Δ's verdict from its interval: lower is better."""
+    return "better" if high < 0 else "worse" if low > 0 else "within noise"
+
+
+def forest_panel(section: dict, results: dict) -> Panel:
+    """The section's rows as a forest-plot panel: each compared row's Δ test perplexity from the section's
+    baseline with its interval, largest improvement first; the scale fits the rows within a few times the
+    typical interval, so that one recipe that wrecks the student does not flatten the others (it is drawn as
+    an arrow at the edge, its numbers printed)."""
+    baseline_row = next(row for row in section["rows"] if row.get("baseline"))
+    baseline = {int(s): r for s, r in results.get(baseline_row["name"], {}).items()}
+    intervals = []
+    for row in section["rows"]:
+        runs = {int(s): r for s, r in results.get(row["name"], {}).items()}
+        if runs and baseline and not row.get("baseline") and row.get("evaluate") != "teacher":
+            delta, low, high, seeds = perplexity_difference(runs, baseline)
+            label = row.get("short", row["name"]) + ("" if seeds > 1 else " (1 seed)")
+            intervals.append(Interval(label, delta, low, high, perplexity_verdict(low, high)))
+    intervals.sort(key=lambda i: i.delta)
+    reach = sorted(max(abs(i.low), abs(i.high)) for i in intervals)
+    limit = min(reach[-1], 4 * reach[len(reach) // 2]) * 1.05 + 0.5 if reach else None
+    against = baseline_row.get("short", "the no-teacher student")
+    title = f"{section['title']}: Δ test perplexity from {against}, paired by seed, 95 % interval (lower is better)"
+    return Panel(title, f"perplexity difference from {against}", intervals, limit)
 
 
 def answers_table(section: dict, results: dict, seed: int = 1) -> str:
@@ -343,7 +371,12 @@ def report(spec: dict) -> None:
                   "other jobs, so fit times vary); written by `python -m benchmarks.lm_board report` from "
                   "`benchmarks/lm_board_results.json`.") if runs else ""
     main, *extra = sections(spec)
-    parts = [f"# {main['title']}", main.get("preamble", "").strip(), provenance, table(main, results), main.get("notes", "").strip()]
+    image = PAGE.with_suffix(".png")
+    draw([forest_panel(section, results) for section in sections(spec)], image)
+    # The page opens with what to pick (the spec's ``pick``, written from the measured rows) and the picture.
+    parts = [f"# {main['title']}", main.get("pick", "").strip(),
+             f"![Δ test perplexity of every row from its section's baseline, with 95 % intervals]({image.name})",
+             main.get("preamble", "").strip(), provenance, table(main, results), main.get("notes", "").strip()]
     for section in extra:
         parts += [f"## {section['title']}", section.get("preamble", "").strip(), table(section, results)]
         if section.get("answers"):

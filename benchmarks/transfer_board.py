@@ -11,7 +11,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.transfer_board plan
     python -m benchmarks.transfer_board run [--row NAME] [--seed S]
-    python -m benchmarks.transfer_board report        # docs/leaderboard_transfer.md
+    python -m benchmarks.transfer_board report        # docs/leaderboard_transfer.md and its plot (.png)
 
 Resumable: finished runs live in ``benchmarks/transfer_board_results.json`` and are skipped.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.forest_plot import Interval, Panel, draw
 from benchmarks.leaderboard_eval import evaluate_export
 from benchmarks.leaderboard_stats import Summary, paired_difference, summarize
 from benchmarks.lm_board import machine
@@ -116,6 +117,20 @@ def table(section: dict, results: dict) -> str:
     return "\n".join(lines)
 
 
+def forest_panel(section: dict, results: dict) -> Panel:
+    """The section's compared rows as a forest-plot panel: Δ test accuracy from the baseline row, largest first."""
+    baseline = next(row for row in section["rows"] if row.get("baseline"))
+    base = {int(s): r["test_correct"] for s, r in results.get(baseline["name"], {}).items()}
+    intervals = []
+    for row in section["rows"]:
+        runs = results.get(row["name"], {})
+        if runs and base and row is not baseline:
+            d = paired_difference({int(s): r["test_correct"] for s, r in runs.items()}, base)
+            intervals.append(Interval(row["name"] + ("" if len(runs) > 1 else " (1 seed)"), d.delta, d.low, d.high, d.verdict))
+    title = f"{section['title']}: Δ test accuracy from {baseline['name']}, paired by seed, 95 % interval"
+    return Panel(title, "accuracy difference (points)", sorted(intervals, key=lambda i: -i.delta))
+
+
 def spread(summary: Summary) -> str:
     """``mean ± sd`` over seeds, or the one value."""
     return f"{summary.mean:.2f} ± {summary.std:.2f}" if summary.n > 1 else f"{summary.mean:.2f}"
@@ -124,7 +139,12 @@ def spread(summary: Summary) -> str:
 def report(spec: dict) -> None:
     results = load_results()
     machines = sorted({r["machine"] for runs in results.values() for r in runs.values()})
-    parts = [f"# {spec['title']}", "", spec["preamble"].strip(), "",
+    image = PAGE.with_suffix(".png")
+    draw([forest_panel(section, results) for section in spec["sections"]], image)
+    # The page opens with what to pick (the spec's ``pick``, written from the measured rows) and the picture.
+    parts = [f"# {spec['title']}", "", spec.get("pick", "").strip(), "",
+             f"![Δ test accuracy of every row from its section's baseline, with 95 % intervals]({image.name})", "",
+             spec["preamble"].strip(), "",
              f"Measured on {'; '.join(machines) or '—'}; written by `python -m benchmarks.transfer_board report` from `{RESULTS}`."]
     for section in spec["sections"]:
         parts += ["", f"## {section['title']}", "", section.get("preamble", "").strip(), "", table(section, results)]
