@@ -24,7 +24,7 @@ from lightning_kd.data.lm_examples import (
     TokenizeExamples,
     template_adds_bos,
 )
-from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
+from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments
 from lightning_kd.data.sources import load_tokenizer, locate_embedded
 from lightning_kd.data.teacher_blocks import (
     PackWithTeachers,
@@ -352,28 +352,16 @@ class CausalLMDataModule(CorpusSplits, LightningDataModule):
             **({"unlabelled_file": self.unlabelled_file} if self.unlabelled_file is not None else {}),
         }
 
-    @property
-    def has_unlabelled_rows(self) -> bool:
-        """Whether the training split has unlabelled rows (known from the arguments, nothing is read): a method
-        checks it at fit start (:func:`~lightning_kd.core.unlabelled.check_unlabelled_rows`)."""
-        return self.unlabelled_file is not None or self.labelled_examples is not None
-
     # ----------------------------------------------------------------------------- splits
     def _build(self) -> None:
         if self.datasets:
             return
         _ = self.tokenizer  # load and check it before reading any data
         for split, raw in self._raw_splits().items():
-            limit = self.max_train_samples if split == "train" else self.max_eval_samples
             empty = (f"the {split} data has no examples; add rows or raise validation_fraction" if self.examples else
                      f"the {split} data is shorter than one block of {self.block_size} tokens; add text, lower "
                      "block_size, or raise validation_fraction")
-            # labelled_examples counts along the seeded shuffle: its labelled rows are those max_train_samples takes.
-            in_order = split == "train" and self.labelled_examples is not None
-            rows = limited(self._tokenize(raw, split), split, limit, self.seed, empty, seeded_order=in_order)
-            if split == "train" and self.has_unlabelled_rows:
-                rows = self._with_unlabelled(rows)
-            self.datasets[split] = rows
+            self.datasets[split] = self._limited_split(self._tokenize(raw, split), split, empty)
 
     def _with_unlabelled(self, rows: Dataset) -> Dataset:
         """The training rows followed by ``unlabelled_file``'s, tokenised (packed) on their own; sets ``training_counts``."""

@@ -15,7 +15,7 @@ from lightning_kd.data.collators import MaskingCollator
 from lightning_kd.data.corpus import Corpus, load_files, load_hf_corpus, split_off_validation
 from lightning_kd.data.masking import continuation_table
 from lightning_kd.data.packing import TokenizeAndPack
-from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments, limited
+from lightning_kd.data.split_loading import CorpusSplits, check_corpus_arguments
 from lightning_kd.data.sources import load_tokenizer
 from lightning_kd.data.unlabelled_corpus import check_unlabelled_arguments, load_unlabelled_file, with_unlabelled_rows
 from lightning_kd.metrics import build_mlm_metrics
@@ -181,27 +181,15 @@ class PretrainDataModule(CorpusSplits, LightningDataModule):
             **({"unlabelled_file": self.unlabelled_file} if self.unlabelled_file is not None else {}),
         }
 
-    @property
-    def has_unlabelled_rows(self) -> bool:
-        """Whether the training split has unlabelled rows (known from the arguments, nothing is read): a method
-        checks it at fit start (:func:`~lightning_kd.core.unlabelled.check_unlabelled_rows`)."""
-        return self.unlabelled_file is not None or self.labelled_examples is not None
-
     # ----------------------------------------------------------------------------- splits
     def _build(self) -> None:
         if self.datasets:
             return
         raw = self._raw_splits()
         for split, corpus in raw.items():
-            limit = self.max_train_samples if split == "train" else self.max_eval_samples
             empty = (f"the {split} corpus is shorter than one block of {self.block_size} tokens; "
                      "add text, lower block_size, or raise validation_fraction")
-            # labelled_examples counts along the seeded shuffle: its labelled blocks are those max_train_samples takes.
-            in_order = split == "train" and self.labelled_examples is not None
-            blocks = limited(self._pack(corpus), split, limit, self.seed, empty, seeded_order=in_order)
-            if split == "train" and self.has_unlabelled_rows:
-                blocks = self._with_unlabelled(blocks)
-            self.datasets[split] = blocks
+            self.datasets[split] = self._limited_split(self._pack(corpus), split, empty)
 
     def _with_unlabelled(self, blocks: Dataset) -> Dataset:
         """The training blocks followed by ``unlabelled_file``'s, packed on their own; sets ``training_counts``."""

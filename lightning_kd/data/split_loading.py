@@ -95,9 +95,11 @@ class CorpusSplits:
     """Lightning's data-module hooks for tokenised corpus splits (mixed into a ``LightningDataModule``).
 
     The module provides ``_build()`` (fills ``self.datasets``, a no-op once done), ``streaming``,
-    ``num_workers`` and ``seed``, and sets ``self.datasets = {}`` and ``self._sharded = False``. A module
-    whose training split holds unlabelled transfer rows sets ``training_counts`` when it builds the split
-    (:mod:`lightning_kd.data.unlabelled_corpus`): its training rows are then marked labelled or not.
+    ``num_workers``, ``seed``, the limits ``max_train_samples``/``max_eval_samples``, the unlabelled-row
+    arguments ``labelled_examples``/``unlabelled_file`` and ``_with_unlabelled``, and sets
+    ``self.datasets = {}`` and ``self._sharded = False``. A module whose training split holds unlabelled
+    transfer rows sets ``training_counts`` when it builds the split (:mod:`lightning_kd.data.unlabelled_corpus`):
+    its training rows are then marked labelled or not.
     """
 
     #: Labelled and unlabelled training rows, when the split holds unlabelled ones (labelled rows first).
@@ -116,6 +118,22 @@ class CorpusSplits:
             self._sharded = True  # setup runs once per stage; shard only once
             self.datasets = {name: split_dataset_by_node(split, rank=trainer.global_rank, world_size=trainer.world_size)
                              for name, split in self.datasets.items()}
+
+    @property
+    def has_unlabelled_rows(self) -> bool:
+        """Whether the training split has unlabelled rows (known from the arguments, nothing is read): a method
+        checks it at fit start (:func:`~lightning_kd.core.unlabelled.check_unlabelled_rows`)."""
+        return self.unlabelled_file is not None or self.labelled_examples is not None
+
+    def _limited_split(self, rows: Dataset | IterableDataset, split: str, empty: str) -> Dataset | IterableDataset:
+        """A tokenised split cut to the module's limit (:func:`limited`; ``max_train_samples`` or
+        ``max_eval_samples``). The training split keeps the seeded order ``labelled_examples`` counts along
+        (its labelled rows are those ``max_train_samples`` takes) and is followed by its unlabelled transfer
+        rows when it has some (the module's ``_with_unlabelled``)."""
+        limit = self.max_train_samples if split == "train" else self.max_eval_samples
+        in_order = split == "train" and self.labelled_examples is not None
+        rows = limited(rows, split, limit, self.seed, empty, seeded_order=in_order)
+        return self._with_unlabelled(rows) if split == "train" and self.has_unlabelled_rows else rows
 
     def _cached_training_split(self) -> Dataset:
         """The built training split, for a teacher cache's key (the part a fingerprint shares).

@@ -18,7 +18,7 @@ import torch
 import lightning_kd.methods as methods
 from lightning_kd.data import GlueDataModule
 from tests.conftest import make_batch
-from tests.cross_tokenizer.tokenizers import classification_assets
+from tests.cross_tokenizer.tokenizers import classification_assets, overlap_means
 from tests.families import make_family_model
 
 
@@ -109,21 +109,6 @@ def _hand_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def _means_by_characters(batch, teacher_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per student token, the plain mean of the teacher vectors whose characters (Python sets) meet its own."""
-    rows, length = batch["input_ids"].shape
-    means, partner = torch.zeros(rows, length, teacher_states.shape[-1]), torch.zeros(rows, length, dtype=torch.bool)
-    for row in range(rows):
-        teacher_chars = [set(range(s, e)) if real else set() for (s, e), real in
-                         zip(batch["teacher_offset_mapping"][row].tolist(), batch["teacher_attention_mask"][row].tolist())]
-        for i, ((s, e), real) in enumerate(zip(batch["offset_mapping"][row].tolist(), batch["attention_mask"][row].tolist())):
-            chosen = [j for j, chars in enumerate(teacher_chars) if real and chars & set(range(s, e))]
-            if chosen:
-                means[row, i] = sum(teacher_states[row, j] for j in chosen) / len(chosen)
-                partner[row, i] = True
-    return means, partner
-
-
 def test_lrc_berts_contrastive_term_equals_a_loop_over_the_partnered_tokens_of_hand_made_spans():
     teacher, student = make_family_model("roberta", layers=4, seed=1), make_family_model("bert", layers=2, seed=2)
     method = methods.LRCBERT(student=student, teacher=copy.deepcopy(teacher), teacher_tokenizer="teacher-tokenizer",
@@ -141,7 +126,7 @@ def test_lrc_berts_contrastive_term_equals_a_loop_over_the_partnered_tokens_of_h
         student_layers = [projection(s_states[i]) for i, _ in pairs]
         teacher_layers, partner = [], None
         for _, j in pairs:
-            aligned, partner = _means_by_characters(batch, t_states[j])
+            aligned, partner = overlap_means(batch, t_states[j])
             teacher_layers.append(aligned)
         assert partner.tolist() == [[False, True, True, True, False, False], [False, True, True, False, False, False],
                                     [False, True, True, True, False, False]]

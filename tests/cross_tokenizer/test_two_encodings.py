@@ -12,7 +12,7 @@ import yaml
 import lightning_kd.methods as methods
 from lightning_kd.cross_tokenizer.teacher_tokenizers import TeacherTokenizers
 from lightning_kd.data import GlueDataModule
-from tests.cross_tokenizer.tokenizers import CORPUS, classification_assets
+from tests.cross_tokenizer.tokenizers import CORPUS, classification_assets, overlap_means
 from tests.families import make_family_model
 
 
@@ -143,22 +143,6 @@ def test_the_cli_links_the_data_modules_teacher_tokenizer_and_the_teacher_cache_
     torch.testing.assert_close(cached, live, rtol=1e-4, atol=1e-5)
 
 
-def _overlap_means(batch, teacher_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per student token, the mean of the teacher states whose character spans share a character with it
-    (Python sets of characters, token by token); and which student tokens have such a partner."""
-    rows, length = batch["input_ids"].shape
-    means = torch.zeros(rows, length, teacher_states.shape[-1])
-    partner = torch.zeros(rows, length, dtype=torch.bool)
-    for row in range(rows):
-        teacher_chars = [set(range(s, e)) if m else set() for (s, e), m in
-                         zip(batch["teacher_offset_mapping"][row].tolist(), batch["teacher_attention_mask"][row].tolist())]
-        for i, ((s, e), m) in enumerate(zip(batch["offset_mapping"][row].tolist(), batch["attention_mask"][row].tolist())):
-            chosen = [j for j, chars in enumerate(teacher_chars) if m and chars & set(range(s, e))]
-            if chosen:
-                means[row, i], partner[row, i] = teacher_states[row, chosen].mean(0), True
-    return means, partner
-
-
 def test_hidden_state_terms_compare_each_student_token_with_the_teacher_tokens_sharing_its_characters(assets):
     teacher, student = _models(assets)
     method = methods.TinyBERT(student=student, teacher=copy.deepcopy(teacher), teacher_tokenizer=assets["teacher"],
@@ -171,10 +155,10 @@ def test_hidden_state_terms_compare_each_student_token_with_the_teacher_tokens_s
                                   output_hidden_states=True).hidden_states
         want = 0.0
         for s, t in method.intermediate.pairs[0]["hidden"]:
-            aligned, partner = _overlap_means(batch, t_states[t])
+            aligned, partner = overlap_means(batch, t_states[t])
             projected = method.intermediate.project(s_states[s], 0)
             want += ((projected - aligned) ** 2).mean(-1)[partner].mean()
-    assert not bool(_overlap_means(batch, t_states[0])[1][:, 0].any())  # [CLS] spells no text: it has no partner
+    assert not bool(overlap_means(batch, t_states[0])[1][:, 0].any())  # [CLS] spells no text: it has no partner
     torch.testing.assert_close(terms["hidden"].detach(), torch.as_tensor(want, dtype=torch.float32), rtol=1e-4, atol=1e-6)
 
 

@@ -4,13 +4,16 @@
 whitespace dropped from the offsets) and a GPT-2-style byte-level BPE (``Ġ`` spaces inside tokens,
 offsets covering them). Their token boundaries differ inside words, so tests of cross-tokenizer
 alignment and vocabulary matching have real disagreements to handle. :func:`metaspace_bpe` adds a
-SentencePiece-style (``▁``) BPE over the same corpus. Training takes milliseconds.
+SentencePiece-style (``▁``) BPE over the same corpus. Training takes milliseconds. :func:`overlap_means`
+is the tests' independent reference for aligned teacher states (a loop over Python sets of characters).
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import torch
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -128,3 +131,19 @@ def classification_assets(root: Path) -> dict:
         writer.writerows([(text, "pos" if index % 2 else "neg") for index, text in enumerate(CORPUS)])
     return {"student": str(root / "student_tokenizer"), "teacher": str(root / "teacher_tokenizer"), "data": str(data),
             "bpe": bpe, "wordpiece": wordpiece}
+
+
+def overlap_means(batch, teacher_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per student token, the mean of the teacher states whose character spans share a character with it
+    (Python sets of characters, token by token); and which student tokens have such a partner."""
+    rows, length = batch["input_ids"].shape
+    means = torch.zeros(rows, length, teacher_states.shape[-1])
+    partner = torch.zeros(rows, length, dtype=torch.bool)
+    for row in range(rows):
+        teacher_chars = [set(range(s, e)) if m else set() for (s, e), m in
+                         zip(batch["teacher_offset_mapping"][row].tolist(), batch["teacher_attention_mask"][row].tolist())]
+        for i, ((s, e), m) in enumerate(zip(batch["offset_mapping"][row].tolist(), batch["attention_mask"][row].tolist())):
+            chosen = [j for j, chars in enumerate(teacher_chars) if m and chars & set(range(s, e))]
+            if chosen:
+                means[row, i], partner[row, i] = teacher_states[row, chosen].mean(0), True
+    return means, partner
