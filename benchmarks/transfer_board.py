@@ -127,7 +127,7 @@ def forest_panel(section: dict, results: dict) -> Panel:
         if runs and base and row is not baseline:
             d = paired_difference({int(s): r["test_correct"] for s, r in runs.items()}, base)
             intervals.append(Interval(row["name"] + ("" if len(runs) > 1 else " (1 seed)"), d.delta, d.low, d.high, d.verdict))
-    title = f"{section['title']}: Δ test accuracy from {baseline['name']}, paired by seed, 95 % interval"
+    title = f"{section['title']}: Δ test accuracy from “{baseline['name']}”, paired by seed, 95 % interval"
     return Panel(title, "accuracy difference (points)", sorted(intervals, key=lambda i: -i.delta))
 
 

@@ -44,3 +44,14 @@ def test_the_table_pairs_rows_with_their_baseline():
     better = next(line for line in lines if line.startswith("| better"))
     assert "+30.00" in better and "| better |" in better and "| better | 3 |" in better and "better | 1.0 min" in better
     assert "| missing | 0 | — | — | — | not run | — |" in lines
+
+
+def test_the_forest_panel_holds_each_compared_row_best_first():
+    section = {"title": "t", "rows": [{"name": "base", "baseline": True}, {"name": "worse"}, {"name": "better"}, {"name": "missing"}]}
+    run = lambda correct: {"test_correct": correct}  # noqa: E731
+    results = {"base": {str(s): run("1" * 50 + "0" * 50) for s in (1, 2, 3)},
+               "better": {str(s): run("1" * 80 + "0" * 20) for s in (1, 2, 3)},
+               "worse": {"1": run("1" * 20 + "0" * 80)}}
+    panel = transfer_board.forest_panel(section, results)
+    assert [(i.label, i.verdict) for i in panel.intervals] == [("better", "better"), ("worse (1 seed)", "worse")]
+    assert panel.intervals[0].delta == 30.0 and panel.intervals[1].delta == -30.0
