@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -140,7 +141,9 @@ def report(spec: dict) -> None:
     results = load_results()
     machines = sorted({r["machine"] for runs in results.values() for r in runs.values()})
     image = PAGE.with_suffix(".png")
-    draw([forest_panel(section, results) for section in spec["sections"]], image)
+    panels = [forest_panel(section, results) for section in spec["sections"]]
+    limit = max((max(abs(i.low), abs(i.high)) for panel in panels for i in panel.intervals), default=0.0) + 0.5
+    draw([replace(panel, limit=limit) for panel in panels], image)  # one scale: the sections share their unit
     # The page opens with what to pick (the spec's ``pick``, written from the measured rows) and the picture.
     parts = [f"# {spec['title']}", "", spec.get("pick", "").strip(), "",
              f"![Δ test accuracy of every row from its section's baseline, with 95 % intervals]({image.name})", "",
