@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.forest_plot import Interval, Panel, draw
+from benchmarks.forest_plot import Interval, Panel, draw, write_atomically
 
 SPEC = Path("benchmarks/lm_board.yaml")
 HELD_OUT_VERSION = 1
@@ -236,9 +236,8 @@ def load_results() -> dict:
 
 
 def save_results(results: dict) -> None:
-    temporary = RESULTS.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, RESULTS)
+    text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+    write_atomically(RESULTS, lambda temporary: temporary.write_text(text))
 
 
 def sections(spec: dict) -> list[dict]:

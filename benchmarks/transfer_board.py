@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.forest_plot import Interval, Panel, draw
+from benchmarks.forest_plot import Interval, Panel, draw, write_atomically
 from benchmarks.leaderboard_eval import evaluate_export
 from benchmarks.leaderboard_stats import Summary, paired_difference, summarize
 from benchmarks.lm_board import machine
@@ -74,9 +74,8 @@ def load_results() -> dict:
 
 
 def save_results(results: dict) -> None:
-    temporary = RESULTS.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    temporary.replace(RESULTS)  # atomic: an interrupted write never loses finished runs
+    text = json.dumps(results, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    write_atomically(RESULTS, lambda temporary: temporary.write_text(text))  # an interrupted write never loses runs
 
 
 def pending(spec: dict, results: dict, rows: list[str] | None, seeds: list[int] | None) -> list[tuple[dict, int]]:
