@@ -102,6 +102,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             ``"teacher_layers"`` copies the explicit 0-based teacher layers listed in ``student_layers``.
             Without a teacher (StudentOnly) these modes copy the layers of ``student`` itself: the
             no-teacher baseline then starts from the weights a distilled student of those layers does.
+            So they do when every teacher reads another tokenizer (``teacher_tokenizer``): its layers
+            cannot read the student's tokens (a truncated SmolLM2 distilled from Gemma).
         student_layers: a layer count (``teacher_first``/``teacher_uniform``/``teacher_first_last``)
             or a list of teacher layers (``teacher_layers``).
         allow_width_truncation: when copying teacher layers into a narrower student, copy the
@@ -233,8 +235,12 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         # teachers behind our back. The cache is checked in check_construction, once the requests are known.
         self.teacher_pool = TeacherPool(sources, self.task_stage, num_labels, teacher_precision, teacher_placement, teacher_cache)
         self.memory_check = memory_check
+        # The teacher_* modes copy a teacher's layers only from a teacher that reads the student's tokens: the
+        # layers of one with another tokenizer (and embedding table) cannot read them, so with no such teacher
+        # they come from `student` itself, as in a run without a teacher.
+        donors = [t for index, t in enumerate(self.teachers) if self.teacher_tokenizers.prefix_of(index) is None]
         self.student = build_student(
-            student, student_init, student_layers, head=self.task_stage, num_labels=num_labels, teachers=self.teachers,
+            student, student_init, student_layers, head=self.task_stage, num_labels=num_labels, teachers=donors,
             allow_width_truncation=allow_width_truncation, activation_checkpointing=activation_checkpointing,
         )
         self._check_vocabularies()

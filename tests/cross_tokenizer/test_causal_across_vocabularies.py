@@ -283,3 +283,17 @@ def test_hidden_state_terms_read_the_teacher_aligned_to_the_students_tokens(toke
     student_side = _encode(tokenizers["student"])
     batch = {**student_side, **{"teacher_" + k: v for k, v in student_side.items() if k != "labels"}}
     assert abs(float(same.compute_losses(batch)["cos"])) < 1e-5
+
+
+def test_a_truncated_student_comes_from_its_own_layers_when_the_teacher_reads_another_tokenizer(tokenizers):
+    """Layers of a teacher with another vocabulary cannot read the student's tokens, so the teacher_* modes cut
+    `student` itself, exactly as the no-teacher baseline does (the same starting weights for both rows)."""
+    student, teacher = _models(tokenizers)
+    method = methods.KD(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher), teacher_tokenizer=tokenizers["teacher_dir"],
+                        export_tokenizer=tokenizers["student_dir"], student_init="teacher_first", student_layers=1)
+    alone = methods.StudentOnly(student=copy.deepcopy(student), student_init="teacher_first", student_layers=1)
+    assert method.student.config.num_hidden_layers == 1
+    assert method.student.config.vocab_size == student.config.vocab_size
+    for (name, ours), (_, theirs) in zip(method.student.state_dict().items(), alone.student.state_dict().items()):
+        assert torch.equal(ours, theirs), name
+    torch.testing.assert_close(method.student.model.layers[0].mlp.up_proj.weight, student.model.layers[0].mlp.up_proj.weight)
