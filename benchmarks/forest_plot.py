@@ -73,7 +73,7 @@ def draw(panels: Sequence[Panel], path: Path) -> None:
     panels = [panel for panel in panels if panel.intervals]
     if not panels:
         return
-    heights = [0.27 * len(panel.intervals) + 1.4 for panel in panels]
+    heights = [0.27 * len(panel.intervals) + 1.7 for panel in panels]
     figure, axes = plt.subplots(len(panels), 1, figsize=(9.5, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
     for axis, panel in zip(axes[:, 0], panels):
         _panel(axis, panel)
@@ -83,7 +83,7 @@ def draw(panels: Sequence[Panel], path: Path) -> None:
 
 
 def _panel(axis: Any, panel: Panel) -> None:
-    from matplotlib.transforms import blended_transform_factory
+    from matplotlib.transforms import blended_transform_factory, offset_copy
 
     intervals = list(panel.intervals)
     limit = panel.limit or max(max(abs(i.low), abs(i.high)) for i in intervals) * 1.05 + 0.5
@@ -120,4 +120,6 @@ def _panel(axis: Any, panel: Panel) -> None:
     axis.set_xlabel(panel.xlabel, fontsize=8)
     axis.set_title(textwrap.fill(panel.title, 100), fontsize=9)
     axis.tick_params(axis="x", labelsize=8)
-    axis.legend(loc="best", fontsize=7, framealpha=0.9)
+    # Below the axis, not over it: "best" still covers a row when the rows span the whole scale.
+    below = offset_copy(axis.transAxes, fig=axis.figure, y=-30, units="points")  # under the tick labels and x label
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below, ncol=3, fontsize=7, frameon=False)
