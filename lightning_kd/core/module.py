@@ -102,8 +102,8 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
             ``"teacher_layers"`` copies the explicit 0-based teacher layers listed in ``student_layers``.
             Without a teacher (StudentOnly) these modes copy the layers of ``student`` itself: the
             no-teacher baseline then starts from the weights a distilled student of those layers does.
-            So they do when every teacher reads another tokenizer (``teacher_tokenizer``): its layers
-            cannot read the student's tokens (a truncated SmolLM2 distilled from Gemma).
+            So they do in the causal-LM stage when every teacher reads another tokenizer (its layers
+            cannot read the student's tokens: a truncated SmolLM2 distilled from Gemma).
         student_layers: a layer count (``teacher_first``/``teacher_uniform``/``teacher_first_last``)
             or a list of teacher layers (``teacher_layers``).
         allow_width_truncation: when copying teacher layers into a narrower student, copy the
@@ -236,9 +236,10 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         self.teacher_pool = TeacherPool(sources, self.task_stage, num_labels, teacher_precision, teacher_placement, teacher_cache)
         self.memory_check = memory_check
         # The teacher_* modes copy a teacher's layers only from a teacher that reads the student's tokens: the
-        # layers of one with another tokenizer (and embedding table) cannot read them, so with no such teacher
+        # layers of a decoder of another vocabulary cannot read them, so in the causal-LM stage with no such teacher
         # they come from `student` itself, as in a run without a teacher.
-        donors = [t for index, t in enumerate(self.teachers) if self.teacher_tokenizers.prefix_of(index) is None]
+        donors = [t for index, t in enumerate(self.teachers)
+                  if not (self.task_stage.token_level and self.teacher_tokenizers.prefix_of(index) is not None)]
         self.student = build_student(
             student, student_init, student_layers, head=self.task_stage, num_labels=num_labels, teachers=donors,
             allow_width_truncation=allow_width_truncation, activation_checkpointing=activation_checkpointing,

@@ -46,7 +46,8 @@ def build_student(
             (``teacher_layers``); ``None`` otherwise.
         head: the stage (or its name) whose head the student carries.
         num_labels: the task's label count (classification heads).
-        teachers: the frozen teachers; the ``teacher_*`` modes copy from the first.
+        teachers: the frozen teachers whose layers may be copied (those that read the student's tokens); the
+            ``teacher_*`` modes copy from the first.
         allow_width_truncation: copy the leading slice of wider teacher weights instead of refusing.
         activation_checkpointing: recompute the student's layer activations in the backward pass.
 
@@ -78,7 +79,8 @@ def _initialised(
         return load_model(source, stage, num_labels, role="student", random_init=init == "random")
     if not teachers and source is None:
         raise ValueError(
-            f"student_init={init!r} copies layers of the teacher (or, in a run without a teacher, of `student`): give one."
+            f"student_init={init!r} copies layers of a teacher that reads the student's tokens (or, without one — no "
+            "teacher, or every teacher on another tokenizer — of `student`): give `student`."
         )
     # Without a teacher (StudentOnly, the no-teacher baseline), the layers come from `student` itself, so
     # the baseline starts from exactly the weights a distilled student of those layers starts from.

@@ -65,7 +65,7 @@ def test_wrong_arguments_for_a_mode_are_refused():
         build_student(None, "pretrained", None, head=HEAD)
     with pytest.raises(ValueError, match="student_layers only applies"):
         build_student(student, "pretrained", 2, head=HEAD)
-    with pytest.raises(ValueError, match="copies layers of the teacher .* of `student`"):
+    with pytest.raises(ValueError, match="copies layers of a teacher .* of `student`"):
         build_student(None, "teacher_first", 2, head=HEAD)
     with pytest.raises(ValueError, match="as a list"):
         build_student(None, "teacher_layers", 2, head=HEAD, teachers=[teacher])
