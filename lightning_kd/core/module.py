@@ -238,8 +238,7 @@ class DistillationModule(MethodHooks, pl.LightningModule, metaclass=ChecksAfterC
         # The teacher_* modes copy a teacher's layers only from a teacher that reads the student's tokens: the
         # layers of a decoder of another vocabulary cannot read them, so in the causal-LM stage with no such teacher
         # they come from `student` itself, as in a run without a teacher.
-        donors = [t for index, t in enumerate(self.teachers)
-                  if not (self.task_stage.token_level and self.teacher_tokenizers.prefix_of(index) is not None)]
+        donors = [t for index, t in enumerate(self.teachers) if not self.reads_own_vocabulary(index)]
         self.student = build_student(
             student, student_init, student_layers, head=self.task_stage, num_labels=num_labels, teachers=donors,
             allow_width_truncation=allow_width_truncation, activation_checkpointing=activation_checkpointing,
