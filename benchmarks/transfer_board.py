@@ -44,26 +44,34 @@ def rows_of(spec: dict) -> list[tuple[dict, dict]]:
     return [(row, section) for section in spec["sections"] for row in section["rows"]]
 
 
+def task_of(spec: dict, section: dict) -> tuple[str, dict]:
+    """The task a section's rows are scored on and its data settings: the section's own, else the board's."""
+    return section.get("task", spec["task"]), {**(spec.get("data") or {}), **(section.get("data") or {})}
+
+
 def run_directory(row: dict, seed: int) -> Path:
     return OUTPUTS / "".join(c if c.isalnum() else "_" for c in row["name"]) / f"seed{seed}"
 
 
-def fit_and_score(spec: dict, row: dict, seed: int) -> dict:
-    """Fit ``row`` with ``seed`` (a ``lightning-kd fit`` subprocess, its log beside the run) and score the export."""
+def fit_and_score(spec: dict, section: dict, row: dict, seed: int) -> dict:
+    """Fit ``row`` with ``seed`` (a ``lightning-kd fit`` subprocess, its log beside the run) and score the export.
+
+    The section's ``overrides`` (e.g. another task and teacher for every row of a 20 Newsgroups section) apply
+    first, then the row's own."""
     directory = run_directory(row, seed)
     directory.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "lightning_kd", "fit", "--config", row["config"], f"--seed_everything={seed}",
             f"--trainer.default_root_dir={directory}", f"--export.dirpath={directory / 'student'}",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
     args += [f"--{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
-             for key, value in (row.get("overrides") or {}).items()]
+             for key, value in {**(section.get("overrides") or {}), **(row.get("overrides") or {})}.items()]
     start = time.perf_counter()
     with (directory / "log.txt").open("w") as log:
         done = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{row['name']} seed {seed} failed (exit {done.returncode}); see {directory / 'log.txt'}")
-    scores = evaluate_export(str(directory / "student"), spec["task"], spec.get("data") or {})
+    scores = evaluate_export(str(directory / "student"), *task_of(spec, section))
     return {"validation_accuracy": scores["validation"]["accuracy"], "test_accuracy": scores["test"]["accuracy"],
             "test_correct": scores["test"]["correct"], "fit_seconds": round(seconds, 1), "machine": machine(),
             "date": time.strftime("%Y-%m-%d")}
@@ -78,15 +86,16 @@ def save_results(results: dict) -> None:
     write_atomically(RESULTS, lambda temporary: temporary.write_text(text))  # an interrupted write never loses runs
 
 
-def pending(spec: dict, results: dict, rows: list[str] | None, seeds: list[int] | None) -> list[tuple[dict, int]]:
-    return [(row, seed) for row, _ in rows_of(spec) for seed in row.get("seeds", spec["seeds"])
+def pending(spec: dict, results: dict, rows: list[str] | None, seeds: list[int] | None) -> list[tuple[dict, dict, int]]:
+    """``(row, section, seed)`` still to run, in board order."""
+    return [(row, section, seed) for row, section in rows_of(spec) for seed in row.get("seeds", spec["seeds"])
             if (not rows or row["name"] in rows) and (not seeds or seed in seeds) and str(seed) not in results.get(row["name"], {})]
 
 
 def run(spec: dict, rows: list[str] | None, seeds: list[int] | None) -> None:
     todo = pending(spec, load_results(), rows, seeds)
-    for index, (row, seed) in enumerate(todo, 1):
-        outcome = fit_and_score(spec, row, seed)
+    for index, (row, section, seed) in enumerate(todo, 1):
+        outcome = fit_and_score(spec, section, row, seed)
         results = load_results()
         results.setdefault(row["name"], {})[str(seed)] = outcome
         save_results(results)
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     spec = yaml.safe_load(SPEC.read_text())
     if options.command == "plan":
-        for row, seed in pending(spec, load_results(), options.row, options.seed):
+        for row, _, seed in pending(spec, load_results(), options.row, options.seed):
             print(f"to run: {row['name']} seed {seed}")
     elif options.command == "run":
         run(spec, options.row, options.seed)

@@ -4,6 +4,7 @@ with its section's baseline."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -30,7 +31,7 @@ def test_pending_skips_finished_cells():
     spec = _spec()
     first = spec["sections"][0]["rows"][0]["name"]
     todo = transfer_board.pending(spec, {first: {"1": {}}}, [first], None)
-    assert [seed for _, seed in todo] == [2, 3]
+    assert [seed for _, _, seed in todo] == [2, 3]
 
 
 def test_the_table_pairs_rows_with_their_baseline():
@@ -55,3 +56,22 @@ def test_the_forest_panel_holds_each_compared_row_best_first():
     panel = transfer_board.forest_panel(section, results)
     assert [(i.label, i.verdict) for i in panel.intervals] == [("better", "better"), ("worse (1 seed)", "worse")]
     assert panel.intervals[0].delta == 30.0 and panel.intervals[1].delta == -30.0
+
+
+def test_a_section_sets_the_task_data_and_overrides_of_its_rows(tmp_path, monkeypatch):
+    spec = {"task": "rotten_tomatoes", "data": {"max_length": 64}, "seeds": [1]}
+    section = {"task": "twenty_newsgroups", "data": {"max_length": 128, "max_eval_samples": 2000},
+               "overrides": {"data.init_args.task": "twenty_newsgroups", "data.init_args.max_length": 128}}
+    row = {"name": "row", "config": "c.yaml", "overrides": {"data.init_args.max_length": 256}}
+    commands, scored = [], []
+    monkeypatch.setattr(transfer_board, "OUTPUTS", tmp_path)
+    monkeypatch.setattr(transfer_board, "machine", lambda: "test machine")
+    monkeypatch.setattr(transfer_board.subprocess, "run", lambda args, **_: commands.append(args) or SimpleNamespace(returncode=0))
+    monkeypatch.setattr(transfer_board, "evaluate_export", lambda path, task, data: scored.append((task, data)) or
+                        {"validation": {"accuracy": 0.5}, "test": {"accuracy": 0.5, "correct": "10"}})
+    transfer_board.fit_and_score(spec, section, row, 1)
+    assert "--data.init_args.task=twenty_newsgroups" in commands[0]
+    assert "--data.init_args.max_length=256" in commands[0]  # the row's own override wins over its section's
+    assert "--data.init_args.max_length=128" not in commands[0]
+    assert scored == [("twenty_newsgroups", {"max_length": 128, "max_eval_samples": 2000})]
+    assert transfer_board.task_of(spec, {}) == ("rotten_tomatoes", {"max_length": 64})
