@@ -28,6 +28,8 @@ from lightning_kd.losses.topk_teacher import TopKTeacher, bucket_divergence
 #: see :func:`soft_divergence` for their formulas.
 SoftDivergence = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 #: Per-row divergence of a chunk: ``(log q, log p, with_grad) → (values (R,), ∂L/∂(z_s/T) (R, V) or None)``.
+#: It may overwrite inputs that autograd does not track (every caller hands it fresh tensors): a chunk is
+#: ~V·rows floats, and each buffer it need not allocate is a pass over fresh memory saved.
 RowDivergence = Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]
 
 
@@ -47,6 +49,11 @@ def _kept_rows(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | No
 def _spread(rows: Tensor, keep: Tensor | None) -> Tensor:
     """Per-row values of the kept rows back at their positions (0 elsewhere), for the reduction."""
     return rows if keep is None else rows.new_zeros(keep.shape).masked_scatter(keep, rows)
+
+
+def _tracked(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (then they must not be overwritten)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _centred(q: Tensor, g: Tensor) -> Tensor:
@@ -75,7 +82,10 @@ def _log_mixture(log_p: Tensor, log_q: Tensor, weight: float) -> Tensor:
 def _kl_rows(log_q: Tensor, log_p: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``KL(p ‖ q) = Σ p (log p − log q)``; ``∂L/∂q = −p/q`` so ``∂L/∂u = q − p``."""
     p = log_p.exp()
-    values = (p * (log_p - log_q)).sum(-1)
+    if _tracked(log_p, log_q):
+        values = (p * (log_p - log_q)).sum(-1)
+    else:
+        values = log_p.sub_(log_q).mul_(p).sum(-1)  # log p is not needed after this: no (R, V) temporaries
     return values, log_q.exp_().sub_(p) if with_grad else None
 
 
