@@ -27,3 +27,14 @@ def test_common_share_reads_only_real_tokens():
 def test_mean_cosine_ignores_each_vector_with_itself():
     assert abs(mean_cosine(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))) < 1e-6
     assert abs(mean_cosine(torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])) - 1.0) < 1e-6
+
+
+def test_held_out_r2_is_one_for_an_affine_map_and_near_zero_for_noise():
+    from benchmarks.aligned_state_fit import held_out_r2
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=generator)
+    fit = torch.arange(400) % 2 == 0
+    exact = x @ torch.randn(6, 3, generator=generator) + 5.0
+    assert held_out_r2(x, exact, fit) > 1 - 1e-9
+    assert abs(held_out_r2(x, torch.randn(400, 3, generator=generator), fit)) < 0.1
