@@ -22,7 +22,8 @@ MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten
 
 def profile_step(step, top: int) -> tuple[float, float, list[tuple[str, float, int]]]:
     """``(matrix-product seconds, other seconds, [(op, seconds, calls)] of the largest other ops)`` of one ``step()``."""
-    step(), step()  # warm-up: lazy initialisation and the allocator's first growth
+    for _ in range(2):  # warm-up: lazy initialisation and the allocator's first growth
+        step()
     with profile(activities=[ProfilerActivity.CPU]) as recorded:
         step()
     events = recorded.key_averages()
