@@ -55,7 +55,10 @@ quickstart-lm: install
 		--prompts configs/quickstart_lm/prompts.txt --max-new-tokens 24 --output outputs/quickstart_lm/report.md
 
 test: install
-	$(PY) -m pytest --nbmake --nbmake-timeout=600 tests notebooks
+	# Two workers (pytest-xdist), one thread each: the tests are small and single-threaded, so two workers use both
+	# cores; OMP_NUM_THREADS=1 keeps the notebooks' kernels from fighting the other worker for them. The notebooks
+	# come first so that the longest one starts early instead of running alone at the end.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --nbmake --nbmake-timeout=600 notebooks tests
 
 benchmark: install
 	$(PY) benchmarks/step_time.py
