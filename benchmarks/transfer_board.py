@@ -63,7 +63,7 @@ def fit_and_score(spec: dict, section: dict, row: dict, seed: int) -> dict:
     args = [sys.executable, "-m", "lightning_kd", "fit", "--config", row["config"], f"--seed_everything={seed}",
             f"--trainer.default_root_dir={directory}", f"--export.dirpath={directory / 'student'}",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
-    args += [f"--{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+    args += [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
              for key, value in {**(section.get("overrides") or {}), **(row.get("overrides") or {})}.items()]
     start = time.perf_counter()
     with (directory / "log.txt").open("w") as log:

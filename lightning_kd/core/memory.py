@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_kd.core.features import FeatureRequest
 from lightning_kd.core.placement import deepspeed_stage, resolve_placement
-from lightning_kd.losses.fused_linear import CHUNK_ELEMENTS
+from lightning_kd.losses.fused_linear import default_chunk_rows
 from lightning_kd.models.loading import is_activation_checkpointing
 
 MemoryCheck = Literal["error", "warn", "off"]
@@ -168,7 +168,7 @@ def _logits(module: Any, config: Any, batch: int, rows: float) -> float:
     chunk's buffers — one row of task logits per example otherwise."""
     if module.task_stage.token_level:
         elements = rows * config.vocab_size
-        return min(elements, FUSED_CHUNK_BUFFERS * CHUNK_ELEMENTS) if module.fused_heads() else elements
+        return min(elements, FUSED_CHUNK_BUFFERS * default_chunk_rows(config.vocab_size) * config.vocab_size) if module.fused_heads() else elements
     return batch * max(1, module.num_labels or 2)
 
 

@@ -36,7 +36,7 @@ Why this shape of API:
 
 Memory, float32 and one call: the ``(V, d)`` weight-gradient accumulators (one per term) and
 ``(R, d)`` rows-gradient accumulators from forward to backward, a float32 copy of a lower-precision
-weight, and ~6 buffers of ``chunk_rows × V`` during the forward (:data:`CHUNK_ELEMENTS`). The unfused
+weight, and ~6 buffers of ``chunk_rows × V`` during the forward (:func:`default_chunk_rows`). The unfused
 path holds several ``(R, V)`` tensors plus the weight's gradient; the fused path wins once ``R·V``
 dominates ``V·d`` (a few hundred rows and up at these widths; see ``benchmarks/fused_head.py``).
 
@@ -71,18 +71,27 @@ from lightning_kd.losses.topk_teacher import TopKTeacher, bucket_divergence
 
 IGNORE_INDEX = -100
 
-#: Logits per chunk (8 Mi elements: 32 MiB in float32; a chunk holds ~6 such buffers). Measured on this
-#: 2-core CPU at V = 262144, d = 640 (one thread, the projection and both gradient products per
-#: chunk): 16 rows a chunk ran at 35 GFLOP/s, 32 at 48, 64 at 55, 128+ at 61 — each chunk streams the
-#: whole ``(V, d)`` weight three times (projection, rows' gradient, the weight-gradient accumulator),
-#: so chunks of a few MB at such vocabularies are bandwidth-bound. 32 rows at 262k, 55 at 152k,
-#: 170 at 49k.
-CHUNK_ELEMENTS = 1 << 23
+#: Logits a chunk aims at (4 Mi elements: 16 MiB in float32; a chunk holds ~6 such buffers at once, so this
+#: sets the fused path's transient memory: halving it from 8 Mi lowered the MLM DistilBERT step's peak from
+#: 1,810 to 1,630 MB on a 2-core CPU, at V = 30,522, with 137 rows a chunk instead of 274).
+CHUNK_ELEMENTS = 1 << 22
+#: Rows a chunk keeps where :data:`CHUNK_ELEMENTS` would give fewer, as long as the chunk stays within
+#: :data:`MAX_CHUNK_ELEMENTS`. Each chunk streams the whole ``(V, d)`` weight three times (projection, rows'
+#: gradient, the weight-gradient accumulator), so thin chunks are bandwidth-bound: measured on the same CPU
+#: at V = 262144, d = 640 (one thread), 16 rows a chunk ran at 35 GFLOP/s, 32 at 48, 64 at 55, 128+ at 61; at
+#: V = 151,936 a KD step with 32-row chunks took 0.91 × the naive step's time against 0.82 × with 55.
+MIN_CHUNK_ROWS = 64
+#: The most logits a default chunk holds (8 Mi: 32 MiB of float32): 55 rows at V = 151,936 (Qwen2.5), 32 at
+#: 262,144 (Gemma 3); larger vocabularies get fewer rows.
+MAX_CHUNK_ELEMENTS = 1 << 23
 
 
 def default_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk when ``chunk_rows`` is not given: :data:`CHUNK_ELEMENTS` logits, at least one row."""
-    return max(1, CHUNK_ELEMENTS // vocab_size)
+    """Rows per chunk when ``chunk_rows`` is not given: :data:`CHUNK_ELEMENTS` logits, or up to
+    :data:`MIN_CHUNK_ROWS` rows while they fit in :data:`MAX_CHUNK_ELEMENTS`; at least one row.
+
+    137 rows at V = 30,522 (BERT), 85 at 49,152 (SmolLM2), 55 at 151,936 (Qwen2.5), 32 at 262,144 (Gemma 3)."""
+    return max(1, CHUNK_ELEMENTS // vocab_size, min(MIN_CHUNK_ROWS, MAX_CHUNK_ELEMENTS // vocab_size))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def test_captured_features_hold_head_rows_not_logits():
 def test_no_step_tensor_is_rows_by_vocabulary(monkeypatch):
     """With a vocabulary far wider than the chunk, no tensor of the step has rows × vocabulary elements."""
     monkeypatch.setattr(fused_linear, "CHUNK_ELEMENTS", 2 * 4000)  # two rows a chunk
+    monkeypatch.setattr(fused_linear, "MIN_CHUNK_ROWS", 1)
     teacher = make_family_model("qwen2", "causal", layers=2, seed=1, vocab_size=4000)
     method = KD(teacher=teacher, student_init="teacher_first", student_layers=1).eval()
     batch = make_batch("causal", batch=8, length=24, vocab_size=4000)

@@ -432,10 +432,13 @@ def test_fused_memory_is_bounded_by_the_chunk():
 
 
 def test_default_chunk_keeps_chunk_logits_bounded(monkeypatch):
-    assert [default_chunk_rows(vocab) for vocab in (32000, 49152, 151936, 262144, 10**7)] == [262, 170, 55, 32, 1]
-    for vocab in (32000, 49152, 151936, 262144):
-        assert default_chunk_rows(vocab) * vocab * 4 <= 32 * 2**20  # 32 MiB of float32 logits a chunk
+    assert [default_chunk_rows(vocab) for vocab in (30522, 32000, 49152, 151936, 262144, 400000, 10**7)] == [137, 131, 85, 55, 32, 20, 1]
+    for vocab in (30522, 32000, 49152, 65536):
+        assert default_chunk_rows(vocab) * vocab * 4 <= 16 * 2**20  # 16 MiB of float32 logits a chunk
+    for vocab in (131072, 151936, 262144, 400000):  # more rows than 16 MiB holds, never more than 32 MiB
+        assert default_chunk_rows(vocab) * vocab * 4 <= 32 * 2**20
     monkeypatch.setattr(fused_linear, "CHUNK_ELEMENTS", 7 * V)  # seven rows a chunk, a short last chunk
+    monkeypatch.setattr(fused_linear, "MIN_CHUNK_ROWS", 1)
     student = Student(36, False, *HEADS["plain"])
     labels = _labels(37)
     with Probe(V) as probe:
