@@ -168,7 +168,9 @@ def _logits(module: Any, config: Any, batch: int, rows: float) -> float:
     chunk's buffers — one row of task logits per example otherwise."""
     if module.task_stage.token_level:
         elements = rows * config.vocab_size
-        return min(elements, FUSED_CHUNK_BUFFERS * default_chunk_rows(config.vocab_size) * config.vocab_size) if module.fused_heads() else elements
+        if not module.fused_heads():
+            return elements
+        return min(elements, FUSED_CHUNK_BUFFERS * default_chunk_rows(config.vocab_size) * config.vocab_size)
     return batch * max(1, module.num_labels or 2)
 
 
