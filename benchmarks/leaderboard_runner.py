@@ -132,7 +132,7 @@ class Runner:
                 overrides["model.init_args.student_layers"] = None
         overrides.update(dict(stage.args))
         overrides["export.dirpath"] = str(run_dir / f"stage{index + 1}")
-        return args + [f"--{k}={_value(v)}" for k, v in overrides.items()]
+        return args + [f"--{k}={cli_value(v)}" for k, v in overrides.items()]
 
     def stage_slice(self, job: Job, index: int) -> tuple[int, int]:
         """``(skip, size)``: the part of the training subset stage ``index`` trains on. The shares cut
@@ -145,7 +145,7 @@ class Runner:
         """The scoring command; ``train_split`` also scores the training subset the rows train on (the teacher)."""
         args = [self.python, "-m", "benchmarks.leaderboard_eval", "--model", str(model_dir), "--task", task.name, "--output", str(output)]
         for key, value in task.data.items():
-            args += ["--data", f"{key}={_value(value)}"]
+            args += ["--data", f"{key}={cli_value(value)}"]
         if self.eval_samples:
             args += ["--max-eval-samples", str(self.eval_samples)]
         if train_split:
@@ -165,7 +165,7 @@ class Runner:
             command = [self.python, "-m", "lightning_kd", "fit", "--config", task.teacher_config,
                        f"--trainer.precision={self.spec.precision}", f"--trainer.default_root_dir={run_dir}",
                        f"--export.dirpath={teacher}", f"--data.init_args.task={task.name}"]
-            command += [f"--data.init_args.{k}={_value(v)}" for k, v in task.data.items()]
+            command += [f"--data.init_args.{k}={cli_value(v)}" for k, v in task.data.items()]
             if self.train_examples:
                 command += [f"--data.init_args.max_train_samples={self.train_examples}", f"--data.init_args.max_eval_samples={self.eval_samples or 64}"]
             print(f"[leaderboard] {task.name}: making the teacher: {shlex.join(command)}", flush=True)
@@ -342,7 +342,8 @@ def _tail(log: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])[-600:]
 
 
-def _value(value: Any) -> str:
+def cli_value(value: Any) -> str:
+    """A ``--key=value`` command-line value: strings as they are, anything else (numbers, null, lists, dicts) as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
 
 

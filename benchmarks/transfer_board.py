@@ -30,6 +30,7 @@ import yaml
 
 from benchmarks.forest_plot import Interval, Panel, draw, write_atomically
 from benchmarks.leaderboard_eval import evaluate_export
+from benchmarks.leaderboard_runner import cli_value
 from benchmarks.leaderboard_stats import Summary, paired_difference, summarize
 from benchmarks.lm_board import machine
 
@@ -63,7 +64,7 @@ def fit_and_score(spec: dict, section: dict, row: dict, seed: int) -> dict:
     args = [sys.executable, "-m", "lightning_kd", "fit", "--config", row["config"], f"--seed_everything={seed}",
             f"--trainer.default_root_dir={directory}", f"--export.dirpath={directory / 'student'}",
             "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
-    args += [f"--{key}={value if isinstance(value, str) else json.dumps(value)}"
+    args += [f"--{key}={cli_value(value)}"
              for key, value in {**(section.get("overrides") or {}), **(row.get("overrides") or {})}.items()]
     start = time.perf_counter()
     with (directory / "log.txt").open("w") as log:
