@@ -30,7 +30,9 @@ machine's speed falls on all of them alike; seconds are medians over ``--repeats
 ratio is the median over rounds of the step ÷ the baseline measured in the same round.
 Peak memory: each workload runs two steps alone in a fresh process, so the figure is its own peak:
 the maximum resident set on CPU (models, optimizer and activations included), or the CUDA
-allocator's peak on a GPU.
+allocator's peak on a GPU. On CPU the same workload's peak varies by up to ~10 % from process to
+process (glibc gives each thread its own arena, so how freed blocks are reused depends on which
+thread allocated them): the table gives the median of ``--memory-repeats`` processes and their range.
 
     python benchmarks/step_time.py                          # all methods, batch 32 x 128, CPU
     python benchmarks/step_time.py --stage pretrain         # MLM-stage methods against the full-head floor
@@ -253,8 +255,12 @@ def interleaved_timings(steps: dict[str, Callable[[], None]], repeats: int, devi
     return timings
 
 
-def peak_memory_of(workload: str, args: argparse.Namespace) -> float:
-    """Peak memory (MB) of ``workload`` alone: two steps in a fresh Python process."""
+def peak_memory_of(workload: str, args: argparse.Namespace) -> list[float]:
+    """Peak memory (MB) of ``workload`` alone: two steps in a fresh Python process, once per ``--memory-repeats``."""
+    return [_one_peak_memory(workload, args) for _ in range(args.memory_repeats)]
+
+
+def _one_peak_memory(workload: str, args: argparse.Namespace) -> float:
     command = [sys.executable, __file__, "--memory-of", workload, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
     command += ["--precision", args.precision, "--device", args.device, "--stage", args.stage, "--allocator", args.allocator]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -298,6 +304,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per workload's peak memory (median and range)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="also write the table to this Markdown file")
@@ -314,6 +321,8 @@ def main() -> None:
     )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # internal: print one workload's peak memory
     args = parser.parse_args()
+    if args.memory_repeats < 1:
+        parser.error("--memory-repeats must be at least 1")
     stage_methods = [*STAGE_METHODS[args.stage], *([CACHED_KD] if args.stage == "finetune" else [])]
     if args.stage == "pretrain":
         stage_methods += [name + suffix for suffix in (FULL_HEADS, UNFUSED) for name in STAGE_METHODS["pretrain"]]
@@ -355,6 +364,10 @@ def main() -> None:
     def spread(values: list[float], digits: int) -> str:
         return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
 
+    def peak(name: str) -> str:
+        values = memory[name]
+        return f"{statistics.median(values):.0f}" + (f" ({spread(values, 0)})" if len(values) > 1 else "")
+
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     tokens = args.batch_size * args.seq_len
     pretrain = args.stage == "pretrain"
@@ -368,7 +381,7 @@ def main() -> None:
         + ("glibc malloc keeps freed memory, as `lightning-kd` does on CPU; " if tuned else "system allocator settings; " if device.type == "cpu" else "")
         + f"batch {args.batch_size} × {args.seq_len} tokens; workloads built in one process and timed in turn for {args.repeats} rounds "
         "after a warm-up: seconds and ratios are medians with their min–max over the rounds, a ratio being a round's step ÷ that round's baseline; "
-        "peak memory of each workload alone in a fresh process; tokens per second = batch tokens ÷ median seconds."
+        f"peak memory of each workload alone in a fresh process, median (min–max) of {args.memory_repeats}; tokens per second = batch tokens ÷ median seconds."
         + (" Full-head floor = teacher forward + student-only step, both with Hugging Face's own MLM heads (every position "
            "projected onto the vocabulary); the methods use compact heads (only the rows their losses read) and, where only "
            "prediction losses read the logits, fused heads (the rows entering the vocabulary projection, projected chunk by "
@@ -378,16 +391,16 @@ def main() -> None:
         "| workload | seconds (median) | seconds (min–max) | tokens / s | ratio (median) | ratio (min–max) | peak memory (MB) |",
         "|---|---|---|---|---|---|---|",
         f"| teacher (MiniLM-L6) forward{head} | {teacher:.3f} | {spread(rounds[TEACHER_FORWARD], 3)} | {tokens / teacher:.0f} | – | – "
-        f"| {memory[TEACHER_FORWARD]:.0f} |",
+        f"| {peak(TEACHER_FORWARD)} |",
         f"| student (3 layers) training step{head} | {student:.3f} | {spread(rounds[STUDENT_STEP], 3)} | {tokens / student:.0f} | – | – "
-        f"| {memory[STUDENT_STEP]:.0f} |",
+        f"| {peak(STUDENT_STEP)} |",
     ]
     for name in args.methods:
         of = "student step" if name == CACHED_KD else floor
         per_round = ratios(name)
         lines.append(
             f"| {name} | {seconds[name]:.3f} | {spread(rounds[name], 3)} | {tokens / seconds[name]:.0f} "
-            f"| {statistics.median(per_round):.2f} × ({of}) | {spread(per_round, 2)} | {memory[name]:.0f} |"
+            f"| {statistics.median(per_round):.2f} × ({of}) | {spread(per_round, 2)} | {peak(name)} |"
         )
     table = "\n".join(lines)
     print(table)

@@ -1,5 +1,5 @@
 """Prediction-level (logit) losses with temperature: soft divergences (KL, cross-entropy, reverse KL,
-Jensen–Shannon, skew KL, total variation) and logit MSE.
+Jensen–Shannon, skew KL, total variation, cross-entropy with the teacher's top class) and logit MSE.
 
 All functions take student and teacher logits of shape ``(..., K)`` (``(B, C)`` for a task head,
 ``(B, N, V)`` for an LM head) and an optional mask over the leading dimensions, or compact token
@@ -26,7 +26,7 @@ from lightning_kd.losses.topk_teacher import TopKTeacher, bucket_divergence
 
 #: The soft divergences between ``p = softmax(z_t/T)`` (teacher) and ``q = softmax(z_s/T)`` (student);
 #: see :func:`soft_divergence` for their formulas.
-SoftDivergence = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+SoftDivergence = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "argmax_ce"]
 #: Per-row divergence of a chunk: ``(log q, log p, with_grad) → (values (R,), ∂L/∂(z_s/T) (R, V) or None)``.
 #: It may overwrite inputs that autograd does not track (every caller hands it fresh tensors): a chunk is
 #: ~V·rows floats, and each buffer it need not allocate is a pass over fresh memory saved.
@@ -159,7 +159,24 @@ def _tvd_rows(log_q: Tensor, log_p: Tensor, with_grad: bool) -> tuple[Tensor, Te
     return values, _centred(q, diff.sign_().mul_(0.5)) if with_grad else None
 
 
-_FIXED_ROWS: dict[str, RowDivergence] = {"kl": _kl_rows, "ce": _ce_rows, "reverse_kl": _reverse_kl_rows, "tvd": _tvd_rows}
+def _argmax_ce_rows(log_q: Tensor, log_p: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``−log q_y`` with ``y = argmax_k p_k``, the teacher's top class (the lowest index among ties) as a
+    one-hot target; ``∂L/∂u = q − onehot(y)``. ``y`` does not depend on ``T`` (or on ``p``'s other values)."""
+    top = log_p.argmax(-1, keepdim=True)
+    values = -log_q.gather(-1, top).squeeze(-1)
+    if not with_grad:
+        return values, None
+    grad = log_q.exp_()
+    return values, grad.scatter_(-1, top, grad.gather(-1, top).sub_(1.0))
+
+
+#: Read by :func:`~lightning_kd.losses.topk_teacher.bucket_divergence`: the top class is always among a top-k
+#: teacher's kept ids, so its target is taken over those and never over the tail bucket (exact at every k).
+_argmax_ce_rows.top_class_target = True  # type: ignore[attr-defined]
+
+_FIXED_ROWS: dict[str, RowDivergence] = {
+    "kl": _kl_rows, "ce": _ce_rows, "reverse_kl": _reverse_kl_rows, "tvd": _tvd_rows, "argmax_ce": _argmax_ce_rows,
+}
 
 
 def check_divergence_weights(jsd_beta: float, skew_alpha: float) -> None:
@@ -327,6 +344,9 @@ def soft_divergence(
       ``α = 1`` gives 0.
     * ``"skew_reverse_kl"``: ``KL(q ‖ (1−α) p + α q)``.
     * ``"tvd"``: the total variation distance ``½ Σ_k |p_k − q_k|``, in ``[0, 1]``.
+    * ``"argmax_ce"``: ``−log q_y`` with ``y = argmax_k p_k``: the cross-entropy with the teacher's top
+      class as a hard label (hard-label distillation, Touvron et al., 2021; the teacher's pseudo-label
+      on unlabelled text). ``T`` leaves ``y`` unchanged and tempers the student only; use ``T = 1``.
 
     Frozen teacher logits run a chunked kernel that writes the student's analytic gradient in the
     forward pass; teacher logits that require grad run plain autograd (the same value). A

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from lightning_kd.core.logit_rows import LogitRows
 
 #: The soft divergences of :func:`~lightning_kd.losses.logits.soft_divergence`, and ``"mse"`` between raw logits.
-SoftLoss = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "mse"]
+SoftLoss = Literal["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "argmax_ce", "mse"]
 SoftPositions = Literal["masked_tokens", "all_tokens", "all_positions"]
 #: How a causal-LM teacher of another vocabulary is compared (:mod:`lightning_kd.cross_tokenizer.next_token`).
 CrossVocabularyLoss = Literal["uld", "matched", "hybrid"]
@@ -49,6 +49,8 @@ class PredictionLoss:
             * ``"skew_kl"``: ``KL(p ‖ α p + (1−α) q)``, ``α = skew_alpha`` (DistiLLM);
             * ``"skew_reverse_kl"``: ``KL(q ‖ (1−α) p + α q)``;
             * ``"tvd"``: total variation ``½ Σ |p − q|``;
+            * ``"argmax_ce"``: ``−log q_y``, ``y = argmax p``: the teacher's top class as a hard label
+              (hard-label distillation; pseudo-labels on unlabelled rows). Use ``temperature: 1``;
             * ``"mse"``: mean squared error between raw logits (no ``T``).
         t2_scale: multiply the KL-family terms (every ``soft_loss`` but ``tvd`` and ``mse``) by ``T²``
             so the soft gradient does not shrink with ``T``. Total variation is never scaled (its
@@ -80,7 +82,7 @@ class PredictionLoss:
             dimension), i.e. average the per-class summands instead of summing them, as the original
             authors' code does: TinyBERT's ``(−p_T·log p_S).mean()`` and PKD's
             ``KLDivLoss(reduction="mean")``. Parity only (``False`` keeps the usual per-example sum);
-            ``mse`` already averages over classes and refuses it, as does ``tvd``.
+            ``mse`` already averages over classes and refuses it, as do ``tvd`` and ``argmax_ce``.
     """
 
     soft_weight: float = 1.0
@@ -119,10 +121,10 @@ class PredictionLoss:
             )
         if self.class_mean and self.soft_loss == "mse":
             raise ValueError("class_mean averages the kl/ce summands over classes; soft_loss 'mse' already does: remove class_mean.")
-        if self.class_mean and self.soft_loss == "tvd":
+        if self.class_mean and self.soft_loss in ("tvd", "argmax_ce"):
             raise ValueError(
-                "class_mean is the original codes' mean of KL summands over classes; soft_loss 'tvd' has no such parity: "
-                "remove class_mean."
+                f"class_mean is the original codes' mean of KL summands over classes; soft_loss {self.soft_loss!r} has no such "
+                "parity: remove class_mean."
             )
 
     def soft_mask(self, batch: dict[str, Tensor], student_logits: Tensor) -> Tensor | None:

@@ -16,7 +16,9 @@ distributions:
   skew KL, skew reverse KL, total variation) is an f-divergence, and merging outcomes never increases
   an f-divergence (the data-processing inequality); the soft cross-entropy ``ce`` is KL plus the
   teacher's bucket entropy. The student is pulled to put the teacher's tail mass on the tail ids
-  without being told how to spread it; the top ids are matched exactly.
+  without being told how to spread it; the top ids are matched exactly;
+* ``argmax_ce`` (cross-entropy with the teacher's top class) is exact at every ``k``: the top class is
+  always a kept id, so its target is taken among those, never the tail bucket.
 
 This differs from renormalising the top k (dropping the tail and rescaling ``p``), which inflates the
 kept probabilities by ``1/(1 − tail)`` and asks the student for zero mass outside them.
@@ -127,7 +129,10 @@ def bucket_divergence(
     others = log_q.scatter_(-1, kept, float("-inf"))  # in place: log_q is not read again but as the tail's
     tail_q = others.logsumexp(dim=-1, keepdim=True).clamp_min(EMPTY)
     student = torch.cat([top_q, tail_q], dim=-1)
-    target = torch.cat([teacher.log_probs.to(student.dtype), teacher.tail.to(student.dtype).unsqueeze(-1)], dim=-1)
+    tail = teacher.tail.to(student.dtype).unsqueeze(-1)
+    if getattr(divergence, "top_class_target", False):  # the top class is a kept id, never the tail bucket
+        tail = torch.full_like(tail, EMPTY)
+    target = torch.cat([teacher.log_probs.to(student.dtype), tail], dim=-1)
     values, grad_buckets = divergence(student, target, with_grad)
     if not with_grad:
         return values, None

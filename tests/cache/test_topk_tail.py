@@ -68,7 +68,7 @@ def test_the_whole_vocabulary_cached_is_the_live_step(paths, tmp_path):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("soft_loss", ["kl", "reverse_kl", "jsd", "skew_kl", "tvd"])
+@pytest.mark.parametrize("soft_loss", ["kl", "reverse_kl", "jsd", "skew_kl", "tvd", "argmax_ce"])
 def test_a_small_k_is_the_bucket_divergence_of_the_live_teacher(soft_loss, tmp_path):
     method = _kd(None, soft_loss)
     k = 5
@@ -83,6 +83,8 @@ def test_a_small_k_is_the_bucket_divergence_of_the_live_teacher(soft_loss, tmp_p
             teacher, student = method.teachers[0](**inputs).logits[scored], method.student(**inputs).logits[scored]
         want = soft_divergence(student, TopKTeacher.of_logits(teacher, k, TEMPERATURE), soft_loss, TEMPERATURE, jsd_beta=0.5, skew_alpha=0.1)
         torch.testing.assert_close(soft, want, rtol=1e-5, atol=1e-6)
+        if soft_loss == "argmax_ce":  # exact at any k: the top class is a kept id
+            torch.testing.assert_close(soft, soft_divergence(student, teacher, soft_loss, TEMPERATURE), rtol=1e-5, atol=1e-6)
 
 
 def test_the_cache_stores_top_k_log_probabilities_ids_and_the_tail_of_each_scored_token(tmp_path):

@@ -32,7 +32,7 @@ def _step(method, batch) -> tuple[dict, list]:
 
 
 @pytest.mark.parametrize("family", sorted(DECODERS))
-@pytest.mark.parametrize("kind", ["kl", "reverse_kl", "jsd", "tvd"])
+@pytest.mark.parametrize("kind", ["kl", "reverse_kl", "jsd", "tvd", "argmax_ce"])
 def test_fused_heads_give_the_values_and_gradients_of_logits(family, kind):
     method = _kd(family, prediction=PredictionLoss(soft_loss=kind, temperature=2.0, hard_weight=0.7, soft_weight=1.3))
     batch = make_batch("causal")

@@ -28,4 +28,6 @@ def divergence_of_probabilities(kind: str, p: torch.Tensor, q: torch.Tensor, bet
         return kl(q, (1 - alpha) * p + alpha * q)
     if kind == "tvd":
         return 0.5 * (p - q).abs().sum(-1)
+    if kind == "argmax_ce":  # the teacher's top class as a one-hot target
+        return -q.log().gather(-1, p.argmax(-1, keepdim=True)).squeeze(-1)
     raise ValueError(kind)

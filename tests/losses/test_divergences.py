@@ -12,7 +12,7 @@ from lightning_kd.losses.logits import soft_cross_entropy, soft_divergence, soft
 from lightning_kd.losses.prediction import PredictionLoss
 from tests.losses.reference_divergences import divergence_of_probabilities
 
-KINDS = ["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+KINDS = ["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "argmax_ce"]
 KL_FAMILY = [kind for kind in KINDS if kind != "tvd"]
 B, N, V = 3, 6, 11
 T = 2.0
@@ -102,9 +102,28 @@ def test_compact_rows_equal_masked_whole_logits(kind, reduction, per_sample):
 def test_every_divergence_is_zero_for_identical_inputs(kind, beta):
     z = _logits(7, scale=4.0).requires_grad_(True)
     value = _call(kind, z, z.detach().clone(), temperature=3.0, t2_scale=True, beta=beta)
+    if kind == "argmax_ce":  # a one-hot target: 0 only where the student is sure of the teacher's top class
+        assert value.item() > 0
+        return
     assert abs(value.item()) < 1e-6 if kind != "ce" else value.item() > 0  # ce is the teacher's entropy there
     (grad,) = torch.autograd.grad(value, z)
     assert grad.abs().max() < 1e-6
+
+
+def test_argmax_ce_reads_only_the_teachers_top_class():
+    zs, zt = _logits(31), _logits(32)
+    top = zt.argmax(-1)
+    # Any change of the teacher that keeps its top class changes nothing, whatever the temperature.
+    reshaped = zt * 0.1 + 5.0 * torch.nn.functional.one_hot(top, V)
+    torch.testing.assert_close(_call("argmax_ce", zs, reshaped, temperature=1.0), _call("argmax_ce", zs, zt, temperature=1.0))
+    torch.testing.assert_close(_call("argmax_ce", zs, zt, temperature=0.5), _call("argmax_ce", zs, reshaped, temperature=0.5))
+    # It is the cross-entropy with that class as a label; 0 (and no gradient) for a student sure of it.
+    hard = torch.nn.functional.cross_entropy(zs.reshape(-1, V), top.reshape(-1))
+    torch.testing.assert_close(_call("argmax_ce", zs, zt, temperature=1.0), hard)
+    sure = (100.0 * torch.nn.functional.one_hot(top, V).float()).requires_grad_(True)
+    value = _call("argmax_ce", sure, zt, temperature=1.0)
+    (grad,) = torch.autograd.grad(value, sure)
+    assert value.item() < 1e-6 and grad.abs().max() < 1e-6
 
 
 def test_jsd_is_symmetric_at_one_half():
@@ -169,7 +188,10 @@ def test_gradients_reach_the_student_only_and_the_autograd_path_agrees(kind):
     plain.backward()
     torch.testing.assert_close(plain, fused)
     torch.testing.assert_close(plain_s.grad, fused_s.grad)
-    assert teacher.grad.abs().sum() > 0
+    if kind == "argmax_ce":  # the teacher enters through its argmax only, which has no gradient
+        assert teacher.grad is None
+    else:
+        assert teacher.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -220,7 +242,7 @@ def test_prediction_loss_soft_term_on_token_logits(kind):
     per_sample = loss.soft(zs, zt, batch, per_sample=True)
     torch.testing.assert_close(per_sample.double(), 0.7 * scale * (rows * MASK).sum(1) / MASK.sum(1).clamp_min(1),
                                rtol=1e-5, atol=1e-7)
-    if kind in KL_FAMILY:
+    if kind in KL_FAMILY and kind != "argmax_ce":
         with_class_mean = PredictionLoss(soft_weight=0.7, temperature=T, soft_loss=kind, jsd_beta=BETA, skew_alpha=ALPHA,
                                          class_mean=True)
         torch.testing.assert_close(with_class_mean.soft(zs, zt, batch), loss.soft(zs, zt, batch) / V)
@@ -230,6 +252,7 @@ def test_prediction_loss_soft_term_on_token_logits(kind):
     ({"jsd_beta": -0.1}, "jsd_beta"), ({"jsd_beta": 1.5}, "jsd_beta"), ({"jsd_beta": float("nan")}, "jsd_beta"),
     ({"skew_alpha": 0.0}, "skew_alpha"), ({"skew_alpha": 1.01}, "skew_alpha"),
     ({"soft_loss": "js"}, "soft_loss"), ({"soft_loss": "tvd", "class_mean": True}, "class_mean"),
+    ({"soft_loss": "argmax_ce", "class_mean": True}, "class_mean"),
 ])
 def test_prediction_loss_refuses_bad_settings(options, message):
     with pytest.raises(ValueError, match=message):

@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_leaves
 from lightning_kd.losses import fused_linear
 from lightning_kd.losses.fused_linear import HardSpec, LinearHead, SoftSpec, default_chunk_rows, fused_linear_terms
 
-KINDS = ["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
+KINDS = ["kl", "ce", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd", "argmax_ce"]
 R, V, D, D_T = 20, 60, 12, 20
 BETA, ALPHA = 0.3, 0.2
 #: Post-head transforms of the student: (bias, scale, softcap).
@@ -58,6 +58,8 @@ def _reference_rows(kind: str, zs: torch.Tensor, zt: torch.Tensor, temperature: 
         return kl(p, log_p, torch.log(ALPHA * p + (1 - ALPHA) * q))
     if kind == "skew_reverse_kl":
         return kl(q, log_q, torch.log((1 - ALPHA) * p + ALPHA * q))
+    if kind == "argmax_ce":
+        return F.cross_entropy(zs / temperature, zt.argmax(-1), reduction="none")
     return 0.5 * (p - q).abs().sum(-1)
 
 

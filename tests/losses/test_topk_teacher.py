@@ -71,6 +71,21 @@ def test_merging_the_tail_never_exceeds_the_full_divergence(kind):
         assert float(_ours(kind, z_s, TopKTeacher.of_logits(z_t, k, 1.0), 1.0)) <= float(full) + 1e-6
 
 
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_argmax_ce_is_exact_at_every_k(k):
+    """The top class is always kept, so the target never falls on the tail bucket, even where the tail
+    holds more mass than the top id (flat teachers, k = 1)."""
+    z_s, z_t = _logits(seed=5, scale=0.3)  # flat: the tail outweighs the top id at k = 1
+    teacher = TopKTeacher.of_logits(z_t, k, 1.0)
+    if k == 1:
+        assert bool((teacher.tail > teacher.log_probs[:, 0]).all())
+    a, b = z_s.clone().requires_grad_(True), z_s.clone().requires_grad_(True)
+    ours, exact = _ours("argmax_ce", a, teacher, 1.0), _ours("argmax_ce", b, z_t, 1.0)
+    ours.backward(), exact.backward()
+    torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_the_tail_keeps_mass_that_rounding_would_lose():
     logits = torch.tensor([[40.0, 0.0, -1.0, -2.0]])  # the kept mass is 1 - 4e-18 in float32
     teacher = TopKTeacher.of_logits(logits, 1, 1.0)
