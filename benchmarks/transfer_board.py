@@ -104,8 +104,9 @@ def run(spec: dict, rows: list[str] | None, seeds: list[int] | None) -> None:
               f"test {100 * outcome['test_accuracy']:.2f}, {outcome['fit_seconds']:.0f} s", flush=True)
 
 
-def table(section: dict, results: dict) -> str:
-    """A section as Markdown: accuracy over seeds and the paired Δ from the section's baseline row."""
+def table(section: dict, results: dict, seeds: list[int] | None = None) -> str:
+    """A section as Markdown: accuracy over seeds and the paired Δ from the section's baseline row; a row with
+    fewer runs than its ``seeds`` (the spec's, or the row's own) says so in its verdict."""
     baseline = next(row for row in section["rows"] if row.get("baseline"))
     base = {int(s): r["test_correct"] for s, r in results.get(baseline["name"], {}).items()}
     lines = ["| row | seeds | validation accuracy | test accuracy | Δ test vs baseline, points (95 % CI) | verdict | fit time |",
@@ -123,6 +124,9 @@ def table(section: dict, results: dict) -> str:
         else:
             d = paired_difference({int(s): r["test_correct"] for s, r in runs.items()}, base)
             delta, verdict = f"{d.delta:+.2f} ({d.low:+.2f} … {d.high:+.2f})", d.verdict
+        planned = len(row.get("seeds", seeds or []))
+        if val.n < planned:
+            verdict += f" ({val.n} of {planned} seeds so far)"
         lines.append(f"| {row['name']} | {val.n} | {spread(val)} | {spread(test)} | {delta} | {verdict} | {minutes:.1f} min |")
     return "\n".join(lines)
 
@@ -159,7 +163,7 @@ def report(spec: dict) -> None:
              spec["preamble"].strip(), "",
              f"Measured on {'; '.join(machines) or '—'}; written by `python -m benchmarks.transfer_board report` from `{RESULTS}`."]
     for section in spec["sections"]:
-        parts += ["", f"## {section['title']}", "", section.get("preamble", "").strip(), "", table(section, results)]
+        parts += ["", f"## {section['title']}", "", section.get("preamble", "").strip(), "", table(section, results, spec["seeds"])]
         if section.get("notes"):
             parts += ["", section["notes"].strip()]
     PAGE.write_text("\n".join(parts).replace("\n\n\n", "\n\n") + "\n")

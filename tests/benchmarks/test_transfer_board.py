@@ -45,6 +45,9 @@ def test_the_table_pairs_rows_with_their_baseline():
     better = next(line for line in lines if line.startswith("| better"))
     assert "+30.00" in better and "| better |" in better and "| better | 3 |" in better and "better | 1.0 min" in better
     assert "| missing | 0 | — | — | — | not run | — |" in lines
+    partial = {**results, "better": {"1": results["better"]["1"]}}
+    one_seed = next(line for line in transfer_board.table(section, partial, [1, 2, 3]).splitlines() if line.startswith("| better"))
+    assert "| better (1 of 3 seeds so far) |" in one_seed
 
 
 def test_the_forest_panel_holds_each_compared_row_best_first():
