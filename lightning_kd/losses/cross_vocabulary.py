@@ -324,7 +324,8 @@ def matched_divergence_rows(
     its other tokens. Both are proper distributions, compared with ``kind`` as in
     :func:`~lightning_kd.losses.logits.soft_divergence` (``"kl"`` is ``KL(teacher ‖ student)``;
     ``"reverse_kl"``, ``"jsd"`` with ``jsd_beta``, ``"skew_kl"``/``"skew_reverse_kl"`` with
-    ``skew_alpha``, ``"ce"``, ``"tvd"`` too).
+    ``skew_alpha``, ``"ce"``, ``"tvd"`` too; ``"argmax_ce"`` takes the teacher's top outcome, which may be its
+    bucket of unmatched tokens).
 
     **Exact** (the full divergence) when both models share one vocabulary and the match pairs every id
     with itself (:meth:`VocabularyMatch.identity`): the buckets are then empty. With a shared vocabulary
